@@ -1,0 +1,1 @@
+"""Application adapters: WSGI (in-process) and PSGI (the plackup bridge)."""

@@ -1,0 +1,1 @@
+"""The master process: arbiter loop, sockets, scoreboard, workers, control."""

@@ -1,0 +1,1 @@
+"""Gateways: subscription pools, the fastrouter, the HTTP frontend."""
