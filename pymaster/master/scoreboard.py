@@ -1,0 +1,101 @@
+"""The scoreboard: one shared-memory slot per worker, written by workers, read by the master.
+
+The table lives in a memfd so that both forked Python workers and exec'd Perl workers can map
+it (Perl gets the fd number in PYMASTER_SCOREBOARD_FD). Slot layout, little-endian, 256 bytes:
+
+    offset size  field
+    0      u32   pid
+    4      u32   state         0 starting, 1 idle (accepting), 2 busy, 3 stopping, 4 paused
+    8      u64   requests      completed requests since spawn
+    16     f64   req_start     epoch seconds the current request started, 0.0 when idle
+    24     u64   exceptions
+    32     u64   tx            response bytes sent
+    40     f64   running_time  seconds spent in requests, cumulative
+    48     f64   avg_rt        seconds, moving average of response time
+    56     f64   last_spawn    epoch seconds
+    64     192s  request       "METHOD URI" of the current request, NUL padded
+
+A worker writes its slot at request start and end; the master never takes a lock.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+SLOT_SIZE = 256
+HEAD = struct.Struct("<IIQdQQddd")
+REQ_OFFSET = HEAD.size
+REQ_SIZE = SLOT_SIZE - REQ_OFFSET
+
+STARTING, IDLE, BUSY, STOPPING, PAUSED = range(5)
+STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping",
+               PAUSED: "pause"}
+
+_STATE = struct.Struct("<I")
+_BEGIN = struct.Struct("<Id")          # state, req_start (offsets 4 and 16 are not contiguous)
+_F64 = struct.Struct("<d")
+
+
+class Slot:
+    """A view of one worker's slot; the worker-side writers are on the hot path."""
+
+    __slots__ = ("mm", "off")
+
+    def __init__(self, mm: mmap.mmap, index: int):
+        self.mm = mm
+        self.off = index * SLOT_SIZE
+
+    # -- writers (worker side) ------------------------------------------------------
+    def reset(self, pid: int, now: float) -> None:
+        HEAD.pack_into(self.mm, self.off, pid, STARTING, 0, 0.0, 0, 0, 0.0, 0.0, now)
+        self.mm[self.off + REQ_OFFSET:self.off + SLOT_SIZE] = b"\0" * REQ_SIZE
+
+    def set_state(self, state: int) -> None:
+        _STATE.pack_into(self.mm, self.off + 4, state)
+
+    def begin(self, now: float, what: bytes) -> None:
+        off = self.off
+        what = what[:REQ_SIZE - 1]
+        self.mm[off + REQ_OFFSET:off + REQ_OFFSET + len(what) + 1] = what + b"\0"
+        _F64.pack_into(self.mm, off + 16, now)
+        _STATE.pack_into(self.mm, off + 4, BUSY)
+
+    def end(self, elapsed: float, tx: int, exception: bool) -> None:
+        off = self.off
+        pid, _state, requests, _start, exc, total_tx, running, avg, spawn = HEAD.unpack_from(
+            self.mm, off)
+        requests += 1
+        avg = elapsed if requests == 1 else avg + (elapsed - avg) / min(requests, 100)
+        HEAD.pack_into(self.mm, off, pid, IDLE, requests, 0.0, exc + (1 if exception else 0),
+                       total_tx + tx, running + elapsed, avg, spawn)
+
+    # -- readers (master side) ------------------------------------------------------
+    def read(self) -> dict:
+        pid, state, requests, start, exc, tx, running, avg, spawn = HEAD.unpack_from(
+            self.mm, self.off)
+        raw = self.mm[self.off + REQ_OFFSET:self.off + SLOT_SIZE]
+        return {"pid": pid, "state": state, "requests": requests, "req_start": start,
+                "exceptions": exc, "tx": tx, "running_time": running, "avg_rt": avg,
+                "last_spawn": spawn, "request": raw.split(b"\0", 1)[0].decode("latin-1")}
+
+
+class Scoreboard:
+    """The whole table: `slots` slots in a memfd-backed shared mapping."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.fd = os.memfd_create("pymaster-scoreboard", 0)
+        os.ftruncate(self.fd, max(1, slots) * SLOT_SIZE)
+        self.mm = mmap.mmap(self.fd, max(1, slots) * SLOT_SIZE, mmap.MAP_SHARED,
+                            mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def slot(self, index: int) -> Slot:
+        if not 0 <= index < self.slots:
+            raise IndexError(f"scoreboard slot {index} out of range 0..{self.slots - 1}")
+        return Slot(self.mm, index)
+
+    def close(self) -> None:
+        self.mm.close()
+        os.close(self.fd)
