@@ -86,7 +86,7 @@ class Scoreboard:
 
     def __init__(self, slots: int):
         self.slots = slots
-        self.fd = os.memfd_create("pymaster-scoreboard", 0)
+        self.fd = os.memfd_create("pymaster-scoreboard")  # CLOEXEC; exec'd workers get it made inheritable
         os.ftruncate(self.fd, max(1, slots) * SLOT_SIZE)
         self.mm = mmap.mmap(self.fd, max(1, slots) * SLOT_SIZE, mmap.MAP_SHARED,
                             mmap.PROT_READ | mmap.PROT_WRITE)

@@ -137,3 +137,84 @@ def read_packet(recv_into_buf, buffer_size: int) -> tuple[Packet, bytes]:
         buf += chunk
     env, nvars = decode_environ(memoryview(buf)[4:need])
     return Packet(modifier1, modifier2, env, datasize, nvars), bytes(buf[need:])
+
+
+class RawFraming:
+    """Response framing on a uwsgi socket: `SERVER_PROTOCOL status`, headers, body, close."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: str | None):
+        self.protocol = protocol or "HTTP/1.0"
+
+    def head(self, status: str, headers, length, no_body) -> bytes:
+        parts = [f"{self.protocol} {status}\r\n"]
+        parts += [f"{name}: {value}\r\n" for name, value in headers]
+        parts.append("\r\n")
+        return "".join(parts).encode("latin-1")
+
+    @staticmethod
+    def chunk(data) -> bytes:
+        return bytes(data)
+
+    @staticmethod
+    def finish() -> bytes:
+        return b""
+
+
+class BodyReader:
+    """A request body of known length read from a socket: the WSGI/PSGI input stream."""
+
+    def __init__(self, recv, length: int, already: bytes = b""):
+        self._recv = recv
+        self._left = length
+        self._buf = already[:length]
+        self._left -= len(self._buf)
+
+    def _fill(self, want: int) -> bool:
+        if self._left <= 0:
+            return False
+        chunk = self._recv(min(max(want, 65536), self._left))
+        if not chunk:
+            raise UwsgiError(f"client closed the connection with {self._left} body bytes missing")
+        self._left -= len(chunk)
+        self._buf += chunk
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill(self._left):
+                pass
+            size = len(self._buf)
+        while len(self._buf) < size and self._fill(size - len(self._buf)):
+            pass
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        while True:
+            pos = self._buf.find(b"\n")
+            if pos >= 0 and (size is None or size < 0 or pos < size):
+                return self.read(pos + 1)
+            if size is not None and 0 <= size <= len(self._buf):
+                return self.read(size)
+            if not self._fill(65536):
+                return self.read(len(self._buf))
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line

@@ -1,0 +1,247 @@
+"""WSGI (PEP 3333): load the callable, run it for one request, write its response.
+
+`load_app(cfg)` imports the app from `--wsgi-file`/`--file` or `--module`/`-w` (+ `--callable`).
+`Call` runs one request: start_response with exc_info, write(), iterables with close(),
+wsgi.file_wrapper served with sendfile, header validation, HEAD/204/304 without a body.
+How the head is framed (raw uwsgi answer or HTTP/1.1 keep-alive) is the `framing` object's job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import stat
+import sys
+import traceback
+
+from pymaster import log as _log
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_STATUS = re.compile(r"^[1-9][0-9][0-9] ")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+
+
+class AppLoadError(Exception):
+    """The app could not be loaded; the message says what and why."""
+
+
+class WsgiError(Exception):
+    """The app broke the WSGI contract (bad status, header, or call order)."""
+
+
+def _load_file(path: str):
+    if not os.path.isfile(path):
+        raise AppLoadError(f"unable to load WSGI file '{path}': no such file")
+    name = "uwsgi_file_" + re.sub(r"\W", "_", os.path.splitext(os.path.abspath(path))[0])
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise AppLoadError(f"unable to load WSGI file '{path}': not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_app(cfg):
+    """Import and return the WSGI callable; AppLoadError with the cause on any failure."""
+    for path in reversed(cfg.pythonpath or []):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    callable_name = cfg.callable or "application"
+    target = cfg.wsgi_file or cfg.module
+    if not target:
+        raise AppLoadError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE")
+    try:
+        if cfg.wsgi_file:
+            module = _load_file(cfg.wsgi_file)
+        else:
+            modname, _, attr = cfg.module.partition(":")
+            if modname.endswith(".py") and os.path.isfile(modname):
+                module = _load_file(modname)
+            else:
+                if "" not in sys.path and os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                module = importlib.import_module(modname)
+            callable_name = attr or callable_name
+    except AppLoadError:
+        raise
+    except BaseException as exc:  # the app's own import error, SyntaxError, SystemExit...
+        tb = traceback.format_exc()
+        raise AppLoadError(f"unable to load app from '{target}': {exc.__class__.__name__}: {exc}\n{tb}") from exc
+    app = getattr(module, callable_name, None)
+    if app is None:
+        raise AppLoadError(f"unable to find callable '{callable_name}' in '{target}'")
+    if not callable(app):
+        raise AppLoadError(f"'{callable_name}' in '{target}' is not callable")
+    return app
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterable over a file; the worker sends it with sendfile()."""
+
+    def __init__(self, filelike, blksize: int = 65536):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def fileno_span(self):
+        """(fd, offset, count) when the wrapped object is a regular file, else None."""
+        try:
+            fd = self.filelike.fileno()
+            st = os.fstat(fd)
+            offset = self.filelike.tell()
+        except (AttributeError, OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return fd, offset, max(0, st.st_size - offset)
+
+
+class ErrorStream:
+    """wsgi.errors: lines go to the log."""
+
+    def write(self, s):
+        _log.log(s.rstrip("\n") if isinstance(s, str) else s.decode("utf-8", "replace").rstrip("\n"))
+
+    def writelines(self, seq):
+        for s in seq:
+            self.write(s)
+
+    def flush(self):
+        pass
+
+
+ERRORS = ErrorStream()
+
+
+def validate_head(status, headers):
+    """Check status and headers as PEP 3333 asks; WsgiError naming the bad part."""
+    if type(status) is not str or not _STATUS.match(status):
+        raise WsgiError(f"invalid status {status!r}: expected a str like '200 OK'")
+    if type(headers) is not list:
+        raise WsgiError(f"response headers must be a list, got {type(headers).__name__}")
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise WsgiError(f"response header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise WsgiError(f"response header {item!r} must be a pair of str")
+        if not _TOKEN.match(name.encode("latin-1", "replace")):
+            raise WsgiError(f"invalid response header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise WsgiError(f"response header {name!r} value contains CR, LF or NUL")
+
+
+class Call:
+    """One request through the app. `framing` decides the head's bytes and body framing.
+
+    framing.head(status, headers, body_length|None) -> bytes, and framing.chunk(data) ->
+    bytes / framing.finish() -> bytes wrap body pieces (chunked encoding or identity).
+    """
+
+    __slots__ = ("sock", "framing", "no_body", "status", "headers", "head_sent", "tx",
+                 "head_bytes", "header_count", "_pending_head")
+
+    def __init__(self, sock, framing, method: str):
+        self.sock = sock
+        self.framing = framing
+        self.no_body = method == "HEAD"
+        self.status = None
+        self.headers = None
+        self.head_sent = False
+        self.tx = 0
+        self.head_bytes = 0
+        self.header_count = 0
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise WsgiError("start_response() called twice without exc_info")
+        validate_head(status, headers)
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _head(self, length):
+        if self.status is None:
+            raise WsgiError("the app returned or wrote a body before calling start_response()")
+        code = int(self.status[:3])
+        if code in (204, 304) or code < 200:
+            length = None
+            self.no_body = True
+        head = self.framing.head(self.status, self.headers, length, self.no_body)
+        self.head_sent = True
+        self.head_bytes = len(head)
+        self.header_count = len(self.headers)
+        return head
+
+    def write(self, data):
+        if type(data) not in (bytes, bytearray, memoryview):
+            raise WsgiError(f"write() takes bytes, got {type(data).__name__}")
+        out = b"" if self.head_sent else self._head(None)
+        if data and not self.no_body:
+            out += self.framing.chunk(data)
+            self.tx += len(data)
+        if out:
+            self.sock.sendall(out)
+
+    def run(self, app, environ) -> int:
+        """Run the app and send everything; returns the status code."""
+        result = app(environ, self.start_response)
+        try:
+            if isinstance(result, FileWrapper) and not self.head_sent:
+                span = result.fileno_span()
+                if span is not None:
+                    self._send_file(span)
+                    return int(self.status[:3])
+            if type(result) is list and not self.head_sent and self.status is not None:
+                self._send_list(result)
+                return int(self.status[:3])
+            for data in result:
+                self.write(data)
+            if not self.head_sent:
+                self.sock.sendall(self._head(0))
+            elif not self.no_body:
+                tail = self.framing.finish()
+                if tail:
+                    self.sock.sendall(tail)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return int(self.status[:3])
+
+    def _send_list(self, chunks):
+        for data in chunks:
+            if type(data) not in (bytes, bytearray):
+                raise WsgiError(f"the app's body must yield bytes, got {type(data).__name__}")
+        body = b"".join(chunks)
+        out = self._head(len(body))
+        if not self.no_body:
+            out += body
+            self.tx = len(body)
+        self.sock.sendall(out)
+
+    def _send_file(self, span):
+        fd, offset, count = span
+        self.sock.sendall(self._head(count))
+        if self.no_body or not count:
+            return
+        with os.fdopen(os.dup(fd), "rb") as f:
+            self.tx = self.sock.sendfile(f, offset, count)

@@ -1,0 +1,225 @@
+"""Entry point: parse options, pick the run mode (single process or master), exit codes.
+
+Exit codes: 0 clean stop, 1 bad configuration or an app that cannot load, 22 with
+`--need-app` when no app could be loaded (as uWSGI).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from pymaster import __version__
+from pymaster import log as logmod
+from pymaster.log import log
+from pymaster.master import procname, sockets
+from pymaster.master.arbiter import EXIT_FAILED_APP, RELOADS_ENV, Arbiter
+from pymaster.master.scoreboard import Scoreboard
+
+INTERNAL_ENV = (RELOADS_ENV, "UWSGI_ORIGINAL_PROC_NAME", "UWSGI_VASSALS_DIR")
+MIN_SLOTS = 64
+
+
+class StartupError(Exception):
+    """Startup cannot go on; carries the exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _signal_pidfile(path: str, sig: int) -> int:
+    try:
+        with open(path) as fh:
+            pid = int(fh.read().strip())
+        os.kill(pid, sig)
+    except (OSError, ValueError) as exc:
+        print(f"pymaster: cannot signal the master in pidfile '{path}': {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pymaster import options
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}
+    try:
+        cfg = options.parse(argv, environ)
+    except options.ConfigError as exc:
+        print(f"pymaster: {exc}", file=sys.stderr)
+        return 1
+    if cfg.help:
+        print(options.format_help())
+        return 0
+    if cfg.version:
+        print(__version__)
+        return 0
+    if cfg.reload:
+        return _signal_pidfile(cfg.reload, signal.SIGHUP)
+    if cfg.stop:
+        return _signal_pidfile(cfg.stop, signal.SIGINT)
+    logmod.setup(cfg.logto)
+    for warning in getattr(cfg, "warnings", []):
+        log(warning)
+    if cfg.show_config:
+        log(cfg.show_config())
+    try:
+        return run(cfg)
+    except StartupError as exc:
+        log(str(exc))
+        return exc.code
+    except sockets.SocketError as exc:
+        log(f"pymaster: {exc}")
+        return 1
+
+
+def _apply_environment(cfg) -> None:
+    for item in cfg.env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StartupError(f"invalid --env '{item}': expected NAME=VALUE")
+        os.environ[key] = value
+    if cfg.chdir:
+        try:
+            os.chdir(cfg.chdir)
+        except OSError as exc:
+            raise StartupError(f"chdir() to '{cfg.chdir}' failed: {exc.strerror}") from None
+        log(f"chdir() to {cfg.chdir}")
+
+
+def _socket_specs(cfg) -> list[tuple[str, str]]:
+    specs = [("uwsgi", s) for s in cfg.socket or []]
+    specs += [("http", s) for s in cfg.http_socket or []]
+    specs += [("fastrouter", s) for s in getattr(cfg, "fastrouter", None) or []]
+    specs += [("subscription", s) for s in getattr(cfg, "fastrouter_subscription_server", None) or []]
+    return specs
+
+
+def _load_app(cfg):
+    """Preload the WSGI app (or check the PSGI side); StartupError on failure."""
+    if cfg.psgi:
+        from pymaster.apps import psgi
+        try:
+            psgi.preflight(cfg)
+        except RuntimeError as exc:
+            raise StartupError(f"{exc}\n*** no app loaded. GAME OVER ***",
+                               EXIT_FAILED_APP if cfg.need_app else 1) from None
+        return None
+    from pymaster.apps import wsgi
+    start = time.time()
+    try:
+        app = wsgi.load_app(cfg)
+    except wsgi.AppLoadError as exc:
+        raise StartupError(f"{exc}\n*** no app loaded. GAME OVER ***",
+                           EXIT_FAILED_APP if cfg.need_app else 1) from None
+    log(f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+        f"on interpreter pid: {os.getpid()} (default app)")
+    return app
+
+
+def _needs_master(cfg, has_gateway: bool) -> bool:
+    reasons = list(getattr(cfg, "master_reasons", []) or [])
+    if cfg.master:
+        return True
+    if has_gateway:
+        reasons.append("fastrouter")
+    if (cfg.processes or 1) > 1:
+        reasons.append("processes")
+    if reasons:
+        log(f"*** the master process is enabled because of: {', '.join(sorted(set(reasons)))} ***")
+        return True
+    return False
+
+
+def run(cfg) -> int:
+    reloaded = RELOADS_ENV in os.environ
+    log(f"*** Starting pymaster {__version__} ({8 * 8}bit) on [{time.ctime()}] ***")
+    for path in getattr(cfg, "ini_files", []) or []:
+        log(f"[pymaster] getting INI configuration from {path}")
+    start_cwd = os.getcwd()
+    _apply_environment(cfg)
+    specs = _socket_specs(cfg)
+    has_app = bool(cfg.socket or cfg.http_socket)
+    has_gateway = bool(getattr(cfg, "fastrouter", None))
+    if not specs:
+        raise StartupError("The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
+                           "or --fastrouter ADDR")
+    if has_app and not (cfg.wsgi_file or cfg.module or cfg.psgi):
+        raise StartupError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] "
+                           "or --psgi FILE")
+    master = _needs_master(cfg, has_gateway)
+    listeners = sockets.setup(specs, cfg.listen or 100, cfg.chmod_socket)
+    log(f"your server socket listen backlog is limited to {cfg.listen or 100} connections")
+    log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy or 60} seconds")
+    app = None
+    if has_app and not (cfg.lazy_apps or cfg.lazy):
+        app = _load_app(cfg)
+    elif has_app and cfg.psgi:
+        _load_app(cfg)
+    processes = max(1, cfg.processes or 1) if has_app else 0
+    scoreboard = Scoreboard(max(MIN_SLOTS, processes * 2))
+    if not master:
+        return _run_single(cfg, listeners, app, scoreboard)
+    return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
+
+
+def _run_single(cfg, listeners, app, scoreboard) -> int:
+    """No master: this very process is worker 1 (as uWSGI without -M)."""
+    from pymaster.master.worker import Worker
+    log("*** Operational MODE: single process ***")
+    procname.set_title(cfg, "worker 1")
+    app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
+    Worker(1, cfg, app_listeners, app, scoreboard, None).run()
+    return 0
+
+
+def _worker_target(cfg, listeners, app, scoreboard, master_pid):
+    app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
+
+    def target(child):
+        for lst in listeners:
+            if lst.kind not in ("uwsgi", "http"):
+                lst.sock.close()
+        procname.set_title(cfg, child.title)
+        if cfg.psgi:
+            from pymaster.apps import psgi
+            psgi.exec_worker(cfg, child.number, [(lst.fd, lst.kind) for lst in app_listeners],
+                             scoreboard.fd, master_pid)
+        from pymaster.master.worker import Worker
+        Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
+    return target
+
+
+def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded) -> int:
+    arbiter = Arbiter(cfg, listeners, scoreboard, lambda t: procname.set_title(cfg, t, True))
+    arbiter.start_cwd = start_cwd
+    cfg.max_processes = scoreboard.slots
+    procname.set_title(cfg, "master", master=True)
+    arbiter.install_signals()
+    if cfg.pidfile and not reloaded:
+        log(f"writing pidfile to {cfg.pidfile}")
+        with open(cfg.pidfile, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    if reloaded:
+        log(f"gracefully (RE)spawned pymaster master process (pid: {os.getpid()})")
+    else:
+        log(f"spawned pymaster master process (pid: {os.getpid()})")
+    log("*** Operational MODE: " + ("preforking ***" if processes > 1 else
+                                     "single process ***" if processes else "no-workers ***"))
+    arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
+    for _ in range(processes):
+        arbiter.add("worker", arbiter.worker_target)
+    from pymaster.master import gateways
+    gateways.attach(arbiter, cfg, listeners)
+    code = arbiter.run()
+    if cfg.vacuum:
+        if cfg.pidfile:
+            try:
+                os.unlink(cfg.pidfile)
+                log("VACUUM: pidfile removed.")
+            except OSError:
+                pass
+        sockets.remove_unix(listeners)
+    return code

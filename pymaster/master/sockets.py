@@ -1,0 +1,166 @@
+"""Listening sockets as objects: parse uWSGI addresses, bind, and inherit them across re-exec.
+
+An address is `host:port`, `:port` (all interfaces), `[v6]:port`, a filesystem path (unix
+socket) or `@name` (abstract unix socket). Inherited sockets arrive the systemd way:
+LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from dataclasses import dataclass
+
+from pymaster.log import log
+
+SD_LISTEN_FDS_START = 3
+
+
+class SocketError(Exception):
+    """A socket that cannot be parsed or bound; the message names the address."""
+
+
+def parse_address(spec: str):
+    """(family, sockaddr) for a uWSGI-style address string."""
+    if not spec:
+        raise SocketError("empty socket address: expected host:port, :port or a unix path")
+    if spec.startswith("@"):
+        return socket.AF_UNIX, "\0" + spec[1:]
+    if "/" in spec or ":" not in spec:
+        return socket.AF_UNIX, spec
+    host, _, port = spec.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SocketError(f"invalid port in socket address '{spec}': expected 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        return socket.AF_INET6, (host[1:-1], int(port))
+    if host in ("", "*"):
+        host = "0.0.0.0"
+    try:
+        host = socket.gethostbyname(host)
+    except OSError as exc:
+        raise SocketError(f"cannot resolve host in socket address '{spec}': {exc}") from None
+    return socket.AF_INET, (host, int(port))
+
+
+def _same_address(family, want, got) -> bool:
+    if family == socket.AF_UNIX:
+        got = got.decode("latin-1") if isinstance(got, bytes) else got
+        return got == want
+    return (got[0], got[1]) == (want[0], want[1])
+
+
+@dataclass
+class Listener:
+    """One configured listening socket: its name as given, kind and the bound socket."""
+
+    name: str
+    kind: str                 # "uwsgi" | "http" | "fastrouter" | "subscription" | "stats"
+    family: int = socket.AF_INET
+    address: object = None
+    sock: socket.socket | None = None
+    inherited: bool = False
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def datagram(self) -> bool:
+        return self.kind == "subscription"
+
+    def describe(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return f"UNIX address {self.name}"
+        return f"{'TCP' if self.family == socket.AF_INET else 'TCP6'} address {self.name}"
+
+    def bind(self, backlog: int, chmod: str | None = None) -> None:
+        stype = socket.SOCK_DGRAM if self.datagram else socket.SOCK_STREAM
+        sock = socket.socket(self.family, stype)
+        try:
+            if self.family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            elif not self.address.startswith("\0") and os.path.exists(self.address):
+                os.unlink(self.address)
+            sock.bind(self.address)
+            if not self.datagram:
+                sock.listen(backlog)
+            if chmod is not None and self.family == socket.AF_UNIX and not self.address.startswith("\0"):
+                os.chmod(self.address, int(chmod or "666", 8))
+        except OSError as exc:
+            sock.close()
+            raise SocketError(f"cannot bind {self.kind} socket '{self.name}': {exc.strerror}") from None
+        sock.set_inheritable(True)
+        self.sock = sock
+
+
+def _inherited_fds(environ) -> list[tuple[int, str]]:
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    found = [(SD_LISTEN_FDS_START + i, names[i] if i < len(names) else "")
+             for i in range(count)]
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(key, None)
+    return found
+
+
+def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None) -> list[Listener]:
+    """Bind (or adopt from LISTEN_FDS) every (kind, address) in `specs`, in order."""
+    environ = os.environ if environ is None else environ
+    inherited = []
+    for fd, kind in _inherited_fds(environ):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        inherited.append((sock, kind))
+    listeners = []
+    for index, (kind, spec) in enumerate(specs):
+        family, address = parse_address(spec)
+        lst = Listener(spec, kind, family, address)
+        for i, (sock, _kind) in enumerate(inherited):
+            if sock.family == family and _same_address(family, address, sock.getsockname()):
+                lst.sock, lst.inherited = sock, True
+                inherited.pop(i)
+                break
+        if lst.sock is None:
+            lst.bind(backlog, chmod)
+        lst.sock.set_inheritable(True)
+        verb = "inherited" if lst.inherited else "bound to"
+        log(f"{kind} socket {index} {verb} {lst.describe()} fd {lst.fd}")
+        listeners.append(lst)
+    for sock, _kind in inherited:          # configured away since the last start
+        sock.close()
+    return listeners
+
+
+def pass_to_exec(listeners: list[Listener], environ) -> None:
+    """Move the listening fds to 3.. and describe them in LISTEN_* for the next image.
+
+    LISTEN_PID is our own pid: exec keeps it, so the new image adopts exactly these fds.
+    """
+    fds = [lst.sock.fileno() for lst in listeners]
+    # dup out of the way first (above any fd the targets could be), then down to 3..
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
+    for i, fd in enumerate(high):
+        os.dup2(fd, SD_LISTEN_FDS_START + i, inheritable=True)
+        os.close(fd)
+    environ["LISTEN_PID"] = str(os.getpid())
+    environ["LISTEN_FDS"] = str(len(listeners))
+    environ["LISTEN_FDNAMES"] = ":".join(lst.kind for lst in listeners)
+
+
+def remove_unix(listeners: list[Listener]) -> None:
+    """--vacuum: remove the filesystem unix sockets we bound."""
+    for lst in listeners:
+        if lst.family == socket.AF_UNIX and not lst.address.startswith("\0"):
+            try:
+                os.unlink(lst.address)
+                log(f"VACUUM: unix socket {lst.address} removed.")
+            except OSError:
+                pass

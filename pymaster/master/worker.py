@@ -1,0 +1,415 @@
+"""The Python worker: accept on the shared sockets, parse one request at a time, run the app.
+
+One selector holds the listening sockets, idle HTTP keep-alive connections and a wakeup pipe
+for signals. Signal handlers only set flags (SIGHUP: finish and exit 0); SIGINT, SIGQUIT and
+SIGTERM end the process at once, as the worker contract says.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from urllib.parse import unquote_to_bytes
+
+from pymaster import __version__
+from pymaster.apps import wsgi
+from pymaster.log import log
+from pymaster.master import scoreboard as sb
+from pymaster.protocols import http, uwsgi
+
+EXIT_OK, EXIT_FAILED_APP, EXIT_END = 0, 22, 30
+PR_SET_PDEATHSIG = 1
+_EMPTY = b""
+_BODY_500 = b"Internal Server Error"
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the master goes away (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+
+
+class Idle:
+    """An HTTP keep-alive connection parked in the selector between requests."""
+
+    __slots__ = ("parser", "lst", "remote", "port", "since")
+
+    def __init__(self, parser, lst, remote, port, since):
+        self.parser, self.lst, self.remote, self.port, self.since = parser, lst, remote, port, since
+
+
+class Worker:
+    """One worker process; `run()` never returns."""
+
+    def __init__(self, wid, cfg, listeners, app, scoreboard, master_pid):
+        self.wid = wid
+        self.cfg = cfg
+        self.listeners = listeners
+        self.app = app
+        self.slot = scoreboard.slot(wid - 1)
+        self.scoreboard = scoreboard
+        self.master_pid = master_pid
+        self.pid = os.getpid()
+        self.stopping = False
+        self.requests = 0
+        self.spawned = time.time()
+        self.buffer_size = cfg.buffer_size
+        self.log_requests = not cfg.disable_logging
+        self.timeout = _timeval(cfg.socket_timeout or 4)
+        self.keepalive = getattr(cfg, "http_keepalive", 5) or 0
+        self.max_requests = cfg.max_requests or 0
+        self.idle: dict[socket.socket, Idle] = {}
+        self.sel = selectors.DefaultSelector()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def _on_hup(self, signum, frame):
+        self.stopping = True
+
+    @staticmethod
+    def _on_end(signum, frame):
+        os._exit(EXIT_END)
+
+    def _setup_signals(self) -> None:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = rfd
+        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+            signal.signal(sig, self._on_end)
+        for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1,
+                    signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR2, self._on_usr2)
+
+    def _on_usr2(self, signum, frame):
+        self.report_wanted = True
+
+    report_wanted = False
+
+    def run(self):
+        die_with_parent()
+        self._setup_signals()
+        self.slot.reset(self.pid, self.spawned)
+        if os.getppid() != self.master_pid:
+            os._exit(EXIT_END)
+        if self.app is None:
+            try:
+                self.app = wsgi.load_app(self.cfg)
+                log(f"WSGI app 0 (mountpoint='') ready in worker {self.wid} (pid: {self.pid})")
+            except wsgi.AppLoadError as exc:
+                log(str(exc))
+                log(f"*** no app loaded in worker {self.wid} (pid: {self.pid}) ***")
+                os._exit(EXIT_FAILED_APP)
+        code = EXIT_OK
+        try:
+            self.loop()
+        except Exception:
+            log(f"worker {self.wid} internal error:\n{traceback.format_exc()}")
+            code = 1
+        finally:
+            sys.stdout.flush() if sys.stdout else None
+        os._exit(code)
+
+    def loop(self) -> None:
+        sel = self.sel
+        for lst in self.listeners:
+            lst.sock.setblocking(False)
+            sel.register(lst.sock, selectors.EVENT_READ, lst)
+        sel.register(self._wake, selectors.EVENT_READ, None)
+        self.slot.set_state(sb.IDLE)
+        next_check = 0.0
+        while not self.stopping:
+            timeout = 1.0
+            if self.idle:
+                timeout = min(timeout, self.keepalive / 2 or 0.5)
+            for key, _ in sel.select(timeout):
+                data = key.data
+                if data is None:
+                    self._drain_wake()
+                elif type(data) is Idle:
+                    self._resume_keepalive(key.fileobj, data)
+                else:
+                    self._accept(data)
+                if self.stopping:
+                    break
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                self._periodic(now)
+            if self.report_wanted:
+                self.report_wanted = False
+                log(f"worker {self.wid} (pid: {self.pid}) is idle, {self.requests} requests served")
+        self.slot.set_state(sb.STOPPING)
+        for conn in list(self.idle):
+            self._close_idle(conn)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _periodic(self, now: float) -> None:
+        if os.getppid() != self.master_pid:
+            self.stopping = True
+            return
+        if self.keepalive:
+            deadline = now - self.keepalive
+            for conn, idle in list(self.idle.items()):
+                if idle.since < deadline:
+                    self._close_idle(conn)
+
+    def _close_idle(self, conn) -> None:
+        self.idle.pop(conn, None)
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _after_request(self) -> None:
+        self.requests += 1
+        if self.max_requests and self.requests >= self.max_requests and \
+                time.time() - self.spawned >= (self.cfg.min_worker_lifetime or 0):
+            log(f"...The work of process {self.pid} is done. Seeya!")
+            self.stopping = True
+
+    # -- connections ------------------------------------------------------------------
+    def _accept(self, lst) -> None:
+        try:
+            conn, addr = lst.sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            log(f"accept(): {exc.strerror} [worker {self.wid}]")
+            return
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
+        remote = addr[0] if isinstance(addr, tuple) else ""
+        port = str(addr[1]) if isinstance(addr, tuple) else ""
+        if lst.kind == "http":
+            self._serve_http(conn, http.RequestParser(self.buffer_size, self.cfg.limit_post or 0),
+                             remote, port, lst)
+        else:
+            try:
+                self._serve_uwsgi(conn, remote, port)
+            finally:
+                conn.close()
+
+    def _serve_uwsgi(self, conn, remote: str, port: str) -> None:
+        start = time.time()
+        try:
+            packet, rest = uwsgi.read_packet(conn.recv, self.buffer_size)
+        except uwsgi.UwsgiError as exc:
+            log(str(exc))
+            return
+        except OSError as exc:
+            log(f"uwsgi_proto_uwsgi_parser(): {exc.strerror or 'timeout'}")
+            return
+        env = packet.vars
+        if packet.modifier1 not in (0, 30):
+            log(f"-- unavailable modifier requested: {packet.modifier1} --")
+            return
+        protocol = env.get("SERVER_PROTOCOL")
+        env.setdefault("REMOTE_ADDR", remote)
+        env.setdefault("REMOTE_PORT", port)
+        length = uwsgi.content_length(env.get("CONTENT_LENGTH"))
+        body = uwsgi.BodyReader(conn.recv, length, rest) if length or rest else io.BytesIO()
+        if packet.modifier1 == 30:
+            script = env.get("SCRIPT_NAME", "")
+            path = env.get("PATH_INFO", "")
+            if script and path.startswith(script):
+                env["PATH_INFO"] = path[len(script):]
+        self._dispatch(conn, env, body, uwsgi.RawFraming(protocol), start,
+                       packet.nvars, packet.datasize, protocol)
+
+    def _serve_http(self, conn, parser, remote, port, lst) -> None:
+        """Serve requests on `conn` until it goes idle (kept) or must close."""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = _EMPTY
+            if not data:
+                conn.close()
+                return
+            try:
+                requests = parser.feed(data)
+            except http.HttpError as exc:
+                log(f"HTTP error from {remote}: {exc}")
+                self._send_quiet(conn, http.error_response(exc.status, exc.reason))
+                conn.close()
+                return
+            if not requests and parser.headers_complete and parser.in_message:
+                self._maybe_continue(conn, parser)
+            for req in requests:
+                keep = self._serve_http_request(conn, req, remote, port, lst)
+                if not keep or self.stopping:
+                    conn.close()
+                    return
+            if requests and not parser.in_message:
+                if self.keepalive and not self.stopping:
+                    idle = Idle(parser, lst, remote, port, time.monotonic())
+                    self.idle[conn] = idle
+                    conn.setblocking(False)
+                    self.sel.register(conn, selectors.EVENT_READ, idle)
+                    return
+                conn.close()
+                return
+
+    def _maybe_continue(self, conn, parser) -> None:
+        req = parser._current
+        if req is not None and req.expect_continue and not getattr(req, "continued", False):
+            req.continued = True
+            self._send_quiet(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _resume_keepalive(self, conn, idle) -> None:
+        self.sel.unregister(conn)
+        self.idle.pop(conn, None)
+        conn.setblocking(True)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
+        self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst)
+
+    def _serve_http_request(self, conn, req, remote, port, lst) -> bool:
+        start = time.time()
+        target = req.target
+        path, _, query = target.partition("?")
+        env = {
+            "REQUEST_METHOD": req.method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "QUERY_STRING": query,
+            "REQUEST_URI": target,
+            "SERVER_PROTOCOL": f"HTTP/{req.version}",
+            "REMOTE_ADDR": remote,
+            "REMOTE_PORT": port,
+            "SERVER_NAME": self._server_name(lst),
+            "SERVER_PORT": self._server_port(lst),
+        }
+        for name, value in req.headers:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            val = value.decode("latin-1")
+            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                env[key] = val
+                continue
+            key = "HTTP_" + key
+            if key in env:
+                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + val
+            else:
+                env[key] = val
+        if req.body is not None:
+            env["CONTENT_LENGTH"] = str(req.body_size)
+            body = req.body
+        else:
+            body = io.BytesIO()
+        host = env.get("HTTP_HOST")
+        if host:
+            env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        framing = http.HttpFraming(req.version, req.keep_alive)
+        ok = self._dispatch(conn, env, body, framing, start, len(env), req.head_size,
+                            env["SERVER_PROTOCOL"])
+        return ok and framing.keep_alive
+
+    @staticmethod
+    def _server_name(lst) -> str:
+        return lst.address[0] if isinstance(lst.address, tuple) else "localhost"
+
+    @staticmethod
+    def _server_port(lst) -> str:
+        return str(lst.address[1]) if isinstance(lst.address, tuple) else ""
+
+    # -- the app ----------------------------------------------------------------------
+    def _dispatch(self, conn, env, body, framing, start, nvars, pktsize, protocol) -> bool:
+        """Run the app for one request; True when the connection is still usable."""
+        env["wsgi.version"] = (1, 0)
+        env["wsgi.url_scheme"] = "https" if env.get("HTTPS", "").lower() in ("on", "1") \
+            or env.get("UWSGI_SCHEME") == "https" else "http"
+        env["wsgi.input"] = body
+        env["wsgi.errors"] = wsgi.ERRORS
+        env["wsgi.multithread"] = False
+        env["wsgi.multiprocess"] = True
+        env["wsgi.run_once"] = False
+        env["wsgi.file_wrapper"] = wsgi.FileWrapper
+        env["wsgi.input_terminated"] = True
+        for key in ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"):
+            if key not in env:
+                env[key] = ""
+        method = env.setdefault("REQUEST_METHOD", "GET")
+        uri = env.get("REQUEST_URI") or env["PATH_INFO"]
+        self.slot.begin(start, f"{method} {uri}".encode("latin-1", "replace"))
+        call = wsgi.Call(conn, framing, method)
+        status = 500
+        failed = False
+        usable = True
+        try:
+            status = call.run(self.app, env)
+        except BaseException as exc:  # the app's failure must never kill the worker
+            failed = True
+            usable = False
+            if isinstance(exc, OSError) and call.head_sent:
+                log(f"uwsgi_response_write_body_do(): {exc.strerror or exc} "
+                    f"[{method} {uri}] (client gone)")
+            else:
+                log(f"Traceback of the exception in {method} {uri}:\n"
+                    f"{traceback.format_exc().rstrip()}")
+            if not call.head_sent:
+                status = 500
+                head = framing.head("500 Internal Server Error",
+                                    [("Content-Type", "text/plain"),
+                                     ("Content-Length", str(len(_BODY_500)))],
+                                    len(_BODY_500), False)
+                self._send_quiet(conn, head + _BODY_500)
+                call.head_bytes, call.header_count = len(head), 2
+                call.tx = len(_BODY_500)
+        elapsed = time.time() - start
+        self.slot.end(elapsed, call.tx, failed)
+        self._after_request()
+        if self.log_requests:
+            self._log_request(env, start, elapsed, call, status, nvars, pktsize, protocol)
+        return usable
+
+    def _log_request(self, env, start, elapsed, call, status, nvars, pktsize, protocol):
+        total = self._instance_requests()
+        log(f"[pid: {self.pid}|app: 0|req: {self.requests}/{total}] "
+            f"{env.get('REMOTE_ADDR', '')} ({env.get('REMOTE_USER', '')}) "
+            f"{{{nvars * 2} vars in {pktsize} bytes}} [{time.ctime(start)}] "
+            f"{env['REQUEST_METHOD']} {env.get('REQUEST_URI') or env.get('PATH_INFO', '')} "
+            f"=> generated {call.tx} bytes in {int(elapsed * 1000)} msecs "
+            f"({protocol or ''} {status}) {call.header_count} headers in {call.head_bytes} bytes "
+            f"(1 switches on core 0)")
+
+    def _instance_requests(self) -> int:
+        total = 0
+        mm = self.scoreboard.mm
+        for i in range(self.scoreboard.slots):
+            total += sb.HEAD.unpack_from(mm, i * sb.SLOT_SIZE)[2]
+        return total
+
+    @staticmethod
+    def _send_quiet(conn, data: bytes) -> None:
+        try:
+            conn.sendall(data)
+        except OSError:
+            pass
+
+
+def version_string() -> str:
+    return f"pymaster {__version__}"
