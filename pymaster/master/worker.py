@@ -213,7 +213,7 @@ class Worker:
             finally:
                 conn.close()
 
-    def _serve_uwsgi(self, conn, remote: str, port: str) -> None:
+    def _serve_uwsgi(self, conn, remote: str, port: str, lst) -> None:
         start = time.time()
         try:
             packet, rest = uwsgi.read_packet(conn.recv, self.buffer_size)
@@ -230,6 +230,10 @@ class Worker:
         protocol = env.get("SERVER_PROTOCOL")
         env.setdefault("REMOTE_ADDR", remote)
         env.setdefault("REMOTE_PORT", port)
+        if "SERVER_NAME" not in env:
+            env["SERVER_NAME"] = self._server_name(lst)
+        if "SERVER_PORT" not in env:
+            env["SERVER_PORT"] = self._server_port(lst)
         length = uwsgi.content_length(env.get("CONTENT_LENGTH"))
         body = uwsgi.BodyReader(conn.recv, length, rest) if length or rest else io.BytesIO()
         if packet.modifier1 == 30:

@@ -1,0 +1,149 @@
+"""Test-side driver for real pymaster processes: start, wait, read the log, signal, stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from pymaster.protocols import uwsgi
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class Pymaster:
+    """A real `python -m pymaster` process with its log in a file."""
+
+    def __init__(self, args, tmp_path, env=None, cwd=None):
+        self.args = [str(a) for a in args]
+        self.logpath = Path(tmp_path) / f"pymaster-{time.monotonic_ns()}.log"
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env.update(env or {})
+        self._log = open(self.logpath, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pymaster", *self.args],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=cwd or ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.logpath.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.findall(pattern, self.log())
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"log has no {count}x {pattern!r} after {timeout}s:\n{self.log()}")
+
+    def workers(self) -> list[int]:
+        try:
+            return sorted(c.pid for c in psutil.Process(self.pid).children()
+                          if c.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_workers(self, n: int, timeout: float = 10.0, exclude=()) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = [p for p in self.workers() if p not in exclude]
+            if len(pids) == n:
+                return pids
+            time.sleep(0.05)
+        raise AssertionError(f"expected {n} workers, have {self.workers()}:\n{self.log()}")
+
+    def signal(self, sig) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            kids = []
+            try:
+                kids = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            for kid in kids:
+                try:
+                    kid.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def uwsgi_request(port: int, env: dict, body: bytes = b"", modifier1: int = 0,
+                  timeout: float = 10.0) -> bytes:
+    """Send one uwsgi request and read the raw response until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(uwsgi.encode_packet(modifier1, env) + body)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def uwsgi_get(port: int, path: str, method: str = "GET", body: bytes = b"", **extra) -> bytes:
+    path_info, _, query = path.partition("?")
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path_info, "QUERY_STRING": query,
+           "REQUEST_URI": path, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost",
+           "SERVER_PORT": str(port), "SCRIPT_NAME": ""}
+    if body:
+        env["CONTENT_LENGTH"] = str(len(body))
+    env.update(extra)
+    return uwsgi_request(port, env, body)
+
+
+def split_response(raw: bytes) -> tuple[str, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return lines[0], headers, body
