@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import select
 import selectors
 import signal
 import socket
@@ -19,7 +20,6 @@ import time
 import traceback
 from urllib.parse import unquote_to_bytes
 
-from pymaster import __version__
 from pymaster.apps import wsgi
 from pymaster.log import log
 from pymaster.master import scoreboard as sb
@@ -72,7 +72,9 @@ class Worker:
         self.log_requests = not cfg.disable_logging
         self.timeout = _timeval(cfg.socket_timeout or 4)
         self.keepalive = getattr(cfg, "http_keepalive", 5) or 0
-        self.max_requests = cfg.max_requests or 0
+        self.max_requests = (cfg.max_requests or 0) and \
+            cfg.max_requests + (getattr(cfg, "max_requests_delta", 0) or 0) * wid
+        self.rss_limit = (getattr(cfg, "reload_on_rss", 0) or 0) * 1024 * 1024
         self.idle: dict[socket.socket, Idle] = {}
         self.sel = selectors.DefaultSelector()
 
@@ -156,8 +158,10 @@ class Worker:
                 self.report_wanted = False
                 log(f"worker {self.wid} (pid: {self.pid}) is idle, {self.requests} requests served")
         self.slot.set_state(sb.STOPPING)
-        for conn in list(self.idle):
-            self._close_idle(conn)
+        for conn, idle in list(self.idle.items()):
+            self._finish_idle(conn, idle)
+        if os.getppid() == self.master_pid or self.master_pid is None:
+            self._drain_backlog()
 
     def _drain_wake(self) -> None:
         try:
@@ -176,20 +180,51 @@ class Worker:
                 if idle.since < deadline:
                     self._close_idle(conn)
 
-    def _close_idle(self, conn) -> None:
+    def _finish_idle(self, conn, idle) -> None:
+        """Stopping: a request already sent on an idle connection is served, then closed."""
+        readable = select_ready(conn)
+        self._close_idle(conn, close=not readable)
+        if readable:
+            conn.setblocking(True)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
+            self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst, keep=False)
+
+    def _close_idle(self, conn, close: bool = True) -> None:
         self.idle.pop(conn, None)
         try:
             self.sel.unregister(conn)
         except (KeyError, ValueError):
             pass
-        conn.close()
+        if close:
+            conn.close()
 
     def _after_request(self) -> None:
         self.requests += 1
-        if self.max_requests and self.requests >= self.max_requests and \
-                time.time() - self.spawned >= (self.cfg.min_worker_lifetime or 0):
+        if self.max_requests and self.requests >= self.max_requests and self._lived_enough():
             log(f"...The work of process {self.pid} is done. Seeya!")
             self.stopping = True
+        if self.rss_limit and self._lived_enough():
+            rss = _rss()
+            if rss > self.rss_limit:
+                log(f"worker {self.wid} (pid: {self.pid}) RSS {rss} bytes over reload-on-rss "
+                    f"{self.rss_limit} bytes, recycling")
+                self.stopping = True
+
+    def _lived_enough(self) -> bool:
+        return time.time() - self.spawned >= (self.cfg.min_worker_lifetime or 0)
+
+    def _drain_backlog(self) -> None:
+        """On a graceful exit, serve what already waits in the backlog (bounded)."""
+        budget = self.cfg.listen or 100
+        deadline = time.monotonic() + 1.0
+        for lst in self.listeners:
+            while budget > 0 and time.monotonic() < deadline:
+                try:
+                    conn, addr = lst.sock.accept()
+                except OSError:
+                    break
+                budget -= 1
+                self._serve_accepted(conn, addr, lst, keep=False)
 
     # -- connections ------------------------------------------------------------------
     def _accept(self, lst) -> None:
@@ -200,16 +235,20 @@ class Worker:
         except OSError as exc:
             log(f"accept(): {exc.strerror} [worker {self.wid}]")
             return
+        self._serve_accepted(conn, addr, lst, keep=True)
+
+    def _serve_accepted(self, conn, addr, lst, keep: bool) -> None:
+        conn.setblocking(True)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
         remote = addr[0] if isinstance(addr, tuple) else ""
         port = str(addr[1]) if isinstance(addr, tuple) else ""
         if lst.kind == "http":
             self._serve_http(conn, http.RequestParser(self.buffer_size, self.cfg.limit_post or 0),
-                             remote, port, lst)
+                             remote, port, lst, keep)
         else:
             try:
-                self._serve_uwsgi(conn, remote, port)
+                self._serve_uwsgi(conn, remote, port, lst)
             finally:
                 conn.close()
 
@@ -244,7 +283,7 @@ class Worker:
         self._dispatch(conn, env, body, uwsgi.RawFraming(protocol), start,
                        packet.nvars, packet.datasize, protocol)
 
-    def _serve_http(self, conn, parser, remote, port, lst) -> None:
+    def _serve_http(self, conn, parser, remote, port, lst, keep: bool = True) -> None:
         """Serve requests on `conn` until it goes idle (kept) or must close."""
         while True:
             try:
@@ -264,12 +303,13 @@ class Worker:
             if not requests and parser.headers_complete and parser.in_message:
                 self._maybe_continue(conn, parser)
             for req in requests:
-                keep = self._serve_http_request(conn, req, remote, port, lst)
                 if not keep or self.stopping:
+                    req.keep_alive = False
+                if not self._serve_http_request(conn, req, remote, port, lst) or not req.keep_alive:
                     conn.close()
                     return
             if requests and not parser.in_message:
-                if self.keepalive and not self.stopping:
+                if self.keepalive and not self.stopping and keep:
                     idle = Idle(parser, lst, remote, port, time.monotonic())
                     self.idle[conn] = idle
                     conn.setblocking(False)
@@ -291,6 +331,7 @@ class Worker:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
         self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst)
+
 
     def _serve_http_request(self, conn, req, remote, port, lst) -> bool:
         start = time.time()
@@ -415,5 +456,14 @@ class Worker:
             pass
 
 
-def version_string() -> str:
-    return f"pymaster {__version__}"
+def select_ready(conn) -> bool:
+    """True when `conn` has bytes (or EOF) waiting to be read."""
+    try:
+        return bool(select.select([conn], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
