@@ -193,9 +193,11 @@ def _worker_target(cfg, listeners, app, scoreboard, master_pid):
 
 
 def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded) -> int:
-    arbiter = Arbiter(cfg, listeners, scoreboard, lambda t: procname.set_title(cfg, t, True))
+    arbiter = Arbiter(cfg, listeners, scoreboard)
+    problem = arbiter.cheaper.validate()
+    if problem:
+        raise StartupError(problem)
     arbiter.start_cwd = start_cwd
-    cfg.max_processes = scoreboard.slots
     procname.set_title(cfg, "master", master=True)
     arbiter.install_signals()
     if cfg.pidfile and not reloaded:
@@ -209,11 +211,17 @@ def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
     log("*** Operational MODE: " + ("preforking ***" if processes > 1 else
                                      "single process ***" if processes else "no-workers ***"))
     arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
-    for _ in range(processes):
-        arbiter.add("worker", arbiter.worker_target)
+    for i in range(processes):
+        child = arbiter.add("worker", arbiter.worker_target)
+        child.cheaped = i >= arbiter.cheaper.initial
     from pymaster.master import gateways
     gateways.attach(arbiter, cfg, listeners)
-    code = arbiter.run()
+    _attach_control(arbiter, cfg)
+    try:
+        code = arbiter.run()
+    finally:
+        for closer in getattr(arbiter, "closers", []):
+            closer()
     if cfg.vacuum:
         if cfg.pidfile:
             try:
@@ -223,3 +231,21 @@ def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
                 pass
         sockets.remove_unix(listeners)
     return code
+
+
+def _attach_control(arbiter, cfg) -> None:
+    """Master FIFO, stats server and touch files, as configured."""
+    from pymaster.master import checks, control
+    arbiter.closers = []
+    if cfg.master_fifo:
+        fifo = control.MasterFifo(list(cfg.master_fifo), arbiter)
+        arbiter.closers.append(fifo.close)
+    if cfg.stats:
+        stats = control.StatsServer(cfg.stats, arbiter)
+        arbiter.closers.append(stats.close)
+    for paths, action, what in (
+            (cfg.touch_reload, arbiter.cmd_graceful_reload, "grace them all"),
+            (cfg.touch_workers_reload, arbiter.cmd_reload_workers, "workers reload"),
+            (cfg.touch_chain_reload, arbiter.cmd_chain_reload, "chain reload")):
+        if paths:
+            arbiter.on_tick.append(checks.TouchWatcher(list(paths), action, what))

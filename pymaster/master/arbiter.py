@@ -1,9 +1,10 @@
-"""The master loop: signals -> queue -> handlers; spawn, reap and respawn workers.
+"""The master loop: signals -> queue -> handlers; spawn, reap and respawn children.
 
 Signal handlers only append the signal number to a queue (plus the wakeup fd); the loop
-drains it and dispatches `on_SIGHUP` and friends. A 1 s tick runs the periodic checks.
-Workers and gateways are both `Child` records; what a child runs is a callable given by
-the caller, so Python workers, Perl workers and routers are supervised the same way.
+drains it and dispatches `on_SIGHUP` and friends. A tick (1 s) runs the periodic checks.
+Workers and gateways are both `Child` records; what a child runs is a callable given by the
+caller, so Python workers, Perl workers and routers are supervised the same way. Commands
+from the master FIFO arrive as `cmd_*` calls on the same loop.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass
 from typing import Callable
 
+from pymaster import log as logmod
 from pymaster.log import log, log_verbose
+from pymaster.master import checks, cheaper, sockets
 from pymaster.master import scoreboard as sb
-from pymaster.master import sockets
+from pymaster.master.notify import Notifier
 
 HANDLED = ("SIGHUP", "SIGTERM", "SIGINT", "SIGQUIT", "SIGCHLD", "SIGTTIN", "SIGTTOU",
            "SIGUSR1", "SIGUSR2", "SIGTSTP", "SIGWINCH")
@@ -27,7 +31,7 @@ EXIT_FAILED_APP = 22
 RELOADS_ENV = "UWSGI_RELOADS"          # as uWSGI: how many times this master re-exec'd
 
 
-@dataclass
+@dataclass(eq=False)
 class Child:
     """A supervised process slot: a worker (kind 'worker') or a gateway."""
 
@@ -38,8 +42,10 @@ class Child:
     spawned_at: float = 0.0
     respawns: int = 0
     cursed_at: float = 0.0                   # when we asked it to stop (mercy clock)
-    retiring: bool = False                   # stop it, do not respawn (scale down)
+    retiring: bool = False                   # stop it, then drop the slot (scale down)
+    cheaped: bool = False                    # stopped by the cheaper: no respawn until needed
     next_spawn: float = 0.0                  # respawn delayed by the fork-bomb guard
+    harakiri_count: int = 0
     label: str = ""
 
     @property
@@ -47,37 +53,48 @@ class Child:
         return self.label or f"{self.kind} {self.number}"
 
 
-@dataclass
 class State:
-    """What the master is doing: serving, reloading or shutting down."""
+    """What the master is doing: running, reloading or stopping."""
 
-    mode: str = "running"                    # running | reloading | stopping
-    graceful: bool = True
-    since: float = 0.0
-    exit_code: int = 0
-    hooks: list = field(default_factory=list)
+    def __init__(self, mode: str = "running", graceful: bool = True, code: int = 0):
+        self.mode = mode
+        self.graceful = graceful
+        self.since = time.time()
+        self.exit_code = code
 
 
 class Arbiter:
-    """Supervises children; subclasses or callers add ticks via `on_tick`."""
+    """Supervises children; callers add periodic work via `on_tick` and stop hooks."""
 
-    def __init__(self, cfg, listeners, scoreboard: sb.Scoreboard, title: Callable[[str], None]):
+    def __init__(self, cfg, listeners, scoreboard: sb.Scoreboard):
         self.cfg = cfg
         self.listeners = listeners
         self.scoreboard = scoreboard
-        self.set_title = title
         self.pid = os.getpid()
-        self.children: dict[int, Child] = {}           # pid -> child
+        self.children: dict[int, Child] = {}           # pid -> running child
         self.slots: list[Child] = []                   # every child slot, running or not
         self.queue: collections.deque[int] = collections.deque()
+        self.readers: dict[int, Callable[[], None]] = {}
         self.state = State()
         self.on_tick: list[Callable[[float], None]] = []
-        self.on_stop: list[Callable[[bool], None]] = []
+        self.on_stop: list[Callable[[bool], None]] = []       # arg: True when reloading
+        self.on_pause: list[Callable[[bool], None]] = []      # arg: True when pausing
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0
         self.mercy = cfg.worker_reload_mercy or 60
+        self.paused = False
+        self.harakiri_pids: set[int] = set()
+        self.chain: list[Child] | None = None
+        self.chain_new: Child | None = None
+        self.chain_old: Child | None = None
+        self.notifier = Notifier()
+        self.ready_sent = False
+        self.subscriber = None
+        self.start_cwd = os.getcwd()
+        self.worker_target: Callable | None = None
+        self.cheaper = cheaper.Cheaper(cfg)
 
-    # -- signals ----------------------------------------------------------------------
+    # -- plumbing -----------------------------------------------------------------------
     def _enqueue(self, signum, frame) -> None:
         self.queue.append(signum)
 
@@ -93,9 +110,25 @@ class Arbiter:
         for name in HANDLED:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
 
-    # -- children ---------------------------------------------------------------------
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.readers[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        self.readers.pop(fd, None)
+
+    @staticmethod
+    def kill(pid: int, sig: int) -> None:
+        if pid:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # -- children -------------------------------------------------------------------------
     def add(self, kind: str, target, label: str = "") -> Child:
-        number = 1 + sum(1 for c in self.slots if c.kind == kind)
+        """A new slot with the lowest free number of its kind (worker N uses scoreboard N-1)."""
+        used = {c.number for c in self.slots if c.kind == kind}
+        number = next(n for n in range(1, len(used) + 2) if n not in used)
         child = Child(kind, number, target, label=label)
         self.slots.append(child)
         return child
@@ -104,6 +137,9 @@ class Arbiter:
         child.respawns += 1
         child.cursed_at = 0.0
         child.next_spawn = 0.0
+        child.cheaped = False
+        if child.kind == "worker":
+            self.scoreboard.slot(child.number - 1).reset(0, time.time())
         pid = os.fork()
         if pid == 0:
             try:
@@ -111,7 +147,6 @@ class Arbiter:
                 os.close(self.wake_r)
                 child.target(child)
             except BaseException:
-                import traceback
                 log(traceback.format_exc())
             finally:
                 os._exit(1)
@@ -124,41 +159,50 @@ class Arbiter:
             log(f"Respawned pymaster {child.title} (new pid: {pid})")
 
     def workers(self) -> list[Child]:
+        """Worker slots that count toward capacity (not leaving, maybe cheaped)."""
         return [c for c in self.slots if c.kind == "worker" and not c.retiring]
 
+    def accepting(self, child: Child) -> bool:
+        info = self.scoreboard.slot(child.number - 1).read()
+        return bool(child.pid) and info["pid"] == child.pid and info["state"] in (sb.IDLE, sb.BUSY)
+
+    def curse(self, child: Child, sig: int) -> None:
+        """Ask a child to stop (SIGHUP: gracefully); the mercy clock starts."""
+        child.cursed_at = child.cursed_at or time.time()
+        self.kill(child.pid, sig)
+
     def signal_children(self, sig: int, kinds=("worker",)) -> None:
-        now = time.time()
         for child in list(self.children.values()):
             if child.kind in kinds:
-                child.cursed_at = child.cursed_at or now
-                self._kill(child.pid, sig)
+                self.curse(child, sig)
 
-    @staticmethod
-    def _kill(pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    # -- the loop ---------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
         """Spawn every slot and supervise until shutdown; returns the exit code."""
         for child in self.slots:
-            self.spawn(child)
+            if not child.cheaped:
+                self.spawn(child)
         next_tick = time.monotonic() + 1.0
         while True:
-            timeout = max(0.0, next_tick - time.monotonic())
+            timeout = max(0.0, min(next_tick - time.monotonic(), 0.1 if self.chain is not None
+                                   or not self.ready_sent else 1.0))
             try:
-                select.select([self.wake_r], [], [], timeout)
+                ready, _, _ = select.select([self.wake_r, *self.readers], [], [], timeout)
             except InterruptedError:
-                pass
-            self._drain_wake()
+                ready = []
+            for fd in ready:
+                if fd == self.wake_r:
+                    self._drain_wake()
+                elif fd in self.readers:
+                    self.readers[fd]()
             while self.queue:
                 self.dispatch(self.queue.popleft())
             self.reap()
+            self.chain_step()
+            self.check_ready()
             now = time.monotonic()
             if now >= next_tick:
-                next_tick = now + (self.cfg.check_interval or 1)
+                next_tick = now + max(1, self.cfg.check_interval or 1)
                 self.tick(time.time())
             if self.state.mode != "running" and not self.children:
                 return self.finish()
@@ -171,18 +215,32 @@ class Arbiter:
             pass
 
     def dispatch(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        handler = getattr(self, "on_" + name, None)
+        handler = getattr(self, "on_" + signal.Signals(signum).name, None)
         if handler is not None:
             handler()
 
     def tick(self, now: float) -> None:
         self.check_mercy(now)
         self.respawn_due(now)
+        if not self.paused:
+            checks.harakiri(self, now)
+        checks.evil_rss(self, now)
+        checks.lifetime(self, now)
+        if self.state.mode == "running" and not self.paused and self.chain is None:
+            self.cheaper.step(self, now)
+        self.notifier.tick(now)
         for hook in self.on_tick:
             hook(now)
 
-    # -- reaping ----------------------------------------------------------------------
+    def check_ready(self) -> None:
+        if self.ready_sent or self.state.mode != "running":
+            return
+        live = [c for c in self.workers() if not c.cheaped]
+        if all(self.accepting(c) for c in live):
+            self.ready_sent = True
+            self.notifier.ready(f"pymaster is ready: {len(live)} workers")
+
+    # -- reaping ------------------------------------------------------------------------------
     def reap(self) -> None:
         while True:
             try:
@@ -192,22 +250,20 @@ class Arbiter:
             if pid == 0:
                 return
             child = self.children.pop(pid, None)
-            if child is None:
-                if os.WIFSIGNALED(status):
-                    log(f"subprocess {pid} exited by signal {os.WTERMSIG(status)}")
-                elif self.pid != 1:
-                    log(f"subprocess {pid} exited with code {os.WEXITSTATUS(status)}")
-                continue
-            self.child_exited(child, status)
+            if child is not None:
+                self.child_exited(child, pid, status)
+            elif self.pid != 1:                # as PID 1 we reap strangers quietly
+                how = (f"by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                       else f"with code {os.WEXITSTATUS(status)}")
+                log(f"subprocess {pid} exited {how}")
 
-    def child_exited(self, child: Child, status: int) -> None:
+    def child_exited(self, child: Child, pid: int, status: int) -> None:
         now = time.time()
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        pid, child.pid = child.pid, 0
+        child.pid = 0
         if self.state.mode != "running":
-            log(f"{child.title} buried after {max(1, int(now - child.cursed_at or now))} seconds"
-                if child.cursed_at else f"{child.title} buried after 1 seconds")
+            log(f"{child.title} buried after {max(1, round(now - (child.cursed_at or now)))} seconds")
             return
         if code == EXIT_FAILED_APP:
             log(f"OOPS ! failed loading app in {child.title} (pid {pid}) :( trying again...")
@@ -215,6 +271,12 @@ class Arbiter:
                 log("need-app requested, destroying the instance...")
                 self.shutdown(graceful=False, code=EXIT_FAILED_APP)
                 return
+            if child is self.chain_new:
+                self.abort_chain(f"the new {child.title} failed to load the app")
+                return
+        elif pid in self.harakiri_pids:
+            self.harakiri_pids.discard(pid)
+            log(f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ...")
         elif child.cursed_at or code == 0:
             log(f"{child.title} killed successfully (pid: {pid})")
         elif sig is not None:
@@ -223,15 +285,20 @@ class Arbiter:
             log(f"DAMN ! {child.title} (pid: {pid}) died :( trying respawn ...")
         if child.retiring:
             self.slots.remove(child)
-            log(f"pymaster {child.title} retired.")
+            return
+        if child.cheaped:
+            log(f"pymaster {child.title} cheaped.")
             return
         self.schedule_respawn(child, now, quick=bool(child.cursed_at or code == 0))
 
     def schedule_respawn(self, child: Child, now: float, quick: bool) -> None:
-        """Respawn now, or later when children die too fast (the fork-bomb guard)."""
+        """Respawn now, or later when children die too fast (the fork-bomb guard).
+
+        The guard never sleeps: the slot gets a due time and the loop goes on.
+        """
         delay = self.cfg.forkbomb_delay if self.cfg.forkbomb_delay is not None else 2
         recent = [t for t in self.respawn_times if now - t < 1.0]
-        if not quick and delay and len(recent) > max(1, len(self.workers())):
+        if not quick and delay and len(recent) >= max(1, len(self.workers())):
             child.next_spawn = max(now, self.forkbomb_until) + delay
             self.forkbomb_until = child.next_spawn
             log(f"worker respawning too fast !!! i have to sleep a bit ({delay} seconds)...")
@@ -251,9 +318,9 @@ class Arbiter:
         for child in list(self.children.values()):
             if child.cursed_at and now - child.cursed_at > self.mercy:
                 log(f"{child.title} (pid: {child.pid}) is taking too much time to die...NO MERCY !!!")
-                self._kill(child.pid, signal.SIGKILL)
+                self.kill(child.pid, signal.SIGKILL)
 
-    # -- signal handlers (run from the loop, never from the signal) ----------------------
+    # -- signals (dispatched from the loop, never run inside the handler) ----------------
     def on_SIGCHLD(self) -> None:
         pass                                   # the loop reaps after every wakeup
 
@@ -271,27 +338,35 @@ class Arbiter:
     def on_SIGTTIN(self) -> None:
         if self.state.mode != "running":
             return
-        limit = getattr(self.cfg, "max_processes", 0) or 0
-        if limit and len(self.workers()) >= limit:
-            log(f"cannot add a worker: already at {limit}")
+        if self.cheaper.enabled:
+            self.cheaper.manual(self, +1)
+            return
+        if len(self.workers()) >= self.scoreboard.slots:
+            log(f"cannot add a worker: the scoreboard holds {self.scoreboard.slots}")
             return
         child = self.add("worker", self.worker_target)
-        log(f"SIGTTIN received: adding {child.title}")
+        self.cheaper.maximum += 1
+        log(f"adding {child.title} (now {len(self.workers())} workers)")
         self.spawn(child)
 
     def on_SIGTTOU(self) -> None:
         if self.state.mode != "running":
             return
-        live = self.workers()
-        if len(live) <= 1:
-            log("SIGTTOU received: already at 1 worker, not going lower")
+        if self.cheaper.enabled:
+            self.cheaper.manual(self, -1)
             return
-        child = live[-1]
+        live = self.workers()
+        floor = max(1, self.cheaper.minimum)
+        if len(live) <= floor:
+            log(f"not removing a worker: already at {len(live)} worker{'s' if len(live) > 1 else ''}"
+                f" (minimum {floor})")
+            return
+        child = max(live, key=lambda c: c.number)
         child.retiring = True
-        log(f"SIGTTOU received: retiring {child.title}")
+        self.cheaper.maximum = max(floor, self.cheaper.maximum - 1)
+        log(f"removing {child.title} (now {len(live) - 1} workers)")
         if child.pid:
-            child.cursed_at = time.time()
-            self._kill(child.pid, signal.SIGHUP)
+            self.curse(child, signal.SIGHUP)
         else:
             self.slots.remove(child)
 
@@ -301,24 +376,126 @@ class Arbiter:
         for child in self.workers():
             info = self.scoreboard.slot(child.number - 1).read()
             total += info["requests"]
+            doing = f" busy with {info['request']}" if info["state"] == sb.BUSY else ""
             lines.append(f"{child.title} app 0 [] requests: {info['requests']} "
-                         f"exceptions: {info['exceptions']}")
+                         f"exceptions: {info['exceptions']}{doing}")
         log(f"workers total requests: {total}")
         for line in lines:
             log(line)
 
-    worker_target: Callable = None
+    def on_SIGTSTP(self) -> None:
+        if self.state.mode != "running":
+            return
+        self.paused = not self.paused
+        sig = signal.SIGSTOP if self.paused else signal.SIGCONT
+        if self.paused:
+            log_verbose("*** PAUSE (press start to resume, if you do not have a joypad send SIGTSTP) ***")
+        else:
+            log_verbose("*** (SIGTSTP received) resuming workers ***")
+        for hook in self.on_pause:
+            hook(self.paused)
+        for child in self.workers():
+            if child.pid:
+                self.kill(child.pid, sig)
+                log(f"*** {child.title} {'suspended' if self.paused else 'resumed'} ***")
 
-    # -- reload and shutdown --------------------------------------------------------------
+    # -- FIFO commands ------------------------------------------------------------------------
+    def cmd_graceful_reload(self) -> None:
+        self.reload(graceful=True)
+
+    def cmd_brutal_reload(self) -> None:
+        self.reload(graceful=False)
+
+    def cmd_reload_workers(self) -> None:
+        log("...gracefully reloading workers...")
+        for child in self.workers():
+            if child.pid:
+                log(f"Gracefully killing {child.title} (pid: {child.pid})...")
+                self.curse(child, signal.SIGHUP)
+
+    def cmd_brutal_reload_workers(self) -> None:
+        for child in self.workers():
+            if child.pid:
+                log(f"killing {child.title} (pid: {child.pid})")
+                self.curse(child, signal.SIGINT)
+
+    def cmd_graceful_shutdown(self) -> None:
+        self.shutdown(graceful=True)
+
+    def cmd_brutal_shutdown(self) -> None:
+        self.shutdown(graceful=False)
+
+    def cmd_add_worker(self) -> None:
+        self.on_SIGTTIN()
+
+    def cmd_remove_worker(self) -> None:
+        self.on_SIGTTOU()
+
+    def cmd_stats_to_log(self) -> None:
+        self.on_SIGUSR1()
+
+    def cmd_reopen_log(self) -> None:
+        logmod.setup(self.cfg.logto)
+        log("log reopened")
+
+    def cmd_pause_toggle(self) -> None:
+        self.on_SIGTSTP()
+
+    def cmd_subscriptions_toggle(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.toggle()
+
+    # -- chain reload: a new worker is accepting before its predecessor is asked to go --------
+    def cmd_chain_reload(self) -> None:
+        if self.chain is not None or self.state.mode != "running":
+            return
+        log_verbose("chain reload starting...")
+        self.chain = [c for c in self.workers() if c.pid]
+
+    def chain_step(self) -> None:
+        if self.chain is None:
+            return
+        if self.chain_new is not None:
+            if not self.accepting(self.chain_new):
+                return
+            log_verbose(f"chain: {self.chain_new.title} (pid: {self.chain_new.pid}) is accepting")
+            old = self.chain_old
+            old.retiring = True
+            log(f"Gracefully killing {old.title} (pid: {old.pid})...")
+            self.curse(old, signal.SIGHUP)
+            self.chain_new = self.chain_old = None
+        if not self.chain:
+            self.chain = None
+            log_verbose("chain reloading complete")
+            return
+        old = self.chain.pop(0)
+        if not old.pid or old.retiring:
+            return
+        log_verbose(f"chain next victim is {old.title}")
+        self.chain_old = old
+        self.chain_new = self.add("worker", self.worker_target)
+        self.spawn(self.chain_new)
+
+    def abort_chain(self, why: str) -> None:
+        log_verbose(f"chain reload aborted: {why}; the old workers keep serving")
+        if self.chain_new is not None and self.chain_new in self.slots:
+            self.slots.remove(self.chain_new)
+        self.chain = None
+        self.chain_new = self.chain_old = None
+
+    # -- reload and shutdown --------------------------------------------------------------------
     def reload(self, graceful: bool) -> None:
         if self.state.mode != "running":
             return
-        self.state = State("reloading", graceful, time.time())
+        if self.paused:
+            self.on_SIGTSTP()
+        self.state = State("reloading", graceful)
+        self.notifier.reloading()
         log("...gracefully killing workers..." if graceful else "...brutally killing workers...")
         for hook in self.on_stop:
-            hook(True)
-        for child in self.children.values():
-            if graceful and child.kind == "worker":
+            hook(graceful)
+        for child in list(self.children.values()):
+            if child.kind == "worker" and graceful:
                 log(f"Gracefully killing {child.title} (pid: {child.pid})...")
         self.signal_children(signal.SIGHUP if graceful else signal.SIGINT)
         self.signal_children(signal.SIGHUP if graceful else signal.SIGKILL,
@@ -327,13 +504,18 @@ class Arbiter:
     def shutdown(self, graceful: bool, code: int = 0) -> None:
         if self.state.mode == "stopping" and (graceful or not self.state.graceful):
             return
-        self.state = State("stopping", graceful, time.time(), exit_code=code)
+        if self.paused:
+            self.on_SIGTSTP()
+        self.state = State("stopping", graceful, code)
+        self.notifier.stopping()
         if graceful:
             log_verbose("graceful shutdown triggered...")
         else:
             log("SIGINT/SIGTERM received...killing workers...")
         for hook in self.on_stop:
             hook(False)
+        for lst in self.listeners:             # workers keep theirs to drain the backlog
+            lst.sock.close()
         self.signal_children(signal.SIGHUP if graceful else signal.SIGINT,
                              kinds=tuple({c.kind for c in self.slots}))
 
@@ -345,16 +527,13 @@ class Arbiter:
 
     def reexec(self) -> None:
         log("binary reloading pymaster...")
-        cwd = getattr(self, "start_cwd", None) or os.getcwd()
-        log(f"chdir() to {cwd}")
-        os.chdir(cwd)
+        log(f"chdir() to {self.start_cwd}")
+        os.chdir(self.start_cwd)
         env = dict(os.environ)
         sockets.pass_to_exec(self.listeners, env)
         for i, lst in enumerate(self.listeners):
             log(f"found fd {sockets.SD_LISTEN_FDS_START + i} mapped to socket {i} ({lst.name})")
         env[RELOADS_ENV] = str(int(env.get(RELOADS_ENV, "0")) + 1)
-        argv = [sys.executable, "-m", "pymaster"] + list(self.cfg.argv)
+        argv = [sys.executable, "-m", "pymaster", *self.cfg.argv]
         log(f"running {sys.executable} -m pymaster")
-        sys.stdout.flush()
-        sys.stderr.flush()
         os.execve(sys.executable, argv, env)

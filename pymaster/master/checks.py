@@ -1,0 +1,102 @@
+"""The master's periodic checks, run once a tick: harakiri, memory, lifetimes, touch files.
+
+Each check reads the scoreboard (no syscall per request) or psutil, and acts through the
+arbiter: SIGKILL for harakiri and evil-reload-on-rss, SIGHUP for max-worker-lifetime.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+
+from pymaster.log import log, log_verbose
+from pymaster.master import scoreboard as sb
+
+
+def harakiri(arbiter, now: float) -> None:
+    limit = arbiter.cfg.harakiri or 0
+    if not limit:
+        return
+    for child in list(arbiter.children.values()):
+        if child.kind != "worker":
+            continue
+        info = arbiter.scoreboard.slot(child.number - 1).read()
+        if info["pid"] != child.pid or info["state"] != sb.BUSY or not info["req_start"]:
+            continue
+        if now - info["req_start"] <= limit:
+            continue
+        child.harakiri_count = getattr(child, "harakiri_count", 0) + 1
+        log_verbose(f"*** HARAKIRI ON WORKER {child.number} (pid: {child.pid}, "
+                    f"try: {child.harakiri_count}) ***")
+        log(f"HARAKIRI !!! worker {child.number} status !!!")
+        log(f"HARAKIRI [core 0] {info['request']} since {int(info['req_start'])}")
+        log(f"HARAKIRI !!! end of worker {child.number} status !!!")
+        arbiter.harakiri_pids.add(child.pid)
+        arbiter.kill(child.pid, signal.SIGKILL)
+
+
+def evil_rss(arbiter, now: float) -> None:
+    limit = (getattr(arbiter.cfg, "evil_reload_on_rss", 0) or 0) * 1024 * 1024
+    if not limit:
+        return
+    for child in list(arbiter.children.values()):
+        if child.kind != "worker":
+            continue
+        try:
+            rss = psutil.Process(child.pid).memory_info().rss
+        except psutil.Error:
+            continue
+        if rss > limit:
+            log_verbose(f"*** EVIL RELOAD ON WORKER {child.number} RSS: {rss} (pid: {child.pid}) ***")
+            child.cursed_at = child.cursed_at or time.time()
+            arbiter.kill(child.pid, signal.SIGKILL)
+
+
+def lifetime(arbiter, now: float) -> None:
+    cfg = arbiter.cfg
+    longest = getattr(cfg, "max_worker_lifetime", 0) or 0
+    if not longest or arbiter.state.mode != "running":
+        return
+    delta = getattr(cfg, "max_worker_lifetime_delta", 0) or 0
+    for child in list(arbiter.children.values()):
+        if child.kind != "worker" or child.cursed_at:
+            continue
+        allowed = longest + delta * child.number
+        lived = now - child.spawned_at
+        if lived >= allowed:
+            log(f"worker {child.number} lifetime reached, it was running for {int(lived)} second(s)")
+            child.cursed_at = now
+            arbiter.kill(child.pid, signal.SIGHUP)
+
+
+class TouchWatcher:
+    """--touch-reload and friends: act when a file's mtime changes, appears or goes away."""
+
+    def __init__(self, paths: list[str], action, what: str):
+        self.action = action
+        self.what = what
+        self.mtimes = {}
+        for path in paths:
+            self.mtimes[path] = self._mtime(path)
+            if self.mtimes[path] is None:
+                log(f"unable to stat() {path}, events will be triggered as soon as the file is created")
+
+    @staticmethod
+    def _mtime(path: str):
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+
+    def __call__(self, now: float) -> None:
+        for path, old in self.mtimes.items():
+            new = self._mtime(path)
+            if new != old:
+                self.mtimes[path] = new
+                log(f"*** {path} has been touched... {self.what} !!! ***")
+                self.action()
+                return
+

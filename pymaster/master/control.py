@@ -1,0 +1,185 @@
+"""Talking to a running master: the master FIFO (uWSGI's one-letter commands) and the
+stats server (uWSGI's JSON layout, so uwsgitop and Prometheus exporters work unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+
+import psutil
+
+from pymaster import __version__
+from pymaster.log import log
+from pymaster.master import scoreboard as sb
+from pymaster.master import sockets
+
+FIFO_COMMANDS = {
+    "r": "graceful_reload", "R": "brutal_reload", "w": "reload_workers",
+    "W": "brutal_reload_workers", "c": "chain_reload", "q": "graceful_shutdown",
+    "Q": "brutal_shutdown", "+": "add_worker", "-": "remove_worker", "s": "stats_to_log",
+    "l": "reopen_log", "p": "pause_toggle", "S": "subscriptions_toggle",
+}
+
+
+class MasterFifo:
+    """`--master-fifo PATH` (repeatable: slots 0..9, switched with the digits)."""
+
+    def __init__(self, paths: list[str], arbiter):
+        self.paths = paths
+        self.arbiter = arbiter
+        self.active = 0
+        self.fd = -1
+        self._keep = -1
+        self.open()
+
+    def open(self) -> None:
+        path = self.paths[self.active]
+        try:
+            if stat.S_ISFIFO(os.stat(path).st_mode) or os.path.exists(path):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.mkfifo(path, 0o600)
+        os.chmod(path, 0o600)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # hold a writer ourselves so a client closing its end never gives us EOF storms
+        self._keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.arbiter.add_reader(self.fd, self.readable)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.arbiter.remove_reader(self.fd)
+            os.close(self.fd)
+            os.close(self._keep)
+            self.fd = self._keep = -1
+
+    def readable(self) -> None:
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        for ch in data.decode("latin-1"):
+            if ch.isdigit():
+                slot = int(ch)
+                if slot < len(self.paths) and slot != self.active:
+                    self.close()
+                    self.active = slot
+                    self.open()
+                    log(f"active master fifo is now {self.paths[slot]}")
+                continue
+            action = FIFO_COMMANDS.get(ch)
+            if action is not None:
+                getattr(self.arbiter, "cmd_" + action)()
+
+
+def _worker_stats(arbiter, child, now: float) -> dict:
+    info = arbiter.scoreboard.slot(child.number - 1).read()
+    rss = vsz = 0
+    if child.pid:
+        try:
+            mem = psutil.Process(child.pid).memory_info()
+            rss, vsz = mem.rss, mem.vms
+        except psutil.Error:
+            pass
+    if not child.pid:
+        status = "cheap"
+    elif arbiter.paused:
+        status = "pause"
+    else:
+        status = "busy" if info["state"] == sb.BUSY else "idle"
+    requests = info["requests"]
+    busy = info["state"] == sb.BUSY
+    return {
+        "id": child.number, "pid": child.pid, "accepting": int(info["state"] in (sb.IDLE, sb.BUSY)),
+        "requests": requests, "delta_requests": requests, "exceptions": info["exceptions"],
+        "harakiri_count": getattr(child, "harakiri_count", 0), "signals": 0, "signal_queue": 0,
+        "status": status, "rss": rss, "vsz": vsz,
+        "running_time": int(info["running_time"] * 1e6), "last_spawn": int(child.spawned_at),
+        "respawn_count": child.respawns, "tx": info["tx"], "avg_rt": int(info["avg_rt"] * 1e6),
+        "apps": [{"id": 0, "modifier1": 0, "mountpoint": "", "startup_time": 0,
+                  "requests": requests, "exceptions": info["exceptions"],
+                  "chdir": ""}],
+        "cores": [{"id": 0, "requests": requests, "static_requests": 0, "routed_requests": 0,
+                   "offloaded_requests": 0, "write_errors": 0, "read_errors": 0,
+                   "in_request": int(busy), "vars": [], "req_info": {}}],
+    }
+
+
+def _listen_queue(listeners) -> list[tuple[object, int]]:
+    """Per listener: the number of connections waiting in its backlog (Linux, TCP)."""
+    out = []
+    for lst in listeners:
+        queue = 0
+        if lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram:
+            try:
+                info = lst.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+                queue = int.from_bytes(info[24:28], "little")     # tcpi_unacked = backlog
+            except OSError:
+                queue = 0
+        out.append((lst, queue))
+    return out
+
+
+def stats_document(arbiter) -> dict:
+    now = time.time()
+    queues = _listen_queue([lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")])
+    return {
+        "version": __version__,
+        "listen_queue": sum(q for _, q in queues),
+        "listen_queue_errors": 0,
+        "signal_queue": 0,
+        "load": sum(q for _, q in queues),
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "cwd": os.getcwd(),
+        "locks": [{"user 0": 0}, {"signal": 0}, {"filemon": 0}, {"timer": 0}, {"rbtimer": 0},
+                  {"cron": 0}, {"rpc": 0}, {"snmp": 0}],
+        "sockets": [{"name": lst.name, "proto": lst.kind, "queue": q,
+                     "max_queue": arbiter.cfg.listen or 100, "shared": 0, "can_offload": 0}
+                    for lst, q in queues],
+        "workers": [_worker_stats(arbiter, c, now) for c in arbiter.slots if c.kind == "worker"],
+    }
+
+
+class StatsServer:
+    """`--stats ADDR`: accept, write one JSON document, close (HTTP with --stats-http)."""
+
+    def __init__(self, address: str, arbiter):
+        self.arbiter = arbiter
+        self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address))
+        self.listener.bind(arbiter.cfg.listen or 100)
+        self.listener.sock.set_inheritable(False)
+        self.listener.sock.setblocking(False)
+        arbiter.add_reader(self.listener.fd, self.readable)
+        log(f"*** Stats server enabled on {address} fd: {self.listener.fd} ***")
+
+    def readable(self) -> None:
+        try:
+            conn, _ = self.listener.sock.accept()
+        except OSError:
+            return
+        with conn:
+            cfg = self.arbiter.cfg
+            doc = stats_document(self.arbiter)
+            body = json.dumps(doc, separators=(",", ":") if getattr(cfg, "stats_minified", False)
+                              else None, indent=None if getattr(cfg, "stats_minified", False) else 1)
+            data = body.encode()
+            if getattr(cfg, "stats_http", False):
+                data = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n" % len(data)) + data
+            conn.settimeout(2)
+            try:
+                conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.arbiter.remove_reader(self.listener.fd)
+        self.listener.sock.close()
+        if self.listener.family == socket.AF_UNIX:
+            sockets.remove_unix([self.listener])
