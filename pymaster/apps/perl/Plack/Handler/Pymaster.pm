@@ -1,0 +1,794 @@
+package Plack::Handler::Pymaster;
+# pymaster's Perl worker: `plackup -s Pymaster -L Pymaster app.psgi`, exec'd by the master.
+#
+# Takes the listening sockets the master left open (PYMASTER_LISTEN_FDS="3:uwsgi,4:http"),
+# serves one request at a time in the uwsgi protocol or HTTP/1.1 (one request per
+# connection), runs the PSGI app, writes the response itself, keeps its scoreboard slot, and
+# follows the worker contract (docs/worker-contract.md): SIGHUP finishes the current request
+# then exits 0; SIGINT/SIGQUIT/SIGTERM exit at once; max requests exits 0; dies with the
+# master. The listening sockets are shared with the other workers: close, never shutdown().
+use strict;
+use warnings;
+use Errno qw(EINTR EAGAIN EWOULDBLOCK);
+use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
+use POSIX ();
+use Socket qw(SOL_SOCKET SO_RCVTIMEO SO_SNDTIMEO AF_INET AF_INET6 sockaddr_family
+              unpack_sockaddr_in unpack_sockaddr_in6 inet_ntop);
+use Time::HiRes ();
+use Scalar::Util ();
+use HTTP::Status ();
+use Plack::HTTPParser ();
+use Plack::Util ();
+
+use constant {
+    EXIT_OK => 0, EXIT_END => 30,
+    ST_IDLE => 1, ST_BUSY => 2, ST_STOPPING => 3,
+    SLOT_SIZE => 256, REQ_SIZE => 192,
+    MEM_BODY_MAX => 1024 * 1024,
+    BLOCK => 65536,
+};
+
+my $SLOT_HEAD = 'VVQ<d<Q<Q<d<d<d<';      # pymaster/master/scoreboard.py HEAD ("<IIQdQQddd")
+my %NO_BODY = map { $_ => 1 } 204, 304;
+my %SYS = (   # prctl, sendfile
+    x86_64  => [157, 40],
+    aarch64 => [167, 71],
+);
+my ($SYS_PRCTL, $SYS_SENDFILE) = $^O eq 'linux' ? @{ $SYS{(POSIX::uname())[4]} || [] } : ();
+my %REASON;
+
+our $STOPPING = 0;
+
+sub new {
+    my ($class, %args) = @_;
+    return bless {%args}, $class;
+}
+
+sub _log {
+    my $line = join '', @_;
+    utf8::encode($line) if utf8::is_utf8($line);
+    $line .= "\n" unless $line =~ /\n\z/;
+    syswrite STDERR, $line;
+}
+
+# -- setup ----------------------------------------------------------------------------------
+
+sub _setup {
+    my $self = shift;
+    my $e = \%ENV;
+    $self->{wid}          = $e->{PYMASTER_WORKER_ID} || 1;
+    $self->{master_pid}   = $e->{PYMASTER_MASTER_PID} || 0;
+    $self->{max_requests} = $e->{PYMASTER_MAX_REQUESTS} || 0;
+    $self->{buffer_size}  = $e->{PYMASTER_BUFFER_SIZE} || 4096;
+    $self->{timeout}      = $e->{PYMASTER_SOCKET_TIMEOUT} || 4;
+    $self->{log}          = !$e->{PYMASTER_DISABLE_LOGGING};
+    $self->{requests}     = 0;
+    $self->{spawned}      = Time::HiRes::time();
+    $self->{pid}          = $$;
+    $0 = $e->{PYMASTER_PROCNAME} || "pymaster worker $self->{wid}";
+
+    # die with the master: PR_SET_PDEATHSIG(SIGKILL) (+ the getppid check in the loop)
+    syscall($SYS_PRCTL, 1, 9, 0, 0, 0) if $SYS_PRCTL;
+    if ($self->{master_pid} && getppid() != $self->{master_pid}) {
+        _log("worker $self->{wid} (pid: $$): master $self->{master_pid} is gone, exiting");
+        POSIX::_exit(EXIT_END);
+    }
+
+    $SIG{HUP} = sub { $STOPPING = 1 };
+    $SIG{$_} = sub { POSIX::_exit(EXIT_END) } for qw(INT QUIT TERM);
+    $SIG{$_} = 'IGNORE' for qw(PIPE USR1 USR2 TTIN TTOU TSTP WINCH);
+
+    my @listen;
+    my $spec = $e->{PYMASTER_LISTEN_FDS};
+    if (!defined $spec && $self->{listen_sock}) {       # in-process use (tests)
+        $spec = fileno($self->{listen_sock}) . ':http';
+    }
+    die "PYMASTER_LISTEN_FDS is not set: this handler runs under the pymaster master\n"
+        unless defined $spec && length $spec;
+    for my $item (split /,/, $spec) {
+        my ($fd, $proto) = split /:/, $item, 2;
+        $proto ||= 'uwsgi';
+        die "PYMASTER_LISTEN_FDS: bad entry '$item' (expected FD:uwsgi or FD:http)\n"
+            unless $fd =~ /^\d+$/ && ($proto eq 'uwsgi' || $proto eq 'http');
+        open my $fh, '+<&=', $fd or die "cannot use listening fd $fd: $!\n";
+        my $flags = fcntl($fh, F_GETFL, 0);
+        fcntl($fh, F_SETFL, $flags | O_NONBLOCK) if defined $flags;
+        my ($name, $port) = _sockaddr(getsockname($fh));
+        push @listen, { fh => $fh, fd => $fd, http => $proto eq 'http',
+                        name => $name || 'localhost', port => defined $port ? $port : '' };
+    }
+    $self->{listen} = \@listen;
+    $self->{tv} = pack 'l!l!', $self->{timeout}, 0;
+    $self->_scoreboard_open($e->{PYMASTER_SCOREBOARD_FD});
+}
+
+sub _sockaddr {
+    my $addr = shift;
+    return unless defined $addr && length $addr >= 2;
+    my $family = sockaddr_family($addr);
+    if ($family == AF_INET) {
+        my ($port, $ip) = unpack_sockaddr_in($addr);
+        return (inet_ntop(AF_INET, $ip), $port);
+    }
+    if ($family == AF_INET6) {
+        my ($port, $ip) = unpack_sockaddr_in6($addr);
+        return (inet_ntop(AF_INET6, $ip), $port);
+    }
+    return;
+}
+
+# -- scoreboard (pymaster/master/scoreboard.py) ---------------------------------------------
+# The memfd's open file description (and so its offset) is shared by every worker that
+# inherited it; reopening it through /proc gives this worker its own offset, so that
+# sysseek + syswrite cannot race with a sibling's. Each update is 2 syscalls (~1 us).
+
+sub _scoreboard_open {
+    my ($self, $fd) = @_;
+    return unless defined $fd && $fd =~ /^\d+$/;
+    my $sb;
+    open($sb, '+<', "/proc/self/fd/$fd") or open($sb, '+<&=', $fd) or do {
+        _log("worker $self->{wid}: cannot open the scoreboard fd $fd: $!");
+        return;
+    };
+    binmode $sb;
+    my $size = -s $sb || 0;
+    my $off = ($self->{wid} - 1) * SLOT_SIZE;
+    if ($off + SLOT_SIZE > $size) {
+        _log("worker $self->{wid}: no scoreboard slot (table has " . int($size / SLOT_SIZE) . ")");
+        return;
+    }
+    $self->{sb} = $sb;
+    $self->{sb_off} = $off;
+    $self->{sb_slots} = int($size / SLOT_SIZE);
+    # pid, state, requests, req_start, exceptions, tx, running_time, avg_rt, last_spawn
+    $self->{slot} = [$$, 0, 0, 0.0, 0, 0, 0.0, 0.0, $self->{spawned}];
+    $self->_slot_write("\0" x REQ_SIZE);
+}
+
+sub _slot_write {
+    my ($self, $tail) = @_;
+    my $data = pack $SLOT_HEAD, @{ $self->{slot} };
+    $data .= $tail if defined $tail;
+    sysseek $self->{sb}, $self->{sb_off}, 0;
+    syswrite $self->{sb}, $data;
+}
+
+sub _slot_state {
+    my ($self, $state) = @_;
+    return unless $self->{sb};
+    $self->{slot}[1] = $state;
+    $self->_slot_write;
+}
+
+sub _slot_begin {
+    my ($self, $start, $what) = @_;
+    return unless $self->{sb};
+    my $slot = $self->{slot};
+    $slot->[1] = ST_BUSY;
+    $slot->[3] = $start;
+    utf8::encode($what) if utf8::is_utf8($what);
+    $self->_slot_write(pack 'a' . REQ_SIZE, substr($what, 0, REQ_SIZE - 1));
+}
+
+sub _slot_end {
+    my ($self, $elapsed, $tx, $exception) = @_;
+    return unless $self->{sb};
+    my $slot = $self->{slot};
+    my $n = ++$slot->[2];
+    $slot->[1] = ST_IDLE;
+    $slot->[3] = 0.0;
+    $slot->[4]++ if $exception;
+    $slot->[5] += $tx;
+    $slot->[6] += $elapsed;
+    $slot->[7] = $n == 1 ? $elapsed : $slot->[7] + ($elapsed - $slot->[7]) / ($n < 100 ? $n : 100);
+    $self->_slot_write;
+}
+
+sub _instance_requests {
+    my $self = shift;
+    my $sb = $self->{sb} or return $self->{requests};
+    sysseek $sb, 0, 0;
+    my $n = $self->{sb_slots};
+    sysread($sb, my $all, $n * SLOT_SIZE) == $n * SLOT_SIZE or return $self->{requests};
+    my $total = 0;
+    $total += unpack 'Q<', substr($all, $_ * SLOT_SIZE + 8, 8) for 0 .. $n - 1;
+    return $total;
+}
+
+# -- the loop -------------------------------------------------------------------------------
+
+sub run {
+    my ($self, $app) = @_;
+    $self->_setup;
+    $self->{app} = $app;
+    $self->_slot_state(ST_IDLE);
+    my $rin = '';
+    vec($rin, $_->{fd}, 1) = 1 for @{ $self->{listen} };
+    my $next_check = time + 1;
+    while (!$STOPPING) {
+        my $n = select(my $rout = $rin, undef, undef, 1.0);
+        if ($n && $n > 0) {
+            for my $l (@{ $self->{listen} }) {
+                next unless vec($rout, $l->{fd}, 1);
+                $self->_accept($l);
+                last if $STOPPING;
+            }
+        }
+        my $now = time;
+        if ($now >= $next_check) {
+            $next_check = $now + 1;
+            if ($self->{master_pid} && getppid() != $self->{master_pid}) {
+                _log("worker $self->{wid} (pid: $$): master $self->{master_pid} is gone, exiting");
+                last;
+            }
+        }
+    }
+    $self->_slot_state(ST_STOPPING);
+    exit EXIT_OK;
+}
+
+sub _accept {
+    my ($self, $l) = @_;
+    my $peer = accept(my $c, $l->{fh});
+    if (!$peer) {
+        return if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+        _log("accept(): $! [worker $self->{wid}]");
+        return;
+    }
+    binmode $c;
+    setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
+    setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+    my ($addr, $port) = _sockaddr($peer);
+    my $req = {
+        c => $c, l => $l,
+        remote => defined $addr ? $addr : '', remote_port => defined $port ? $port : '',
+        start => Time::HiRes::time(),
+    };
+    my $env = $l->{http} ? $self->_read_http($req) : $self->_read_uwsgi($req);
+    $self->_dispatch($req, $env) if $env;
+    close $c;
+}
+
+sub _sysread_more {
+    my ($c, $bufref, $want) = @_;
+    while (1) {
+        my $r = sysread $c, $$bufref, $want, length $$bufref;
+        return $r if defined $r;
+        next if $! == EINTR;
+        return undef;
+    }
+}
+
+# -- uwsgi ----------------------------------------------------------------------------------
+
+sub _read_uwsgi {
+    my ($self, $req) = @_;
+    my $c = $req->{c};
+    my $buf = '';
+    while (length $buf < 4) {
+        my $r = _sysread_more($c, \$buf, BLOCK);
+        if (!$r) {
+            _log('uwsgi_proto_uwsgi_parser(): ' . (defined $r ? 'Success' : ($! || 'timeout'))
+                 . ' [worker ' . $self->{wid} . ']');
+            return;
+        }
+    }
+    my ($m1, $size) = unpack 'Cv', $buf;
+    if ($size > $self->{buffer_size}) {
+        _log("invalid request block size: $size (max $self->{buffer_size})...skip");
+        return;
+    }
+    while (length $buf < 4 + $size) {
+        my $r = _sysread_more($c, \$buf, BLOCK);
+        if (!$r) {
+            _log('uwsgi_proto_uwsgi_parser(): ' . (defined $r ? 'Success' : ($! || 'timeout'))
+                 . ' [worker ' . $self->{wid} . ']');
+            return;
+        }
+    }
+    if ($m1 != 5 && $m1 != 0) {
+        _log("-- unavailable modifier requested: $m1 --");
+        return;
+    }
+    my @kv = unpack '(v/a* v/a*)*', substr($buf, 4, $size);
+    my $used = 0;
+    $used += 2 + length for @kv;
+    if ($used != $size || @kv % 2) {
+        _log("invalid uwsgi request (current strsize: $size). skip.");
+        return;
+    }
+    my %env = @kv;
+    if (keys(%env) * 2 != @kv) {             # repeated vars: join them as uWSGI does
+        %env = ();
+        for (my $i = 0; $i < @kv; $i += 2) {
+            my ($k, $v) = @kv[$i, $i + 1];
+            $env{$k} = exists $env{$k} ? "$env{$k}, $v" : $v;
+        }
+    }
+    if (exists $env{''}) {
+        _log('uwsgi key cannot be null. skip this var.');
+        return;
+    }
+    $req->{nvars} = @kv / 2;
+    $req->{pktsize} = $size;
+    $req->{rest} = substr $buf, 4 + $size;
+    my $l = $req->{l};
+    $env{SERVER_NAME} = $l->{name} unless defined $env{SERVER_NAME} && length $env{SERVER_NAME};
+    $env{SERVER_PORT} = $l->{port} unless defined $env{SERVER_PORT} && length $env{SERVER_PORT};
+    $env{REMOTE_ADDR} = $req->{remote} unless defined $env{REMOTE_ADDR};
+    $env{REMOTE_PORT} = $req->{remote_port} unless defined $env{REMOTE_PORT};
+    if (!defined $env{PATH_INFO}) {
+        my ($path) = split /\?/, (defined $env{REQUEST_URI} ? $env{REQUEST_URI} : ''), 2;
+        ($env{PATH_INFO} = $path) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/eg;
+    }
+    $env{QUERY_STRING} = '' unless defined $env{QUERY_STRING};
+    $env{REQUEST_URI} = length $env{QUERY_STRING} ? "$env{PATH_INFO}?$env{QUERY_STRING}"
+                                                  : $env{PATH_INFO}
+        unless defined $env{REQUEST_URI};
+    my $scheme = $env{UWSGI_SCHEME};
+    $scheme = (lc($env{HTTPS} || '') eq 'on' || ($env{HTTPS} || '') eq '1') ? 'https' : 'http'
+        unless defined $scheme && ($scheme eq 'http' || $scheme eq 'https');
+    $env{'psgi.url_scheme'} = $scheme;
+    return $self->_read_body($req, \%env);
+}
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+sub _read_http {
+    my ($self, $req) = @_;
+    my $c = $req->{c};
+    my $limit = $self->{buffer_size} > 8192 ? $self->{buffer_size} : 8192;
+    my $buf = '';
+    my (%env, $ret);
+    while (1) {
+        my $r = _sysread_more($c, \$buf, BLOCK);
+        return unless $r;                     # closed or timed out before a request: quietly
+        $ret = Plack::HTTPParser::parse_http_request($buf, \%env);
+        last if $ret >= 0;
+        if ($ret == -2) {
+            _log("HTTP error from $req->{remote}: malformed request");
+            return $self->_http_error($req, 400, 'Bad Request');
+        }
+        if (length $buf > $limit) {
+            _log("HTTP error from $req->{remote}: request head larger than $limit bytes");
+            return $self->_http_error($req, 431, 'Request Header Fields Too Large');
+        }
+        %env = ();
+    }
+    $req->{pktsize} = $ret;
+    $req->{rest} = substr $buf, $ret;
+    my $l = $req->{l};
+    $env{SCRIPT_NAME} = '';
+    $env{SERVER_NAME} = $l->{name};
+    $env{SERVER_PORT} = $l->{port};
+    $env{REMOTE_ADDR} = $req->{remote};
+    $env{REMOTE_PORT} = $req->{remote_port};
+    $env{'psgi.url_scheme'} = 'http';
+    $env{'psgix.io'} = $c;
+    delete $env{HTTP_CONNECTION};
+    $req->{nvars} = grep { !/\./ } keys %env;
+    my $te = delete $env{HTTP_TRANSFER_ENCODING};
+    if (defined $te && $te =~ /\bchunked\b/i) {
+        $self->_continue($req, \%env);
+        my $body = $self->_dechunk($req) // return;
+        $env{CONTENT_LENGTH} = length $body;
+        $req->{rest} = $body;
+    }
+    elsif (defined $te) {
+        return $self->_http_error($req, 501, 'Not Implemented');
+    }
+    elsif ($env{CONTENT_LENGTH}) {
+        $self->_continue($req, \%env) if length $req->{rest} < $env{CONTENT_LENGTH};
+    }
+    return $self->_read_body($req, \%env);
+}
+
+sub _continue {
+    my ($self, $req, $env) = @_;
+    my $expect = $env->{HTTP_EXPECT};
+    return unless defined $expect && lc $expect eq '100-continue'
+        && ($env->{SERVER_PROTOCOL} || '') eq 'HTTP/1.1';
+    _write_all($req->{c}, "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+sub _dechunk {
+    my ($self, $req) = @_;
+    my $c = $req->{c};
+    my $in = $req->{rest};
+    my $body = '';
+    my $pos = 0;
+    while (1) {
+        my $eol = index $in, "\r\n", $pos;
+        if ($eol < 0) {
+            _sysread_more($c, \$in, BLOCK) or return $self->_bad_chunk($req);
+            next;
+        }
+        my $line = substr $in, $pos, $eol - $pos;
+        return $self->_bad_chunk($req) unless $line =~ /^([0-9A-Fa-f]+)/;
+        my $size = hex $1;
+        if ($size == 0) {                         # trailers until the empty line
+            $pos = $eol + 2;
+            while (1) {
+                my $end = index $in, "\r\n", $pos;
+                if ($end < 0) {
+                    _sysread_more($c, \$in, BLOCK) or return $self->_bad_chunk($req);
+                    next;
+                }
+                last if $end == $pos;
+                $pos = $end + 2;
+            }
+            return $body;
+        }
+        while (length($in) < $eol + 2 + $size + 2) {
+            _sysread_more($c, \$in, BLOCK) or return $self->_bad_chunk($req);
+        }
+        $body .= substr $in, $eol + 2, $size;
+        $pos = $eol + 2 + $size + 2;
+        if ($pos > BLOCK) { substr($in, 0, $pos, ''); $pos = 0 }
+    }
+}
+
+sub _bad_chunk {
+    my ($self, $req) = @_;
+    _log("HTTP error from $req->{remote}: bad chunked request body");
+    return $self->_http_error($req, 400, 'Bad Request');
+}
+
+sub _http_error {
+    my ($self, $req, $status, $reason) = @_;
+    _write_all($req->{c}, "HTTP/1.1 $status $reason\r\nContent-Type: text/plain\r\n"
+        . 'Content-Length: ' . length($reason) . "\r\nConnection: close\r\n\r\n$reason");
+    return;
+}
+
+# -- request body: buffered, seekable, bounded by CONTENT_LENGTH ----------------------------
+
+sub _read_body {
+    my ($self, $req, $env) = @_;
+    for (qw(CONTENT_LENGTH CONTENT_TYPE)) {
+        delete $env->{$_} if defined $env->{$_} && $env->{$_} eq '';
+        delete $env->{"HTTP_$_"};
+    }
+    my ($len) = (defined $env->{CONTENT_LENGTH} ? $env->{CONTENT_LENGTH} : '') =~ /^(\d+)/;
+    $len ||= 0;
+    my $rest = delete $req->{rest};
+    my $input;
+    if ($len <= MEM_BODY_MAX) {
+        my $body = length $rest > $len ? substr($rest, 0, $len) : $rest;
+        while (length $body < $len) {
+            return $self->_short_body($req, $len, length $body)
+                unless _sysread_more($req->{c}, \$body, $len - length $body);
+        }
+        open $input, '<', \$body;
+    }
+    else {
+        open $input, '+>', undef or die "cannot create a temporary file for the body: $!\n";
+        binmode $input;
+        my $got = length $rest;
+        print {$input} $rest;
+        while ($got < $len) {
+            my $chunk = '';
+            my $want = $len - $got < BLOCK ? $len - $got : BLOCK;
+            return $self->_short_body($req, $len, $got)
+                unless _sysread_more($req->{c}, \$chunk, $want);
+            print {$input} $chunk;
+            $got += length $chunk;
+        }
+        seek $input, 0, 0;
+    }
+    $env->{'psgi.input'} = $input;
+    return $env;
+}
+
+sub _short_body {
+    my ($self, $req, $len, $got) = @_;
+    _log("request body incomplete: got $got of $len bytes from $req->{remote} ("
+         . ($! ? "$!" : 'client closed') . ')');
+    return;
+}
+
+# -- running the app ------------------------------------------------------------------------
+
+my $LOGGER = sub {
+    my $args = shift;
+    die "psgix.logger needs {level => ..., message => ...}\n"
+        unless ref $args eq 'HASH' && defined $args->{level} && defined $args->{message};
+    _log("[pymaster-perl $args->{level}] $args->{message}");
+};
+
+sub _dispatch {
+    my ($self, $req, $env) = @_;
+    $env->{SCRIPT_NAME} = '' if !defined $env->{SCRIPT_NAME} || $env->{SCRIPT_NAME} eq '/';
+    $env->{REQUEST_METHOD} = 'GET' unless defined $env->{REQUEST_METHOD} && length $env->{REQUEST_METHOD};
+    $env->{'psgi.version'}           = [1, 1];
+    $env->{'psgi.errors'}            = *STDERR;
+    $env->{'psgi.multithread'}       = '';
+    $env->{'psgi.multiprocess'}      = 1;
+    $env->{'psgi.run_once'}          = '';
+    $env->{'psgi.nonblocking'}       = '';
+    $env->{'psgi.streaming'}         = 1;
+    $env->{'psgix.input.buffered'}   = 1;
+    $env->{'psgix.harakiri'}         = 1;
+    $env->{'psgix.cleanup'}          = 1;
+    $env->{'psgix.cleanup.handlers'} = [];
+    $env->{'psgix.logger'}           = $LOGGER;
+
+    my $method = $env->{REQUEST_METHOD};
+    my $uri = $env->{REQUEST_URI};
+    $self->_slot_begin($req->{start}, "$method $uri");
+    $req->{proto} = $env->{SERVER_PROTOCOL} || 'HTTP/1.0';
+    $req->{head} = $method eq 'HEAD';
+    $req->{tx} = $req->{headers} = $req->{head_bytes} = 0;
+    $req->{status} = 500;
+
+    my $failed = 0;
+    my $ok = eval { $self->_respond($req, $self->{app}->($env)); 1 };
+    if (!$ok) {
+        my $err = $@;
+        $failed = 1;
+        if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
+            _log("write error: $$err [$method $uri] (client gone)");
+        }
+        else {
+            $err = "$err";
+            $err =~ s/\s+\z//;
+            _log("[pymaster-perl error] $method $uri: $err");
+            $self->_send_500($req) unless $req->{sent};
+        }
+    }
+    close $req->{c};
+    my $elapsed = Time::HiRes::time() - $req->{start};
+    $self->{requests}++;
+    $self->_slot_end($elapsed, $req->{tx}, $failed);
+    $self->_log_request($req, $env, $elapsed) if $self->{log};
+
+    for my $handler (@{ $env->{'psgix.cleanup.handlers'} || [] }) {
+        eval { $handler->($env); 1 } or do {
+            (my $err = "$@") =~ s/\s+\z//;
+            _log("[pymaster-perl error] cleanup handler for $method $uri: $err");
+        };
+    }
+    if ($env->{'psgix.harakiri.commit'}) {
+        _log("psgix.harakiri.commit requested: worker $self->{wid} (pid: $$) exits");
+        $STOPPING = 1;
+    }
+    if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
+        _log("...The work of process $$ is done. Seeya!");
+        $STOPPING = 1;
+    }
+}
+
+sub _send_500 {
+    my ($self, $req) = @_;
+    my $body = 'Internal Server Error';
+    my $head = "$req->{proto} 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+             . 'Content-Length: ' . length($body) . "\r\n"
+             . ($req->{l}{http} ? "Connection: close\r\n" : '') . "\r\n";
+    $req->{status} = 500;
+    $req->{headers} = $req->{l}{http} ? 3 : 2;
+    $req->{head_bytes} = length $head;
+    $req->{sent} = 1;
+    eval {
+        _write_all($req->{c}, $req->{head} ? $head : $head . $body);
+        $req->{tx} = $req->{head} ? 0 : length $body;
+    };
+}
+
+sub _respond {
+    my ($self, $req, $res) = @_;
+    if (ref $res eq 'ARRAY') {
+        die "the app returned an array of " . @$res . " elements, expected [status, headers, body]\n"
+            unless @$res == 3;
+        return $self->_respond_full($req, $res);
+    }
+    if (ref $res eq 'CODE') {
+        my $called = 0;
+        $res->(sub {
+            my $r = shift;
+            die "the responder got " . (ref $r || 'a non-reference') . ", expected an array\n"
+                unless ref $r eq 'ARRAY';
+            $called = 1;
+            return $self->_respond_full($req, $r) if @$r == 3;
+            die "the responder got " . @$r . " elements, expected 2 or 3\n" unless @$r == 2;
+            $self->_send_head($req, $r->[0], $r->[1], undef);
+            return Plack::Handler::Pymaster::Writer->new($req);
+        });
+        die "the delayed response never called the responder\n" unless $called;
+        return;
+    }
+    die 'the app returned ' . (defined $res ? "'$res'" : 'undef')
+        . ", expected an array or code reference\n";
+}
+
+sub _no_body {
+    my ($req, $status) = @_;
+    return $req->{head} || $status < 200 || $NO_BODY{$status};
+}
+
+# Build and send the status line and headers. $length: the Content-Length to add when the
+# app gave none (undef: unknown).
+sub _send_head {
+    my ($self, $req, $status, $headers, $length, $body) = @_;
+    die "invalid status '" . (defined $status ? $status : 'undef') . "', expected an integer >= 100\n"
+        unless defined $status && $status =~ /^[1-9]\d\d$/;
+    die "headers must be an array reference of an even number of elements\n"
+        unless ref $headers eq 'ARRAY' && @$headers % 2 == 0;
+    my $http = $req->{l}{http};
+    my $reason = $REASON{$status} //= (HTTP::Status::status_message($status) // '');
+    my $out = "$req->{proto} $status $reason\r\n";
+    my ($count, $has_length) = (0, 0);
+    for (my $i = 0; $i < @$headers; $i += 2) {
+        my ($k, $v) = @$headers[$i, $i + 1];
+        die 'invalid header name ' . (defined $k ? "'$k'" : 'undef') . "\n"
+            unless defined $k && $k =~ /^[A-Za-z][A-Za-z0-9_-]*$/;
+        die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
+            unless defined $v && $v !~ /[\r\n\0]/;
+        my $lk = lc $k;
+        next if $http && $lk eq 'connection';
+        $has_length = 1 if $lk eq 'content-length';
+        $out .= "$k: $v\r\n";
+        $count++;
+    }
+    my $no_body = $status < 200 || $NO_BODY{$status};
+    if (!$has_length && defined $length && !$no_body) {
+        $out .= "Content-Length: $length\r\n";
+        $count++;
+    }
+    if ($http) {
+        $out .= "Connection: close\r\n";
+        $count++;
+    }
+    $out .= "\r\n";
+    die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
+    $req->{status} = $status;
+    $req->{headers} = $count;
+    $req->{head_bytes} = length $out;
+    if (defined $body && !_no_body($req, $status)) {
+        $out .= $body;
+        $req->{tx} = length $body;
+    }
+    $req->{sent} = 1;
+    _write_all($req->{c}, $out);
+}
+
+sub _respond_full {
+    my ($self, $req, $res) = @_;
+    my ($status, $headers, $body) = @$res;
+    if (ref $body eq 'ARRAY') {
+        my $data = '';
+        for my $chunk (@$body) {
+            next unless defined $chunk;
+            if (utf8::is_utf8($chunk)) {
+                my $copy = $chunk;
+                die "wide character in the response body\n" unless utf8::downgrade($copy, 1);
+                $data .= $copy;
+            }
+            else {
+                $data .= $chunk;
+            }
+        }
+        return $self->_send_head($req, $status, $headers, length $data, $data);
+    }
+    die "the response body is neither an array nor a handle\n" unless Scalar::Util::blessed($body)
+        || Scalar::Util::reftype($body) && Scalar::Util::reftype($body) eq 'GLOB';
+    my $fd = Plack::Util::is_real_fh($body) ? fileno $body : undef;
+    my $length;
+    if (defined $fd) {
+        my ($size, $pos) = (-s $body, tell $body);
+        $length = $size - ($pos > 0 ? $pos : 0) if defined $size && -f _;
+    }
+    my $ok = eval {
+        $self->_send_head($req, $status, $headers, $length, undef);
+        unless (_no_body($req, $status)) {
+            if (!(defined $fd && $self->_sendfile($req, $body)) && !$self->_send_path($req, $body)) {
+                $self->_send_lines($req, $body);
+            }
+        }
+        1;
+    };
+    my $err = $@;
+    eval { $body->close } if Scalar::Util::blessed($body) || defined fileno $body;
+    die $err unless $ok;
+}
+
+sub _send_lines {
+    my ($self, $req, $body) = @_;
+    local $/ = \BLOCK;
+    while (defined(my $chunk = $body->getline)) {
+        next unless length $chunk;
+        die "wide character in the response body\n"
+            if utf8::is_utf8($chunk) && !utf8::downgrade($chunk, 1);
+        _write_all($req->{c}, $chunk);
+        $req->{tx} += length $chunk;
+    }
+}
+
+# An object with ->path but no real fd: serve the named file.
+sub _send_path {
+    my ($self, $req, $body) = @_;
+    return 0 unless Scalar::Util::blessed($body) && $body->can('path');
+    my $path = $body->path;
+    return 0 unless defined $path && -f $path;
+    open my $fh, '<:raw', $path or return 0;
+    $self->_sendfile($req, $fh) or $self->_send_lines($req, $fh);
+    return 1;
+}
+
+# sendfile(2) from the handle's current position; 0 when sendfile is not usable here.
+sub _sendfile {
+    my ($self, $req, $fh) = @_;
+    my $in = fileno $fh;
+    return 0 unless $SYS_SENDFILE && defined $in;
+    my $pos = tell $fh;
+    sysseek $fh, $pos, 0 if $pos > 0;             # PerlIO may have read ahead
+    my $out = fileno $req->{c};
+    my $first = 1;
+    while (1) {
+        my $n = syscall($SYS_SENDFILE, $out, $in, 0, 1 << 20);
+        if ($n < 0) {
+            next if $! == EINTR;
+            return 0 if $first && !$req->{tx};    # e.g. EINVAL: fall back to read/write
+            die Plack::Handler::Pymaster::Gone->new("sendfile(): $!");
+        }
+        last if $n == 0;
+        $first = 0;
+        $req->{tx} += $n;
+        $req->{sendfile} = 1;
+    }
+    return 1;
+}
+
+sub _write_all {
+    my ($c, $data) = @_;
+    my ($off, $len) = (0, length $data);
+    while ($off < $len) {
+        my $w = syswrite $c, $data, $len - $off, $off;
+        if (!defined $w) {
+            next if $! == EINTR;
+            die Plack::Handler::Pymaster::Gone->new("$!" || 'timeout');
+        }
+        $off += $w;
+    }
+    return $len;
+}
+
+sub _log_request {
+    my ($self, $req, $env, $elapsed) = @_;
+    my $total = $self->_instance_requests;
+    _log(sprintf "[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s %s => "
+        . "generated %d bytes in %d msecs%s(%s %d) %d headers in %d bytes (1 switches on core 0)",
+        $$, $self->{requests}, $total, $env->{REMOTE_ADDR} // '', $env->{REMOTE_USER} // '',
+        ($req->{nvars} || 0) * 2, $req->{pktsize} || 0, scalar localtime int $req->{start},
+        $env->{REQUEST_METHOD}, $env->{REQUEST_URI} // '', $req->{tx}, $elapsed * 1000,
+        $req->{sendfile} ? ' via sendfile() ' : ' ', $env->{SERVER_PROTOCOL} // '',
+        $req->{status}, $req->{headers}, $req->{head_bytes});
+}
+
+package Plack::Handler::Pymaster::Gone;
+# Raised when the client went away mid-response: logged, not answered.
+sub new { my ($class, $msg) = @_; bless \$msg, $class }
+
+package Plack::Handler::Pymaster::Writer;
+# The streaming writer handed to `$responder->([$status, $headers])`.
+sub new { my ($class, $req) = @_; bless { req => $req }, $class }
+
+sub write {
+    my ($self, $data) = @_;
+    my $req = $self->{req};
+    return if $self->{closed} || !defined $data || !length $data
+        || Plack::Handler::Pymaster::_no_body($req, $req->{status});
+    die "wide character in a streamed write\n"
+        if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
+    Plack::Handler::Pymaster::_write_all($req->{c}, $data);
+    $req->{tx} += length $data;
+    return 1;
+}
+
+sub close { $_[0]{closed} = 1; return }
+
+sub poll_cb {
+    my ($self, $cb) = @_;
+    $cb->($self) until $self->{closed};
+}
+
+1;

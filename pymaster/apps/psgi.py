@@ -1,0 +1,161 @@
+"""The Python side of the PSGI bridge: check the Perl side, then exec plackup as a worker.
+
+A PSGI worker is `plackup -s Pymaster -L Pymaster -E deployment [--plackup-opt ...] app.psgi`
+with the Plack handler and loader shipped in `pymaster/apps/perl/` on its `-I` path. The
+master forks, then `exec_worker` replaces the child with plackup; the handler takes the
+listening sockets and the scoreboard from the inherited fds named in the environment
+(docs/worker-contract.md) and serves the uwsgi protocol (and HTTP) itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import NoReturn
+
+from pymaster.log import log
+
+PERL_DIR = str(Path(__file__).resolve().parent / "perl")
+EXIT_FAILED_APP = 22
+CHECK_TIMEOUT = 60
+PR_SET_PDEATHSIG = 1
+
+_MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
+
+
+def _opts(cfg) -> list[str]:
+    """The --plackup-opt values split into arguments (each value may hold several)."""
+    out: list[str] = []
+    for item in getattr(cfg, "plackup_opt", None) or []:
+        out += shlex.split(item)
+    return out
+
+
+def _local_lib(cfg) -> str | None:
+    root = getattr(cfg, "perl_local_lib", None)
+    return str(Path(root, "lib", "perl5")) if root else None
+
+
+def worker_argv(cfg) -> list[str]:
+    """plackup's argv for a worker (also used, with PYMASTER_CHECK=1, by preflight)."""
+    argv = [shutil.which("plackup") or "plackup", "-I", PERL_DIR]
+    lib = _local_lib(cfg)
+    if lib:
+        argv += ["-I", lib]
+    argv += ["-E", "deployment", *_opts(cfg), "-s", "Pymaster", "-L", "Pymaster", str(cfg.psgi)]
+    return argv
+
+
+def _base_env(cfg) -> dict:
+    env = dict(os.environ)
+    for item in getattr(cfg, "env", None) or []:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            env[key] = value
+    lib = _local_lib(cfg)
+    if lib:
+        env["PERL5LIB"] = os.pathsep.join(p for p in (lib, env.get("PERL5LIB")) if p)
+        env["PERL_LOCAL_LIB_ROOT"] = str(cfg.perl_local_lib)
+    env["PYMASTER_PSGI"] = str(cfg.psgi)
+    env.pop("PYMASTER_CHECK", None)
+    return env
+
+
+def worker_env(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
+               master_pid: int) -> dict:
+    """The environment of worker `worker_id` (docs/worker-contract.md)."""
+    from pymaster.master.procname import title_for
+    env = _base_env(cfg)
+    env.update({
+        "PYMASTER_LISTEN_FDS": ",".join(f"{fd}:{proto}" for fd, proto in listen_fds),
+        "PYMASTER_WORKER_ID": str(worker_id),
+        "PYMASTER_SCOREBOARD_FD": str(scoreboard_fd),
+        "PYMASTER_MASTER_PID": str(master_pid),
+        "PYMASTER_MAX_REQUESTS": str(getattr(cfg, "max_requests", 0) or 0),
+        "PYMASTER_BUFFER_SIZE": str(getattr(cfg, "buffer_size", 0) or 4096),
+        "PYMASTER_SOCKET_TIMEOUT": str(getattr(cfg, "socket_timeout", 0) or 4),
+        "PYMASTER_DISABLE_LOGGING": "1" if getattr(cfg, "disable_logging", False) else "0",
+        "PYMASTER_PROCNAME": title_for(cfg, f"worker {worker_id}"),
+    })
+    return env
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def exec_worker(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
+                master_pid: int) -> NoReturn:
+    """In the forked child: replace this process with plackup serving worker `worker_id`."""
+    try:
+        argv = worker_argv(cfg)
+        env = worker_env(cfg, worker_id, listen_fds, scoreboard_fd, master_pid)
+        for fd, _proto in listen_fds:
+            os.set_inheritable(fd, True)
+        os.set_inheritable(scoreboard_fd, True)
+        # exec keeps ignored dispositions and the signal mask: give Perl a clean slate
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE,
+                    signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        _die_with_parent()
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        log(f"cannot exec plackup for worker {worker_id}: {exc.strerror or exc} "
+            f"(install the Debian package libplack-perl)")
+    except BaseException as exc:  # never return into the master's code in the child
+        log(f"cannot start PSGI worker {worker_id}: {exc!r}")
+    os._exit(EXIT_FAILED_APP)
+
+
+def _debian_name(module: str) -> str:
+    return "lib" + module.lower().replace("::", "-") + "-perl"
+
+
+def preflight(cfg) -> None:
+    """Check that the PSGI app can run; RuntimeError with one clear message if not."""
+    app = getattr(cfg, "psgi", None)
+    if not app:
+        raise RuntimeError("no PSGI app given: use --psgi FILE")
+    if not os.path.isfile(app):
+        raise RuntimeError(f"PSGI app file '{app}' not found (cwd {os.getcwd()})")
+    if not shutil.which("perl"):
+        raise RuntimeError("perl not found on PATH: the PSGI bridge needs perl (Debian package perl)")
+    if not shutil.which("plackup"):
+        raise RuntimeError("plackup not found on PATH: install Plack (Debian package "
+                           "libplack-perl, or `cpanm Plack`)")
+    env = _base_env(cfg)
+    env["PYMASTER_CHECK"] = "1"
+    try:
+        proc = subprocess.run(worker_argv(cfg), env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"PSGI app '{app}' did not finish loading within {CHECK_TIMEOUT} "
+                           "seconds") from None
+    out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    if proc.returncode == 0 and "pymaster-psgi-check: ok" in out:
+        return
+    missing = _MISSING_MODULE.search(out)
+    if missing:
+        module = missing.group(1).replace("/", "::")
+        if module.split("::")[0] == "Plack":
+            raise RuntimeError(f"Plack is not installed (perl cannot find {module}): install the "
+                               "Debian package libplack-perl, or `cpanm Plack`")
+        raise RuntimeError(f"PSGI app '{app}' needs the Perl module {module}, which is not "
+                           f"installed: apt-get install {_debian_name(module)} "
+                           f"(or `cpanm {module}`)")
+    detail = out.strip()
+    match = re.search(r"\*\*\* failed loading PSGI app .*?: (.*) \*\*\*", detail, re.S)
+    if match:
+        detail = match.group(1).strip()
+    raise RuntimeError(f"PSGI app '{app}' failed to load: {detail or f'exit {proc.returncode}'}")
