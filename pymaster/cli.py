@@ -141,16 +141,17 @@ def run(cfg) -> int:
     start_cwd = os.getcwd()
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    has_app = bool(cfg.socket or cfg.http_socket)
+    has_app = bool(cfg.socket or cfg.http_socket or "LISTEN_FDS" in os.environ)
     has_gateway = bool(getattr(cfg, "fastrouter", None))
-    if not specs:
+    if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError("The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
                            "or --fastrouter ADDR")
     if has_app and not (cfg.wsgi_file or cfg.module or cfg.psgi):
         raise StartupError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] "
                            "or --psgi FILE")
     master = _needs_master(cfg, has_gateway)
-    listeners = sockets.setup(specs, cfg.listen or 100, cfg.chmod_socket)
+    listeners = sockets.setup(specs, cfg.listen or 100, cfg.chmod_socket,
+                              adopt_unmatched=not reloaded)
     log(f"your server socket listen backlog is limited to {cfg.listen or 100} connections")
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy or 60} seconds")
     app = None

@@ -109,8 +109,14 @@ def _inherited_fds(environ) -> list[tuple[int, str]]:
     return found
 
 
-def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None) -> list[Listener]:
-    """Bind (or adopt from LISTEN_FDS) every (kind, address) in `specs`, in order."""
+def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None,
+          adopt_unmatched: bool = True) -> list[Listener]:
+    """Bind (or adopt from LISTEN_FDS) every (kind, address) in `specs`, in order.
+
+    Inherited sockets that match no configured address are adopted as uwsgi (or, by their
+    LISTEN_FDNAMES name, http) sockets under systemd socket activation, and closed after a
+    re-exec of our own (`adopt_unmatched=False`: configured away since the last start).
+    """
     environ = os.environ if environ is None else environ
     inherited = []
     for fd, kind in _inherited_fds(environ):
@@ -134,8 +140,20 @@ def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None) 
         verb = "inherited" if lst.inherited else "bound to"
         log(f"{kind} socket {index} {verb} {lst.describe()} fd {lst.fd}")
         listeners.append(lst)
-    for sock, _kind in inherited:          # configured away since the last start
-        sock.close()
+    for sock, kind in inherited:
+        if not adopt_unmatched or sock.type != socket.SOCK_STREAM:
+            sock.close()
+            continue
+        kind = kind if kind in ("uwsgi", "http") else "uwsgi"
+        name = sock.getsockname()
+        if isinstance(name, tuple):
+            name = f"{name[0]}:{name[1]}"
+        elif isinstance(name, bytes):
+            name = "@" + name[1:].decode("latin-1")
+        lst = Listener(str(name), kind, sock.family, sock.getsockname(), sock, True)
+        log("- SystemD socket activation detected -")
+        log(f"{kind} socket {len(listeners)} inherited {lst.describe()} fd {lst.fd}")
+        listeners.append(lst)
     return listeners
 
 
