@@ -8,6 +8,7 @@ SIGTERM end the process at once, as the worker contract says.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import io
 import os
 import select
@@ -97,12 +98,8 @@ class Worker:
                     signal.SIGWINCH):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGUSR2, self._on_usr2)
-
-    def _on_usr2(self, signum, frame):
-        self.report_wanted = True
-
-    report_wanted = False
+        # what is this worker doing now: the stack, written by C code (async-signal-safe)
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
 
     def run(self):
         die_with_parent()
@@ -154,9 +151,6 @@ class Worker:
             if now >= next_check:
                 next_check = now + 1.0
                 self._periodic(now)
-            if self.report_wanted:
-                self.report_wanted = False
-                log(f"worker {self.wid} (pid: {self.pid}) is idle, {self.requests} requests served")
         self.slot.set_state(sb.STOPPING)
         for conn, idle in list(self.idle.items()):
             self._finish_idle(conn, idle)
