@@ -1,0 +1,246 @@
+"""THE option table: every pymaster option with its uWSGI name, aliases, kind, default and help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+KINDS = ("str", "int", "bool", "list", "size")
+PLUGINS = ("python", "python3", "python311", "python312", "python313", "psgi", "fastrouter",
+           "http", "corerouter", "logfile", "cheaper_busyness")
+DIRECTIVES = ("ini", "set", "set-placeholder")      # expanded while collecting, not applied
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `aliases` holds long aliases ('workers') and short flags ('-p')."""
+
+    name: str
+    aliases: tuple[str, ...]
+    kind: str
+    default: object
+    help: str
+    force_master: bool = False
+    section: str = ""
+    choices: tuple[str, ...] | None = None
+    optional: bool = False          # the value may be left out on the command line
+    bare: str = ""                  # the value used when it is left out
+    metavar: str = ""
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def flags(self) -> list[str]:
+        """Command-line spellings: '--name', then '--alias' / '-x' in table order."""
+        return [f"--{self.name}"] + [a if a.startswith("-") else f"--{a}" for a in self.aliases]
+
+    @property
+    def long_names(self) -> list[str]:
+        """Names usable as INI keys and `UWSGI_*` variables: the name and long aliases."""
+        return [self.name] + [a for a in self.aliases if not a.startswith("-")]
+
+
+def opt(spec: str, kind: str, default: object = None, help: str = "", **extra) -> Option:
+    """Build an Option from 'name/alias/-x'; list options default to an empty tuple."""
+    name, *aliases = spec.split("/")
+    if kind == "list":
+        default = ()
+    elif kind == "bool":
+        default = False
+    return Option(name, tuple(aliases), kind, default, help, **extra)
+
+
+def _section(title: str, *options: Option, force_master: bool = False) -> list[Option]:
+    return [replace(o, section=title, force_master=o.force_master or force_master) for o in options]
+
+
+CONFIGURATION = _section(
+    "Configuration",
+    opt("ini", "list", help="load options from an INI file, `FILE[:SECTION]`; `:SECTION` reuses "
+        "the last file read", metavar="FILE[:SECTION]"),
+    opt("strict", "bool", help="unknown keys in INI files and UWSGI_* variables are errors"),
+    opt("show-config", "bool", help="log the effective configuration as INI at startup"),
+    opt("help/-h", "bool", help="print this help and exit"),
+    opt("version", "bool", help="print the version and exit"),
+    opt("set/-S", "list", help="set an option or placeholder, `KEY=VALUE`", metavar="KEY=VALUE"),
+    opt("set-placeholder/set-ph", "list", help="set a placeholder (not an option), `KEY=VALUE`",
+        metavar="KEY=VALUE"),
+)
+
+SOCKETS = _section(
+    "Sockets",
+    opt("socket/-s/uwsgi-socket", "list", help="bind a uwsgi-protocol socket (`host:port`, "
+        "`:port` or a UNIX path)", metavar="ADDR"),
+    opt("http-socket", "list", help="bind an HTTP socket served by the workers", metavar="ADDR"),
+    opt("listen/-l", "int", 100, "listen queue (backlog) of the sockets"),
+    opt("buffer-size/-b", "size", 4096, "largest uwsgi request header accepted, in bytes "
+        "(at most 65535)"),
+    opt("chmod-socket/-C", "str", help="permissions of UNIX sockets (666 when no value is given)",
+        optional=True, bare="666", metavar="MODE"),
+    opt("socket-timeout/-z", "int", 4, "socket timeout in seconds"),
+    opt("uid", "str", help="drop privileges to this user (name or id)"),
+    opt("gid", "str", help="drop privileges to this group (name or id)"),
+    opt("http-keepalive", "int", 5, "idle seconds an HTTP keep-alive connection is kept "
+        "(pymaster default; 0 disables keep-alive)"),
+    opt("limit-post", "size", 0, "largest request body accepted, in bytes (0 = no limit)"),
+    opt("post-buffering", "size", 0, "accepted for compatibility; bodies are read on demand"),
+    opt("max-vars/-v", "int", 64, "largest number of variables in a uwsgi request"),
+    opt("thunder-lock", "bool", help="accepted for compatibility; no effect"),
+)
+
+APPLICATIONS = _section(
+    "Applications",
+    opt("wsgi-file/file", "str", help="load a WSGI app from a Python file", metavar="FILE"),
+    opt("module/-w/wsgi", "str", help="load a WSGI app from a module, `MODULE[:CALLABLE]`",
+        metavar="MODULE"),
+    opt("callable", "str", "application", "name of the WSGI callable"),
+    opt("pythonpath/python-path/pp", "list", help="add a directory to sys.path", metavar="DIR"),
+    opt("home/virtualenv/venv/pyhome/-H", "str", help="Python virtualenv to use", metavar="DIR"),
+    opt("psgi", "str", help="load a PSGI app from a .psgi file (Perl workers)", metavar="FILE"),
+    opt("perl-local-lib", "str", help="local::lib directory for the PSGI workers", metavar="DIR"),
+    opt("plackup-opt", "list", help="extra option handed to the PSGI loader"),
+    opt("chdir", "str", help="change to this directory before loading the app", metavar="DIR"),
+    opt("env", "list", help="set an environment variable, `NAME=VALUE`", metavar="NAME=VALUE"),
+    opt("plugins/plugin", "list", help="plugins to load (comma-separated allowed); built in, "
+        "names are checked", metavar="NAMES"),
+    opt("plugin-dir", "str", help="accepted for compatibility; plugins are built in",
+        metavar="DIR"),
+    opt("lazy-apps", "bool", help="load the app in each worker after fork"),
+    opt("lazy", "bool", help="like lazy-apps, and SIGHUP reloads only the workers"),
+    opt("need-app", "bool", help="exit with code 22 when no app could be loaded"),
+    opt("enable-threads/-T", "bool", help="allow the app to start threads"),
+    opt("single-interpreter/-i", "bool", help="accepted for compatibility; there is one "
+        "interpreter"),
+)
+
+MASTER = _section(
+    "Master and workers",
+    opt("master/-M", "bool", help="run a master process that supervises the workers"),
+    opt("processes/-p/workers", "int", 1, "number of worker processes"),
+    opt("pidfile", "str", help="write the master pid to this file", metavar="FILE"),
+    opt("vacuum", "bool", help="remove the pidfile and UNIX sockets at exit"),
+    opt("die-on-term", "bool", help="SIGTERM shuts down (pymaster does this anyway)"),
+    opt("daemonize/-d", "str", help="accepted and stored; run pymaster under systemd instead",
+        metavar="LOGFILE"),
+    opt("harakiri/-t", "int", 0, "kill a worker whose request runs longer than N seconds"),
+    opt("max-requests/-R", "int", 0, "recycle a worker after N requests"),
+    opt("max-requests-delta", "int", 0, "add worker id * N to max-requests"),
+    opt("min-worker-lifetime", "int", 10, "seconds a worker must live before it may be recycled"),
+    opt("max-worker-lifetime", "int", 0, "recycle a worker after N seconds"),
+    opt("max-worker-lifetime-delta", "int", 0, "add worker id * N to max-worker-lifetime"),
+    opt("worker-reload-mercy", "int", 60, "seconds a worker gets to finish before it is killed"),
+    opt("reload-mercy", "int", help="seconds a reload may take (default: worker-reload-mercy)"),
+    opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS"),
+    opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
+    opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
+    opt("check-interval", "int", 1, "seconds between master checks"),
+    opt("master-fifo", "list", help="master FIFO for one-byte commands (repeatable: slots 0-9)",
+        force_master=True, metavar="PATH"),
+    opt("touch-reload", "list", help="gracefully reload when this file is touched",
+        force_master=True, metavar="FILE"),
+    opt("touch-workers-reload", "list", help="reload the workers when this file is touched",
+        force_master=True, metavar="FILE"),
+    opt("touch-chain-reload", "list", help="chain-reload the workers when this file is touched",
+        force_master=True, metavar="FILE"),
+    opt("reload", "str", help="send SIGHUP to the master in this pidfile and exit",
+        metavar="PIDFILE"),
+    opt("stop", "str", help="send SIGINT to the master in this pidfile and exit",
+        metavar="PIDFILE"),
+)
+
+CHEAPER = _section(
+    "Cheaper (adaptive workers)",
+    opt("cheaper", "int", 0, "keep at least N workers and spawn more under load",
+        force_master=True),
+    opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
+    opt("cheaper-step", "int", 1, "workers spawned at a time"),
+    opt("cheaper-overload", "int", 3, "cycles of overload before spawning"),
+    opt("cheaper-algo", "str", "spare", "cheaper algorithm",
+        choices=("spare", "busyness", "backlog", "manual")),
+    opt("cheaper-busyness-max", "int", 50, "busyness percentage above which workers are spawned"),
+    opt("cheaper-busyness-min", "int", 25, "busyness percentage below which workers are cheaped"),
+)
+
+LOGGING = _section(
+    "Logging",
+    opt("disable-logging/-L", "bool", help="do not log requests"),
+    opt("logto", "str", help="log to this file instead of stderr", metavar="FILE"),
+    opt("log-micros", "bool", help="request times in microseconds"),
+    opt("memory-report/-m", "bool", help="add memory usage to request logs"),
+    opt("log-x-forwarded-for", "bool", help="log X-Forwarded-For as the remote address"),
+    opt("log-4xx", "bool", help="log 4xx responses even when logging is disabled"),
+    opt("log-5xx", "bool", help="log 5xx responses even when logging is disabled"),
+    opt("log-slow", "int", 0, "log requests slower than N ms even when logging is disabled"),
+    opt("logformat/log-format", "str", help="request log format with `%(var)` fields",
+        metavar="FORMAT"),
+)
+
+PROCNAMES = _section(
+    "Process names",
+    opt("auto-procname", "bool", help="name processes `pymaster master`, `pymaster worker N`"),
+    opt("procname-prefix", "str", help="prefix every process name"),
+    opt("procname-prefix-spaced", "str", help="prefix every process name, followed by a space"),
+    opt("procname-append", "str", help="append to every process name"),
+    opt("procname", "str", help="name every process this"),
+    opt("procname-master", "str", help="name the master this"),
+)
+
+STATS = _section(
+    "Stats",
+    opt("stats", "str", help="serve the stats JSON on this address", force_master=True,
+        metavar="ADDR"),
+    opt("stats-http", "bool", help="prefix the stats JSON with an HTTP response header"),
+    opt("stats-minified", "bool", help="stats JSON without whitespace"),
+)
+
+SUBSCRIPTIONS = _section(
+    "Subscriptions",
+    opt("subscribe-to/st/subscribe", "list", help="subscribe to a router, "
+        "`SERVER:KEY[,MODIFIER1[,SIGN]]` (`SERVER:KEY:MODIFIER1` too)", metavar="SPEC"),
+    opt("subscribe2", "list", help="subscribe with `server=..,key=..[,addr=..,weight=..,"
+        "modifier1=..]`", metavar="SPEC"),
+    opt("subscribe-freq", "int", 10, "seconds between subscription heartbeats"),
+    opt("subscription-tolerance", "int", 17, "seconds a router keeps a silent node"),
+    opt("weight", "int", 0, "weight announced in subscriptions"),
+    opt("auto-weight", "bool", help="announce processes * cores as weight", optional=True),
+    opt("subscribe-with-modifier1", "int", help="force modifier1 in subscriptions"),
+    opt("unsubscribe-on-graceful-reload", "bool", help="unsubscribe on graceful reloads too"),
+    opt("start-unsubscribed", "bool", help="do not subscribe until the master FIFO says `S`"),
+    opt("subscription-notify-socket", "str", help="ask routers to acknowledge to this socket",
+        metavar="PATH"),
+    opt("subscriptions-sign-secret", "str", help="secret used to sign subscriptions"),
+    opt("subscription-allow", "list", help="only accept subscriptions for keys matching this",
+        metavar="PATTERN"),
+    force_master=True,
+)
+
+FASTROUTER = _section(
+    "Fastrouter",
+    opt("fastrouter", "list", help="run a fastrouter on this address", force_master=True,
+        metavar="ADDR"),
+    opt("fastrouter-subscription-server", "list", help="subscription server (UDP) of the "
+        "fastrouter", metavar="ADDR"),
+    opt("fastrouter-to", "list", help="static backend node (round robin)", metavar="ADDR"),
+    opt("fastrouter-timeout", "int", 60, "seconds before a client or backend is dropped"),
+    opt("fastrouter-processes/fastrouter-workers", "int", 1, "number of fastrouter processes"),
+    opt("fastrouter-stats/fastrouter-stats-server/fastrouter-ss", "str",
+        help="serve the fastrouter stats JSON on this address", metavar="ADDR"),
+    opt("fastrouter-events", "int", 64, "accepted for compatibility; no effect"),
+)
+
+HTTP_ROUTER = _section(
+    "HTTP router",
+    opt("http", "list", help="run an HTTP router on this address", force_master=True,
+        metavar="ADDR"),
+    opt("http-to", "list", help="backend node of the HTTP router", metavar="ADDR"),
+    opt("http-timeout", "int", 60, "seconds before a client or backend is dropped"),
+    opt("http-processes/http-workers", "int", 1, "number of HTTP router processes"),
+    opt("static-map", "list", help="serve files, `MOUNTPOINT=DIR`", metavar="MOUNT=DIR"),
+)
+
+OPTIONS: list[Option] = (CONFIGURATION + SOCKETS + APPLICATIONS + MASTER + CHEAPER + LOGGING
+                         + PROCNAMES + STATS + SUBSCRIPTIONS + FASTROUTER + HTTP_ROUTER)
+
+BY_FLAG: dict[str, Option] = {flag: o for o in OPTIONS for flag in o.flags}
+BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in o.long_names}
