@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Side-by-side load runs: pymaster vs uWSGI vs gunicorn (and Starman for PSGI), on this
+machine, in one run, with the same worker count and the same wrk load for every server.
+
+    .venv/bin/python benchmarks/run.py                       # all scenarios, 10 s each
+    .venv/bin/python benchmarks/run.py --only http --duration 3 --servers uwsgi,gunicorn
+
+Prints a markdown table (requests/s, p99 latency, errors, memory, ratios) and writes the
+full results to benchmarks/results/<timestamp>.json. See benchmarks/README.md.
+
+A scenario is a function registered with @scenario(name) that returns Cases; a Case knows
+how to start its server(s) and yields the port wrk hits and the process tree to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.external import (EXAMPLES, Server, free_port, gunicorn, http_get,  # noqa: E402
+                            nginx, pymaster, starman, tree_memory, uwsgi)
+
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+WRK_SCRIPT = BENCH / "wrk_report.lua"
+SERVERS = ("pymaster", "uwsgi", "gunicorn", "starman")
+
+# app name -> (file, text the page must contain)
+WSGI_APPS = {
+    "hello": (BENCH / "apps" / "hello.py", "Hello, World!"),
+    "seed": (EXAMPLES / "app.wsgi", "PID:"),
+}
+PSGI_APPS = {
+    "hello": (BENCH / "apps" / "hello.psgi", "Hello, World!"),
+}
+
+
+@dataclass
+class Target:
+    port: int          # where wrk sends its load
+    measured: Server   # the app server whose memory is reported
+    front: str = ""    # what sits in front of it ("" = wrk talks to it directly)
+
+
+@dataclass
+class Case:
+    scenario: str
+    server: str        # pymaster | uwsgi | gunicorn | starman
+    app: str
+    via: str           # how the load reaches it, e.g. "http", "nginx uwsgi_pass"
+    start: Callable[[], ContextManager[Target]] = field(repr=False)
+    expect: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario}/{self.app}/{self.server}"
+
+
+# --------------------------------------------------------------------------- app servers
+
+# uWSGI 2.0's --http-socket answers without keep-alive and without saying so; wrk then
+# counts every response as a read error. "Connection: close" (as uWSGI's docs advise for
+# benchmarks) makes wrk reconnect cleanly, so the errors column shows real errors only.
+UWSGI_EXTRA = {"http": ["--need-app", "--add-header", "Connection: close"],
+               "uwsgi": ["--need-app"]}
+
+def wsgi_server(server: str, proto: str, app: Path, workers: int) -> ContextManager[Server]:
+    """One WSGI app server listening with `proto` ('http' or 'uwsgi') on a fresh port."""
+    port = free_port()
+    sock = ["--http-socket" if proto == "http" else "-s", f"127.0.0.1:{port}"]
+    common = [*sock, "--wsgi-file", str(app), "-M", "-p", str(workers), "--disable-logging"]
+    if server == "pymaster":
+        return pymaster(common)
+    if server == "uwsgi":
+        return uwsgi([*common, *UWSGI_EXTRA[proto]], plugins=["python3"])
+    if server == "gunicorn" and proto == "http":
+        return gunicorn(app, workers, port=port)
+    raise ValueError(f"{server} cannot serve WSGI over {proto}")
+
+
+def psgi_server(server: str, proto: str, app: Path, workers: int) -> ContextManager[Server]:
+    port = free_port()
+    sock = ["--http-socket" if proto == "http" else "-s", f"127.0.0.1:{port}"]
+    common = [*sock, "--psgi", str(app), "-M", "-p", str(workers), "--disable-logging"]
+    if server == "pymaster":
+        return pymaster(["--plugins", "psgi", *common])
+    if server == "uwsgi":
+        return uwsgi([*common, *UWSGI_EXTRA[proto]], plugins=["psgi"])
+    if server == "starman" and proto == "http":
+        return starman(app, workers, port=port)
+    raise ValueError(f"{server} cannot serve PSGI over {proto}")
+
+
+@contextlib.contextmanager
+def direct(factory, *args) -> Iterator[Target]:
+    with factory(*args) as srv:
+        yield Target(srv.port, srv)
+
+
+@contextlib.contextmanager
+def behind_nginx(factory, server: str, proto: str, app: Path, workers: int,
+                 mode: str) -> Iterator[Target]:
+    with factory(server, proto, app, workers) as srv, \
+         nginx(f"127.0.0.1:{srv.port}", mode) as front:
+        yield Target(front.port, srv, f"nginx {mode}")
+
+
+# --------------------------------------------------------------------------- scenarios
+
+SCENARIOS: dict[str, tuple[str, Callable[[argparse.Namespace], list[Case]]]] = {}
+
+
+def scenario(name: str, description: str):
+    def register(fn):
+        SCENARIOS[name] = (description, fn)
+        return fn
+    return register
+
+
+@scenario("http", "HTTP straight to the app server (--http-socket / gunicorn sync)")
+def http_cases(opts) -> list[Case]:
+    return [Case("http", server, app, "http",
+                 lambda s=server, a=path: direct(wsgi_server, s, "http", a, opts.workers), expect)
+            for app, (path, expect) in WSGI_APPS.items()
+            for server in ("pymaster", "uwsgi", "gunicorn")]
+
+
+@scenario("nginx", "nginx uwsgi_pass -> -s socket (gunicorn: nginx proxy_pass, for reference)")
+def nginx_cases(opts) -> list[Case]:
+    cases = []
+    for app, (path, expect) in WSGI_APPS.items():
+        for server, proto, mode in (("pymaster", "uwsgi", "uwsgi_pass"),
+                                    ("uwsgi", "uwsgi", "uwsgi_pass"),
+                                    ("gunicorn", "http", "proxy_pass")):
+            cases.append(Case("nginx", server, app, f"nginx {mode}",
+                              lambda s=server, p=proto, a=path, m=mode:
+                              behind_nginx(wsgi_server, s, p, a, opts.workers, m), expect))
+    return cases
+
+
+@scenario("psgi", "PSGI over HTTP: pymaster --psgi vs uWSGI psgi plugin vs Starman")
+def psgi_cases(opts) -> list[Case]:
+    return [Case("psgi", server, app, "http",
+                 lambda s=server, a=path: direct(psgi_server, s, "http", a, opts.workers), expect)
+            for app, (path, expect) in PSGI_APPS.items()
+            for server in ("pymaster", "uwsgi", "starman")]
+
+# Planned (plug in the same way): "fastrouter" (nginx -> fastrouter -> 3 nodes, pymaster's
+# router vs uWSGI's), "reload" (wrk running while the master is sent SIGHUP; errors must be 0).
+
+DEFAULT_SCENARIOS = ("http", "nginx")
+
+
+# --------------------------------------------------------------------------- wrk
+
+def eof_framed(page) -> bool:
+    """A response whose body ends at connection close (no Content-Length, not chunked)."""
+    return ("content-length" not in page.headers
+            and "chunked" not in page.headers.get("transfer-encoding", "").lower())
+
+
+def run_wrk(port: int, duration: float, connections: int, threads: int,
+            eof: bool = False) -> dict:
+    """One wrk run. With `eof` (responses framed by connection close), wrk counts one
+    read error per complete response; those are subtracted, the raw counts stay in 'wrk'."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+           "--latency", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    match = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.M)
+    if out.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+    raw = json.loads(match.group(1))
+    secs = raw["duration_us"] / 1e6
+    read = max(0, raw["errors_read"] - raw["requests"]) if eof else raw["errors_read"]
+    socket_errors = read + sum(raw[f"errors_{k}"] for k in ("connect", "write", "timeout"))
+    return {
+        "requests": raw["requests"],
+        "rps": raw["requests"] / secs if secs else 0.0,
+        "p50_ms": raw["latency_p50_us"] / 1000,
+        "p99_ms": raw["latency_p99_us"] / 1000,
+        "max_ms": raw["latency_max_us"] / 1000,
+        "socket_errors": socket_errors,
+        "non_2xx": raw["errors_status"],
+        "errors": socket_errors + raw["errors_status"],
+        "wrk": raw,
+        "command": " ".join(cmd),
+    }
+
+
+def run_case(case: Case, opts) -> dict:
+    result = {"scenario": case.scenario, "server": case.server, "app": case.app,
+              "via": case.via, "workers": opts.workers}
+    try:
+        with case.start() as target:
+            result["command"] = " ".join(map(str, target.measured.proc.args))
+            page = http_get(target.port, "/")
+            if page.status != 200 or case.expect not in page.text:
+                raise RuntimeError(f"check request got {page.status}: {page.text[:200]!r}")
+            result["eof_framed"] = eof = eof_framed(page)
+            if opts.warmup > 0:
+                run_wrk(target.port, opts.warmup, opts.connections, opts.threads, eof)
+            result.update(run_wrk(target.port, opts.duration, opts.connections, opts.threads, eof))
+            mem = tree_memory(target.measured.pid)
+            result["master_rss_mb"] = mem["master_rss"] / 2**20
+            uss = [v / 2**20 for v in mem["workers_uss"].values()]
+            result["workers_uss_mb"] = uss
+            result["worker_uss_mb_mean"] = sum(uss) / len(uss) if uss else None
+    except Exception as exc:  # one broken server must not stop the others
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+def _fmt(value, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def add_ratios(results: list[dict]) -> None:
+    """rps of pymaster divided by each other server's, within one scenario and app."""
+    by_key = {(r["scenario"], r["app"], r["server"]): r for r in results if "error" not in r}
+    for r in results:
+        r["ratios"] = {}
+        mine = by_key.get((r["scenario"], r["app"], "pymaster"))
+        if r["server"] == "pymaster" or mine is None or "error" in r or not r.get("rps"):
+            continue
+        r["ratios"][f"pymaster/{r['server']}"] = mine["rps"] / r["rps"]
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| scenario | app | server | via | req/s | p99 ms | errors (sock+non2xx) "
+             "| master RSS MB | worker USS MB | pymaster/this |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['scenario']} | {r['app']} | {r['server']} | {r['via']} "
+                         f"| failed | | | | | |")
+            continue
+        ratio = next(iter(r["ratios"].values()), None)
+        lines.append(
+            f"| {r['scenario']} | {r['app']} | {r['server']} | {r['via']} | {r['rps']:.0f} "
+            f"| {r['p99_ms']:.1f} | {r['socket_errors']}+{r['non_2xx']} "
+            f"| {r['master_rss_mb']:.1f} | {_fmt(r['worker_uss_mb_mean'], '.1f')} "
+            f"| {_fmt(ratio, '.2f')} |")
+    failures = [f"- {r['scenario']}/{r['app']}/{r['server']}: {r['error']}"
+                for r in results if "error" in r]
+    if failures:
+        lines += ["", "Failed:", *failures]
+    return "\n".join(lines)
+
+
+def _version(cmd: list[str]) -> str:
+    if not shutil.which(cmd[0]):
+        return "not installed"
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"error: {exc}"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def environment() -> dict:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), "")
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    return {
+        "host": platform.node(), "cpus": os.cpu_count(), "cpu_model": cpu,
+        "python": sys.version.split()[0], "git": git,
+        "uwsgi": _version(["uwsgi", "--version"]), "nginx": _version(["nginx", "-v"]),
+        "wrk": _version(["wrk", "-v"]),
+        "gunicorn": _version([sys.executable, "-m", "gunicorn", "--version"]),
+        "starman": _version(["perl", "-MStarman", "-e", "print $Starman::VERSION"]),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+def csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="scenarios:\n" + "\n".join(
+                                    f"  {k:8} {d}" for k, (d, _) in SCENARIOS.items()))
+    p.add_argument("--only", type=csv, default=list(DEFAULT_SCENARIOS),
+                   help=f"comma-separated scenarios (default: {','.join(DEFAULT_SCENARIOS)})")
+    p.add_argument("--servers", type=csv, default=list(SERVERS),
+                   help="comma-separated servers to include (default: all)")
+    p.add_argument("--apps", type=csv, default=None, help="comma-separated apps (default: all)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per case (10)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first (1)")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes per server (2)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON file (default: benchmarks/results/<timestamp>.json)")
+    opts = p.parse_args(argv)
+    unknown = [s for s in opts.only if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    if opts.connections < opts.threads:
+        p.error("--connections must be >= --threads")
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    if not shutil.which("wrk"):
+        print("benchmarks: wrk not found (scripts/bootstrap.sh installs it)", file=sys.stderr)
+        return 2
+    cases = [c for name in opts.only for c in SCENARIOS[name][1](opts)
+             if c.server in opts.servers and (opts.apps is None or c.app in opts.apps)]
+    if not cases:
+        print("benchmarks: nothing selected", file=sys.stderr)
+        return 2
+    started = dt.datetime.now()
+    results = []
+    for case in cases:
+        print(f"-- {case.name} via {case.via} ...", file=sys.stderr, flush=True)
+        results.append(run_case(case, opts))
+        r = results[-1]
+        print(f"   {r['error']}" if "error" in r else
+              f"   {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}",
+              file=sys.stderr, flush=True)
+    add_ratios(results)
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "environment": environment(),
+        "results": results,
+    }
+    out = opts.output or RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(results))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
