@@ -22,6 +22,7 @@ import configargparse
 
 from pymaster import placeholders
 from pymaster.ini import ConfigError, MagicContext, read_ini
+from pymaster.option_docs import format_help, markdown
 from pymaster.option_table import BY_FLAG, BY_KEY, DIRECTIVES, OPTIONS, PLUGINS, Option
 
 __all__ = ["parse", "Config", "ConfigError", "OPTIONS", "Option", "format_help", "markdown"]
@@ -361,3 +362,13 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
     _apply(cfg, collector.entries)
     cfg.finish()
     return cfg
+
+
+def _main(args: list[str]) -> int:
+    """`python -m pymaster.options --markdown` prints docs/options.md; no argument, the help."""
+    print(markdown() if args == ["--markdown"] else format_help())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,135 @@
+"""Render the option table as `pymaster --help` text and as docs/options.md."""
+
+from __future__ import annotations
+
+import textwrap
+from itertools import groupby
+
+from pymaster.option_table import OPTIONS, Option
+
+METAVARS = {"int": "N", "size": "BYTES", "str": "VALUE", "list": "VALUE", "bool": ""}
+HELP_COLUMN = 34
+
+USAGE = """\
+usage: pymaster [OPTIONS] [FILE.ini ...]
+
+Options take uWSGI's names. Each one also works as an INI key (`name = value`) and as an
+environment variable (UWSGI_NAME or PYMASTER_NAME). Repeatable options accumulate; for the
+others the last value wins."""
+
+MARKDOWN_INTRO = """\
+# pymaster options
+
+Generated from the option table (`pymaster/option_table.py`) by
+`python -m pymaster.options --markdown`; do not edit by hand.
+
+## How options are read
+
+pymaster reads uWSGI's options the way uWSGI 2.0 does:
+
+* Every source appends `(option, value)` pairs to one ordered list: first the `UWSGI_*` and
+  `PYMASTER_*` environment variables (`UWSGI_SOCKET=:9` is `--socket :9`), then the command
+  line. `--ini FILE` is expanded in place where it appears; a bare `FILE.ini` argument is read
+  after all command-line options (as uWSGI's getopt leaves it at the end).
+* Then three passes run over every value: `$(NAME)` becomes the environment variable (left as
+  is when unset), `@(PATH)` the contents of a file (relative to the current directory, one
+  trailing newline removed), `%(NAME)` the **first** value of the option or placeholder NAME
+  (left as is when unknown). `%(a + 1)` does integer math: tokens separated by spaces,
+  left to right, `+ - * /`, `++`/`--`; tokens without an operator are concatenated.
+* Then the pairs are applied in order: repeatable options accumulate, for the others the
+  **last** value wins (`processes = 2` in an INI then `--processes 3` gives 3). A boolean
+  given without a value, or with anything but `false`/`off`/`no`/`0`, is true. An integer
+  given without a value is 1; a negative integer is an error.
+* Options marked **master** turn the master process on; pymaster logs which ones did.
+* An unknown command-line option is an error naming the closest known one. An unknown INI key
+  becomes a placeholder (usable as `%(key)`), unless `--strict` is given.
+* `--set KEY=VALUE` sets an option or a placeholder; `--set-placeholder KEY=VALUE` only a
+  placeholder (an option name is an error).
+
+## INI files
+
+`--ini FILE[:SECTION]` reads section `[uwsgi]` (or `[pymaster]` when there is no `[uwsgi]`)
+or the named one; `:SECTION` alone reads another section of the last file read, also from
+inside a file (`ini = :other`). Lines are `key = value` (both sides trimmed, values not
+unquoted); a key alone means true; lines starting with `;` or `#` are comments (no inline
+comments). A missing section is a warning, a missing file an error.
+
+Magic variables are replaced while a file is read: `%p` its absolute path, `%d` its directory
+(with a trailing `/`), `%s` its name, `%n` the name without extension, `%e` the extension,
+`%c` the directory's name, `%o` the path as given, `%x` the section as given, `%0`..`%9` the
+directory's components, `%j` the djb33x hash of the path, `%i` the inode; the upper-case
+`%P %D %S %N %E %C %O %X %J %I` are the same for the first INI file read. Instance-wide:
+`%h` hostname, `%v` current directory, `%V` version, `%t`/`%T` start time in s/µs, `%k` CPU
+count, `%u`/`%U` uid/user, `%g`/`%G` gid/group, `%b` program path, `%[` ESC, `%%` a `%`.
+`%(` is kept for the placeholder pass; any other `%` and the character after it are deleted.
+
+`--show-config` logs the effective options as INI between `;pymaster instance configuration`
+and `;end of configuration`.
+"""
+
+
+def _metavar(option: Option) -> str:
+    text = option.metavar or METAVARS[option.kind]
+    return f"[{text}]" if option.optional and text else text
+
+
+def _default(option: Option) -> str:
+    """The default as text, or '' when there is none worth showing (unset, false, empty)."""
+    if option.default is None or option.default is False or option.default == ():
+        return ""
+    return str(option.default)
+
+
+def _notes(option: Option) -> str:
+    notes = []
+    if option.kind == "list":
+        notes.append("repeatable")
+    if option.force_master:
+        notes.append("enables the master")
+    if option.choices:
+        notes.append("one of " + ", ".join(option.choices))
+    if _default(option):
+        notes.append(f"default {_default(option)}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _help_entry(option: Option) -> str:
+    left = f"  {', '.join(option.flags)} {_metavar(option)}".rstrip()
+    body = textwrap.wrap(option.help + _notes(option), 100 - HELP_COLUMN)
+    if len(left) >= HELP_COLUMN:
+        return "\n".join([left] + [" " * HELP_COLUMN + line for line in body])
+    first = left.ljust(HELP_COLUMN) + body[0]
+    return "\n".join([first] + [" " * HELP_COLUMN + line for line in body[1:]])
+
+
+def format_help() -> str:
+    """The `pymaster --help` text, grouped by section."""
+    parts = [USAGE]
+    for section, options in groupby(OPTIONS, key=lambda o: o.section):
+        parts.append(f"\n{section}:")
+        parts.extend(_help_entry(option) for option in options)
+    return "\n".join(parts)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown_row(option: Option) -> str:
+    aliases = ", ".join(f"`{flag}`" for flag in option.flags[1:])
+    default = f"`{_default(option)}`" if _default(option) else ""
+    kind = option.kind + (" **master**" if option.force_master else "")
+    help_text = option.help + (f" (one of {', '.join(option.choices)})" if option.choices else "")
+    return f"| `--{option.name}` | {aliases} | {kind} | {default} | {_cell(help_text)} |"
+
+
+def markdown() -> str:
+    """docs/options.md: how options are read, then one table per section."""
+    parts = [MARKDOWN_INTRO]
+    for section, options in groupby(OPTIONS, key=lambda o: o.section):
+        parts.append(f"## {section}\n")
+        parts.append("| option | aliases | type | default | description |")
+        parts.append("|---|---|---|---|---|")
+        parts.extend(_markdown_row(option) for option in options)
+        parts.append("")
+    return "\n".join(parts)
