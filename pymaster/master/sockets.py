@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pymaster.log import log
 
 SD_LISTEN_FDS_START = 3
+ACTIVATED = "sd-"                    # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
 
 
 class SocketError(Exception):
@@ -60,6 +61,7 @@ class Listener:
     address: object = None
     sock: socket.socket | None = None
     inherited: bool = False
+    activated: bool = False          # handed to us by systemd, not in the configuration
 
     @property
     def fd(self) -> int:
@@ -141,7 +143,9 @@ def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None,
         log(f"{kind} socket {index} {verb} {lst.describe()} fd {lst.fd}")
         listeners.append(lst)
     for sock, kind in inherited:
-        if not adopt_unmatched or sock.type != socket.SOCK_STREAM:
+        activated = kind.startswith(ACTIVATED)
+        kind = kind.removeprefix(ACTIVATED)
+        if not (adopt_unmatched or activated) or sock.type != socket.SOCK_STREAM:
             sock.close()
             continue
         kind = kind if kind in ("uwsgi", "http") else "uwsgi"
@@ -150,7 +154,7 @@ def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None,
             name = f"{name[0]}:{name[1]}"
         elif isinstance(name, bytes):
             name = "@" + name[1:].decode("latin-1")
-        lst = Listener(str(name), kind, sock.family, sock.getsockname(), sock, True)
+        lst = Listener(str(name), kind, sock.family, sock.getsockname(), sock, True, True)
         log("- SystemD socket activation detected -")
         log(f"{kind} socket {len(listeners)} inherited {lst.describe()} fd {lst.fd}")
         listeners.append(lst)
@@ -170,7 +174,7 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
         os.close(fd)
     environ["LISTEN_PID"] = str(os.getpid())
     environ["LISTEN_FDS"] = str(len(listeners))
-    environ["LISTEN_FDNAMES"] = ":".join(lst.kind for lst in listeners)
+    environ["LISTEN_FDNAMES"] = ":".join(ACTIVATED * lst.activated + lst.kind for lst in listeners)
 
 
 def remove_unix(listeners: list[Listener]) -> None:

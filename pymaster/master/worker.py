@@ -102,11 +102,12 @@ class Worker:
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
 
     def run(self):
-        die_with_parent()
+        if self.master_pid is not None:
+            die_with_parent()
+            if os.getppid() != self.master_pid:
+                os._exit(EXIT_END)
         self._setup_signals()
         self.slot.reset(self.pid, self.spawned)
-        if os.getppid() != self.master_pid:
-            os._exit(EXIT_END)
         if self.app is None:
             try:
                 self.app = wsgi.load_app(self.cfg)
@@ -165,7 +166,7 @@ class Worker:
             pass
 
     def _periodic(self, now: float) -> None:
-        if os.getppid() != self.master_pid:
+        if self.master_pid is not None and os.getppid() != self.master_pid:
             self.stopping = True
             return
         if self.keepalive:
