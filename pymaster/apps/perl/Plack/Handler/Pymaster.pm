@@ -244,8 +244,14 @@ sub _accept {
         remote => defined $addr ? $addr : '', remote_port => defined $port ? $port : '',
         start => Time::HiRes::time(),
     };
-    my $env = $l->{http} ? $self->_read_http($req) : $self->_read_uwsgi($req);
-    $self->_dispatch($req, $env) if $env;
+    eval {
+        my $env = $l->{http} ? $self->_read_http($req) : $self->_read_uwsgi($req);
+        $self->_dispatch($req, $env) if $env;
+        1;
+    } or do {
+        (my $err = "$@") =~ s/\s+\z//;
+        _log("worker $self->{wid} (pid: $$): internal error, connection dropped: $err");
+    };
     close $c;
 }
 
@@ -267,11 +273,7 @@ sub _read_uwsgi {
     my $buf = '';
     while (length $buf < 4) {
         my $r = _sysread_more($c, \$buf, BLOCK);
-        if (!$r) {
-            _log('uwsgi_proto_uwsgi_parser(): ' . (defined $r ? 'Success' : ($! || 'timeout'))
-                 . ' [worker ' . $self->{wid} . ']');
-            return;
-        }
+        return $self->_parser_error($r) unless $r;
     }
     my ($m1, $size) = unpack 'Cv', $buf;
     if ($size > $self->{buffer_size}) {
@@ -280,20 +282,16 @@ sub _read_uwsgi {
     }
     while (length $buf < 4 + $size) {
         my $r = _sysread_more($c, \$buf, BLOCK);
-        if (!$r) {
-            _log('uwsgi_proto_uwsgi_parser(): ' . (defined $r ? 'Success' : ($! || 'timeout'))
-                 . ' [worker ' . $self->{wid} . ']');
-            return;
-        }
+        return $self->_parser_error($r) unless $r;
     }
     if ($m1 != 5 && $m1 != 0) {
         _log("-- unavailable modifier requested: $m1 --");
         return;
     }
-    my @kv = unpack '(v/a* v/a*)*', substr($buf, 4, $size);
+    my @kv = eval { unpack '(v/a* v/a*)*', substr($buf, 4, $size) };
     my $used = 0;
     $used += 2 + length for @kv;
-    if ($used != $size || @kv % 2) {
+    if ($@ || $used != $size || @kv % 2) {
         _log("invalid uwsgi request (current strsize: $size). skip.");
         return;
     }
@@ -330,6 +328,14 @@ sub _read_uwsgi {
         unless defined $scheme && ($scheme eq 'http' || $scheme eq 'https');
     $env{'psgi.url_scheme'} = $scheme;
     return $self->_read_body($req, \%env);
+}
+
+sub _parser_error {
+    my ($self, $r) = @_;
+    my $why = defined $r ? 'Success'
+            : ($! == EAGAIN || $! == EWOULDBLOCK) ? "timeout after $self->{timeout} s" : "$!";
+    _log("uwsgi_proto_uwsgi_parser(): $why [worker $self->{wid}]");
+    return;
 }
 
 # -- HTTP -----------------------------------------------------------------------------------

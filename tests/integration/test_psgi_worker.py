@@ -1,0 +1,542 @@
+"""The Perl worker (Plack::Handler::Pymaster under plackup) on its own: a launcher binds the
+sockets, creates the scoreboard and starts plackup the way the master does (worker_argv +
+worker_env + pass_fds, or fork + exec_worker), then talks uwsgi and HTTP to it on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from pymaster.apps import psgi
+from pymaster.master.scoreboard import BUSY, IDLE, Scoreboard
+from tests.external import parse_http_response, uwsgi_packet, uwsgi_vars
+
+pytestmark = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup (libplack-perl) missing")
+
+SEED_APP = Path(__file__).resolve().parents[2] / "examples" / "app.psgi"
+if not SEED_APP.exists():
+    SEED_APP = Path("/work/shared/seed/demo/app.psgi")
+
+TEST_APP = r'''
+use strict;
+use warnings;
+use Plack::Util;
+
+my %routes = (
+    '/hello' => sub { [200, ['Content-Type' => 'text/plain', 'X-Pid' => $$], ["hello $$"]] },
+    '/echo' => sub {
+        my $env = shift;
+        my $in = $env->{'psgi.input'};
+        my $body = '';
+        while ($in->read(my $buf, 65536)) { $body .= $buf }
+        $in->seek(0, 0);
+        $in->read(my $again, 5);
+        [200, ['Content-Type' => 'application/octet-stream', 'X-Again' => $again,
+               'X-Length' => $env->{CONTENT_LENGTH} // 'none',
+               'X-TE' => $env->{HTTP_TRANSFER_ENCODING} // 'none'], [$body]];
+    },
+    '/env' => sub {
+        my $env = shift;
+        my @keys = grep { !ref $env->{$_} } sort keys %$env;
+        my $out = join '', map { "$_=$env->{$_}\n" } @keys;
+        $out .= join '', map { "$_=" . ref($env->{$_}) . "\n" } grep { ref $env->{$_} } sort keys %$env;
+        $out .= "version=@{$env->{'psgi.version'}}\n";
+        [200, ['Content-Type' => 'text/plain'], [$out]];
+    },
+    '/stream' => sub {
+        return sub {
+            my $w = shift->([200, ['Content-Type' => 'text/plain']]);
+            $w->write("chunk$_\n") for 1 .. 3;
+            $w->close;
+        };
+    },
+    '/delayed' => sub {
+        return sub { shift->([200, ['Content-Type' => 'text/plain'], ['delayed']]) };
+    },
+    '/never' => sub { return sub { 1 } },
+    '/die' => sub { die "boom at the app\n" },
+    '/wide' => sub { [200, ['Content-Type' => 'text/plain'], ["caf\x{e9} \x{263a}"]] },
+    '/latin' => sub { my $s = "caf\x{e9}"; utf8::upgrade($s); [200, ['Content-Type' => 'text/plain'], [$s]] },
+    '/badheader' => sub { [200, ['Content-Type' => "text/plain\r\nX-Injected: 1"], ['x']] },
+    '/slow' => sub {
+        my $env = shift;
+        my ($t) = $env->{QUERY_STRING} =~ /t=([\d.]+)/;
+        select undef, undef, undef, $t || 1;
+        [200, ['Content-Type' => 'text/plain'], ["slept $$"]];
+    },
+    '/file' => sub {
+        open my $fh, '<:raw', __FILE__ or die __FILE__ . ": $!";
+        Plack::Util::set_io_path($fh, __FILE__);
+        [200, ['Content-Type' => 'text/plain'], $fh];
+    },
+    '/getline' => sub {
+        my @parts = ('one ', '', 'two ', 'three');
+        [200, ['Content-Type' => 'text/plain'],
+         Plack::Util::inline_object(getline => sub { shift @parts }, close => sub { 1 })];
+    },
+    '/nocontent' => sub { [204, [], ['should not be sent']] },
+    '/harakiri' => sub {
+        my $env = shift;
+        $env->{'psgix.harakiri.commit'} = 1 if $env->{'psgix.harakiri'};
+        [200, ['Content-Type' => 'text/plain'], ["bye $$"]];
+    },
+    '/cleanup' => sub {
+        my $env = shift;
+        my ($file) = $env->{QUERY_STRING} =~ /f=(.*)/;
+        push @{ $env->{'psgix.cleanup.handlers'} }, sub {
+            open my $fh, '>', $file or die; print $fh "cleaned $_[0]{PATH_INFO}"; close $fh;
+        };
+        [200, ['Content-Type' => 'text/plain'], ['ok']];
+    },
+    '/logger' => sub {
+        my $env = shift;
+        $env->{'psgix.logger'}->({level => 'warn', message => 'logged by the app'});
+        $env->{'psgi.errors'}->print("printed to psgi.errors\n");
+        [200, ['Content-Type' => 'text/plain'], ['ok']];
+    },
+);
+
+sub {
+    my $env = shift;
+    my $route = $routes{$env->{PATH_INFO}} or return [404, ['Content-Type' => 'text/plain'], ['not found']];
+    $route->($env);
+};
+'''
+
+
+def cfg_for(app, **kw):
+    base = dict(psgi=str(app), plackup_opt=[], perl_local_lib=None, max_requests=0,
+                buffer_size=4096, socket_timeout=4, disable_logging=False, chdir=None, env=[],
+                procname_prefix=None, procname=None, procname_append=None)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def _listen() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+class PerlWorker:
+    """One Perl worker on a uwsgi and an HTTP listener, supervised by this test."""
+
+    def __init__(self, tmp_path: Path, app, slots: int = 2, worker_id: int = 1,
+                 use_fork: bool = False, master_pid: int | None = None, **cfgkw):
+        self.cfg = cfg_for(app, **cfgkw)
+        self.usock, self.hsock = _listen(), _listen()
+        self.uport, self.hport = self.usock.getsockname()[1], self.hsock.getsockname()[1]
+        self.scoreboard = Scoreboard(slots)
+        self.slot = self.scoreboard.slot(worker_id - 1)
+        self.logpath = tmp_path / f"worker{worker_id}.log"
+        fds = [(self.usock.fileno(), "uwsgi"), (self.hsock.fileno(), "http")]
+        master = os.getpid() if master_pid is None else master_pid
+        with open(self.logpath, "ab") as log:
+            if use_fork:
+                pid = os.fork()
+                if pid == 0:
+                    os.dup2(log.fileno(), 2)
+                    psgi.exec_worker(self.cfg, worker_id, fds, self.scoreboard.fd, master)
+                self.pid, self.proc = pid, None
+            else:
+                self.proc = subprocess.Popen(
+                    psgi.worker_argv(self.cfg),
+                    env=psgi.worker_env(self.cfg, worker_id, fds, self.scoreboard.fd, master),
+                    pass_fds=[fd for fd, _ in fds] + [self.scoreboard.fd],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                self.pid = self.proc.pid
+        self.code = None
+
+    def wait_ready(self, timeout: float = 15.0) -> "PerlWorker":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.slot.read()
+            if info["pid"] == self.pid and info["state"] == IDLE:
+                return self
+            assert self.poll() is None, f"worker exited with {self.code}: {self.log()}"
+            time.sleep(0.02)
+        raise AssertionError(f"worker not idle after {timeout} s: {self.log()}")
+
+    def poll(self):
+        if self.code is None:
+            if self.proc is not None:
+                self.code = self.proc.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    def wait(self, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker still running after {timeout} s: {self.log()}")
+            time.sleep(0.02)
+        return self.code
+
+    def log(self) -> str:
+        return self.logpath.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log())
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in log:\n{self.log()}")
+            time.sleep(0.02)
+
+    def uwsgi_raw(self, path="/hello", method="GET", body=b"", modifier1=5, **extra) -> bytes:
+        env = uwsgi_vars(path, method, **extra)
+        if body:
+            env["CONTENT_LENGTH"] = str(len(body))
+        return self.send_raw(uwsgi_packet(env, body, modifier1))
+
+    def send_raw(self, data: bytes, half_close: bool = False) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.uport), timeout=10) as sock:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def uwsgi(self, path="/hello", **kw):
+        return parse_http_response(self.uwsgi_raw(path, **kw))
+
+    def http(self, path="/hello", method="GET", body=None, headers=None, chunked=False):
+        conn = http.client.HTTPConnection("127.0.0.1", self.hport, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.wait()
+        self.usock.close()
+        self.hsock.close()
+        self.scoreboard.close()
+
+
+@pytest.fixture
+def test_app(tmp_path):
+    path = tmp_path / "test.psgi"
+    path.write_text(TEST_APP)
+    return path
+
+
+@pytest.fixture
+def launch(tmp_path):
+    workers = []
+
+    def start(app, **kw) -> PerlWorker:
+        worker = PerlWorker(tmp_path, app, **kw)
+        workers.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(launch, test_app):
+    return launch(test_app)
+
+
+# -- the seed app ---------------------------------------------------------------------------
+
+@pytest.mark.skipif(not SEED_APP.exists(), reason="seed app.psgi missing")
+def test_seed_app_as_written_renders_pid(launch):
+    worker = launch(SEED_APP)
+    resp = worker.uwsgi("/")
+    assert resp.status == 200
+    assert f"PID: {worker.pid}</div>" in resp.text
+    assert '<img src="/static/hokkaidopm.gif">' in resp.text
+    status, _, body = worker.http("/")
+    assert status == 200 and f"PID: {worker.pid}".encode() in body
+
+
+def test_data_section_apps_keep_their_behaviour(launch, tmp_path):
+    data_app = tmp_path / "data.psgi"
+    data_app.write_text("my $t = do { local $/; <DATA> };\n"
+                        "sub { [200, ['Content-Type' => 'text/plain'], [$t . __FILE__ . ':' . __LINE__]] };\n"
+                        "__DATA__\nfrom data\n")
+    resp = launch(data_app).uwsgi("/")
+    assert resp.text == f"from data\n{data_app}:2"
+
+
+def test_end_section_in_a_declared_package(launch, tmp_path):
+    app = tmp_path / "pkg.psgi"
+    app.write_text("package My::App;\nuse utf8;\nmy $t = do { local $/; <DATA> };\n"
+                   "sub { [200, ['Content-Type' => 'text/plain'], [(utf8::is_utf8($t) ? 'chars:' : 'bytes:') . length($t)]] };\n"
+                   "__END__\ncaf\u00e9\n")
+    assert launch(app).uwsgi("/").text == "chars:5"
+
+
+# -- requests -------------------------------------------------------------------------------
+
+def test_uwsgi_response_bytes_and_log_line(worker):
+    raw = worker.uwsgi_raw("/hello?x=1")
+    assert raw == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Pid: %d\r\n"
+                   b"Content-Length: %d\r\n\r\nhello %d" % (worker.pid, len(f"hello {worker.pid}"), worker.pid))
+    worker.wait_log(r"\[pid: %d\|app: 0\|req: 1/1\] 127\.0\.0\.1 \(\) \{28 vars in \d+ bytes\} "
+                    r"\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\] GET /hello\?x=1 => generated \d+ bytes "
+                    r"in \d+ msecs \(HTTP/1\.1 200\) 3 headers in \d+ bytes \(1 switches on core 0\)"
+                    % worker.pid)
+
+
+def test_modifier1_zero_accepted_other_modifiers_closed(worker):
+    assert worker.uwsgi(modifier1=0).status == 200
+    assert worker.uwsgi_raw(modifier1=7) == b""
+    worker.wait_log(r"-- unavailable modifier requested: 7 --")
+    assert worker.uwsgi().status == 200
+
+
+def test_env_hygiene_and_psgi_keys(worker):
+    text = worker.uwsgi("/env").text
+    env = dict(line.split("=", 1) for line in text.splitlines())
+    assert env["SCRIPT_NAME"] == ""
+    assert "CONTENT_LENGTH" not in env and "CONTENT_TYPE" not in env
+    assert env["psgi.url_scheme"] == "http" and env["version"] == "1 1"
+    for key in ("psgi.multiprocess", "psgi.streaming", "psgix.input.buffered", "psgix.harakiri",
+                "psgix.cleanup"):
+        assert env[key] == "1", key
+    for key in ("psgi.multithread", "psgi.run_once", "psgi.nonblocking"):
+        assert env[key] == "", key
+    assert env["psgix.logger"] == "CODE" and env["psgix.cleanup.handlers"] == "ARRAY"
+    assert env["PLACK_ENV"] if "PLACK_ENV" in env else True
+    https = dict(line.split("=", 1) for line in worker.uwsgi("/env", UWSGI_SCHEME="https").text.splitlines())
+    assert https["psgi.url_scheme"] == "https"
+
+
+def test_post_bodies_uwsgi_small_and_large(worker):
+    resp = worker.uwsgi("/echo", method="POST", body=b"hello world")
+    assert resp.body == b"hello world" and resp.headers["x-again"] == "hello"
+    big = os.urandom(3 * 1024 * 1024 + 17)            # spills to a temporary file
+    resp = worker.uwsgi("/echo", method="POST", body=big)
+    assert resp.status == 200 and resp.body == big and resp.headers["x-length"] == str(len(big))
+
+
+def test_body_is_bounded_by_content_length(worker):
+    env = uwsgi_vars("/echo", "POST", CONTENT_LENGTH="5")
+    resp = parse_http_response(worker.send_raw(uwsgi_packet(env, b"12345EXTRA", 5)))
+    assert resp.body == b"12345"
+
+
+def test_http_post_content_length_and_chunked(worker):
+    status, headers, body = worker.http("/echo", "POST", body=b"x" * 70000)
+    assert status == 200 and body == b"x" * 70000 and headers["connection"] == "close"
+    chunks = iter([b"abc", b"defgh", b"i" * 100000])
+    status, headers, body = worker.http("/echo", "POST", body=chunks,
+                                        headers={"Transfer-Encoding": "chunked"}, chunked=True)
+    assert status == 200 and body == b"abcdefgh" + b"i" * 100000
+    assert headers["x-length"] == str(8 + 100000) and headers["x-te"] == "none"
+
+
+def test_streaming_delayed_getline_and_file_bodies(worker):
+    assert worker.uwsgi("/stream").body == b"chunk1\nchunk2\nchunk3\n"
+    assert worker.http("/stream")[2] == b"chunk1\nchunk2\nchunk3\n"
+    assert worker.uwsgi("/delayed").body == b"delayed"
+    assert worker.uwsgi("/getline").body == b"one two three"
+    resp = worker.uwsgi("/file")
+    source = Path(worker.cfg.psgi).read_bytes()
+    assert resp.body == source and resp.headers["content-length"] == str(len(source))
+    worker.wait_log(r"GET /file => generated %d bytes in \d+ msecs via sendfile\(\) " % len(source))
+
+
+def test_head_and_no_content_bodies_stripped(worker):
+    raw = worker.uwsgi_raw("/hello", method="HEAD")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert body == b"" and b"Content-Length: %d" % len(f"hello {worker.pid}") in head
+    assert worker.uwsgi_raw("/stream", method="HEAD").endswith(b"\r\n\r\n")
+    status, headers, body = worker.http("/hello", "HEAD")
+    assert status == 200 and body == b""
+    raw = worker.uwsgi_raw("/nocontent")
+    assert raw.startswith(b"HTTP/1.1 204 No Content\r\n") and raw.endswith(b"\r\n\r\n")
+    assert b"Content-Length" not in raw
+
+
+def test_app_die_gives_500_and_worker_lives(worker):
+    resp = worker.uwsgi("/die")
+    assert resp.status == 500 and resp.body == b"Internal Server Error"
+    worker.wait_log(r"\[pymaster-perl error\] GET /die: boom at the app")
+    assert worker.uwsgi().text == f"hello {worker.pid}"
+    assert worker.slot.read()["exceptions"] == 1
+    for path in ("/never", "/badheader"):
+        assert worker.uwsgi(path).status == 500
+    worker.wait_log(r"never called the responder")
+    worker.wait_log(r"invalid value for header Content-Type")
+    assert worker.poll() is None
+
+
+def test_wide_characters_refused_latin1_sent_as_bytes(worker):
+    resp = worker.uwsgi("/wide")
+    assert resp.status == 500
+    worker.wait_log(r"GET /wide: wide character in the response body")
+    assert worker.uwsgi("/latin").body == b"caf\xe9"
+
+
+def test_logger_and_errors_go_to_the_log(worker):
+    assert worker.uwsgi("/logger").status == 200
+    worker.wait_log(r"\[pymaster-perl warn\] logged by the app")
+    worker.wait_log(r"printed to psgi.errors")
+
+
+def test_oversized_packet_closed_logged_next_served(worker):
+    raw = worker.uwsgi_raw("/hello", HTTP_COOKIE="c" * 5000)
+    assert raw == b""
+    worker.wait_log(r"invalid request block size: \d{4} \(max 4096\)\.\.\.skip")
+    assert worker.uwsgi().status == 200
+
+
+def test_bigger_buffer_size_accepts_big_packet(launch, test_app):
+    worker = launch(test_app, buffer_size=8192)
+    assert worker.uwsgi("/hello", HTTP_COOKIE="c" * 5000).status == 200
+
+
+def test_truncated_and_garbage_packets_do_not_kill_the_worker(worker):
+    assert worker.send_raw(b"\x05\x10", half_close=True) == b""
+    worker.wait_log(r"uwsgi_proto_uwsgi_parser\(\): Success")
+    assert worker.send_raw(b"\x05\x05\x00\x00\x05\x00abc", half_close=True) == b""  # var overruns
+    worker.wait_log(r"invalid uwsgi request \(current strsize: 5\)\. skip\.")
+    assert worker.uwsgi().status == 200
+
+
+def test_scoreboard_counters_move(worker):
+    before = worker.slot.read()
+    assert before["pid"] == worker.pid and before["state"] == IDLE and before["requests"] == 0
+    assert before["last_spawn"] > time.time() - 60
+    for _ in range(3):
+        worker.uwsgi()
+    worker.uwsgi("/die")
+    deadline = time.monotonic() + 5             # the slot is written just after the close
+    while worker.slot.read()["requests"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    after = worker.slot.read()
+    assert after["requests"] == 4 and after["exceptions"] == 1 and after["state"] == IDLE
+    assert after["tx"] > 0 and after["running_time"] > 0 and after["avg_rt"] > 0
+    assert after["request"] == "GET /die"
+
+
+def test_scoreboard_busy_during_request(worker):
+    with socket.create_connection(("127.0.0.1", worker.uport)) as sock:
+        sock.sendall(uwsgi_packet(uwsgi_vars("/slow", QUERY_STRING="t=1", REQUEST_URI="/slow?t=1"), b"", 5))
+        deadline = time.monotonic() + 5
+        while worker.slot.read()["state"] != BUSY and time.monotonic() < deadline:
+            time.sleep(0.01)
+        info = worker.slot.read()
+        assert info["state"] == BUSY and info["request"] == "GET /slow?t=1"
+        assert time.time() - 5 < info["req_start"] <= time.time()
+        assert b"slept" in sock.recv(65536) + sock.recv(65536)
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+def test_sighup_mid_request_completes_then_exits_0(worker):
+    with socket.create_connection(("127.0.0.1", worker.uport), timeout=10) as sock:
+        sock.sendall(uwsgi_packet(uwsgi_vars("/slow", QUERY_STRING="t=1"), b"", 5))
+        while worker.slot.read()["state"] != BUSY:
+            time.sleep(0.01)
+        os.kill(worker.pid, signal.SIGHUP)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert parse_http_response(data).text == f"slept {worker.pid}"
+    assert worker.wait() == 0
+
+
+def test_sighup_when_idle_exits_0(worker):
+    os.kill(worker.pid, signal.SIGHUP)
+    assert worker.wait() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+def test_stop_signals_exit_at_once(worker, sig):
+    with socket.create_connection(("127.0.0.1", worker.uport), timeout=10) as sock:
+        sock.sendall(uwsgi_packet(uwsgi_vars("/slow", QUERY_STRING="t=5"), b"", 5))
+        while worker.slot.read()["state"] != BUSY:
+            time.sleep(0.01)
+        start = time.monotonic()
+        os.kill(worker.pid, sig)
+        assert worker.wait() == 30
+        assert time.monotonic() - start < 2
+
+
+def test_max_requests_exits_0(launch, test_app):
+    worker = launch(test_app, max_requests=3)
+    for _ in range(3):
+        assert worker.uwsgi().status == 200
+    assert worker.wait() == 0
+    worker.wait_log(r"\.\.\.The work of process %d is done\. Seeya!" % worker.pid)
+
+
+def test_harakiri_commit_and_cleanup_handlers(worker, tmp_path):
+    marker = tmp_path / "cleaned"
+    assert worker.uwsgi("/cleanup", QUERY_STRING=f"f={marker}").text == "ok"
+    deadline = time.monotonic() + 5
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.read_text() == "cleaned /cleanup"
+    assert worker.uwsgi("/harakiri").text == f"bye {worker.pid}"
+    assert worker.wait() == 0
+    worker.wait_log(r"psgix.harakiri.commit requested")
+
+
+def test_disable_logging(launch, test_app):
+    worker = launch(test_app, disable_logging=True)
+    worker.uwsgi()
+    worker.uwsgi("/die")
+    worker.wait_log(r"boom at the app")
+    assert "[pid: " not in worker.log()
+
+
+def test_exits_when_master_is_not_the_parent(tmp_path, test_app):
+    worker = PerlWorker(tmp_path, test_app, master_pid=1)
+    try:
+        assert worker.wait() == 30
+        assert "master 1 is gone" in worker.log()
+    finally:
+        worker.stop()
+
+
+def test_exec_worker_from_a_fork_sets_title_and_serves(launch, test_app):
+    worker = launch(test_app, use_fork=True, worker_id=2, procname_prefix="pmtest ")
+    assert worker.uwsgi().text == f"hello {worker.pid}"
+    with open(f"/proc/{worker.pid}/cmdline", "rb") as fh:
+        assert fh.read().split(b"\0")[0] == b"pmtest pymaster worker 2"
+
+
+def test_app_load_failure_exits_22(tmp_path):
+    bad = tmp_path / "bad.psgi"
+    bad.write_text("die 'cannot start: no database';\n")
+    worker = PerlWorker(tmp_path, bad)
+    try:
+        assert worker.wait() == 22
+        log = worker.log()
+        assert "failed loading PSGI app" in log and "cannot start: no database" in log
+    finally:
+        worker.stop()
