@@ -12,7 +12,7 @@ def _hello(environ, start_response):
 
 
 def _echo(environ, start_response):
-    body = environ["wsgi.input"].read()
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
                               ("X-Len", str(len(body)))])
     return [body]
@@ -116,4 +116,6 @@ def _router(environ, start_response):
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/badheader":     # outside the validator: it would assert first
         return _badheader(environ, start_response)
+    if environ["PATH_INFO"] == "/sendfile":      # unwrapped, so the server sees its FileWrapper
+        return _file(environ, start_response)
     return _router(environ, start_response)

@@ -66,7 +66,7 @@ def test_socket_activation_adopts_listen_fds(tmp_path):
     try:
         listener.close()
         wait_port(port)
-        assert one_uwsgi(port).startswith(b"HTTP/1.1 200")
+        assert one_uwsgi(port, "/hello").startswith(b"HTTP/1.1 200")
         text = (tmp_path / "log").read_text()
         assert "SystemD socket activation detected" in text
         proc.send_signal(signal.SIGHUP)
@@ -74,7 +74,7 @@ def test_socket_activation_adopts_listen_fds(tmp_path):
         while "gracefully (RE)spawned" not in (tmp_path / "log").read_text():
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert one_uwsgi(port).startswith(b"HTTP/1.1 200")
+        assert one_uwsgi(port, "/hello").startswith(b"HTTP/1.1 200")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
