@@ -219,8 +219,10 @@ def convert(entry: Entry):
     text = entry.value if entry.value else option.bare
     if option.kind == "bool":
         return text.lower() not in FALSE_WORDS if text else True
+    if option.kind in ("int", "size") and not text:
+        return 1
     if option.kind == "int":
-        return _to_int(entry, text) if text else 1
+        return _to_int(entry, text)
     if option.kind == "size":
         return _to_size(entry, text)
     if option.choices and text not in option.choices:
@@ -303,9 +305,10 @@ class Config:
     def get(self, name: str, default=None):
         """The value of an option (by name, alias or flag), else of a placeholder."""
         option = _lookup(name)
-        if option is not None:
-            return getattr(self, option.attr)
-        return self.placeholders.get(name, default)
+        if option is None:
+            return self.placeholders.get(name, default)
+        value = getattr(self, option.attr)
+        return bool(value) if isinstance(value, _ShowConfig) else value
 
     def dump_ini(self) -> str:
         """The effective options as INI, between uWSGI's show-config markers."""

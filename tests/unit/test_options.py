@@ -326,7 +326,9 @@ def test_show_config_flag_and_dump():
     assert text.splitlines()[0] == ";pymaster instance configuration"
     assert text.splitlines()[-1] == ";end of configuration"
     assert "socket = :1\nsocket = :2\nmaster = true" in text
-    assert parse(["--show-config"], {}).show_config
+    shown = parse(["--show-config"], {})
+    assert shown.show_config and shown.get("show-config") is True
+    assert "show-config = true" in shown.show_config()
 
 
 def _same_settings(a: Config, b: Config) -> None:
