@@ -1,0 +1,141 @@
+"""pymaster.apps.psgi: plackup argv, worker environment, preflight messages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+
+from pymaster.apps import psgi
+
+needs_plackup = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup missing")
+
+
+def cfg(app="app.psgi", **kw):
+    base = dict(psgi=str(app), plackup_opt=[], perl_local_lib=None, max_requests=0,
+                buffer_size=4096, socket_timeout=4, disable_logging=False, chdir=None, env=[],
+                procname_prefix=None)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def test_handler_files_ship_with_the_package():
+    base = Path(psgi.PERL_DIR)
+    assert (base / "Plack" / "Handler" / "Pymaster.pm").is_file()
+    assert (base / "Plack" / "Loader" / "Pymaster.pm").is_file()
+
+
+def test_argv_defaults():
+    argv = psgi.worker_argv(cfg("/srv/app.psgi"))
+    assert Path(argv[0]).name == "plackup"
+    assert argv[1:] == ["-I", psgi.PERL_DIR, "-E", "deployment", "-s", "Pymaster", "-L", "Pymaster",
+                        "/srv/app.psgi"]
+
+
+def test_argv_plackup_opts_are_shell_split_and_override_the_environment():
+    argv = psgi.worker_argv(cfg(plackup_opt=["-I lib -MFoo::Bar=x,y", "-E 'production'"],
+                                perl_local_lib="/opt/ll"))
+    assert argv[1:] == ["-I", psgi.PERL_DIR, "-I", "/opt/ll/lib/perl5", "-E", "deployment",
+                        "-I", "lib", "-MFoo::Bar=x,y", "-E", "production",
+                        "-s", "Pymaster", "-L", "Pymaster", "app.psgi"]
+
+
+def test_worker_env(monkeypatch):
+    monkeypatch.setenv("PERL5LIB", "/old")
+    env = psgi.worker_env(cfg(max_requests=50, buffer_size=8192, socket_timeout=9,
+                              disable_logging=True, env=["FOO=bar=baz"], perl_local_lib="/opt/ll",
+                              procname_prefix="pre "),
+                          3, [(3, "uwsgi"), (7, "http")], 9, 1234)
+    assert env["PYMASTER_LISTEN_FDS"] == "3:uwsgi,7:http"
+    assert env["PYMASTER_WORKER_ID"] == "3"
+    assert env["PYMASTER_SCOREBOARD_FD"] == "9"
+    assert env["PYMASTER_MASTER_PID"] == "1234"
+    assert env["PYMASTER_MAX_REQUESTS"] == "50"
+    assert env["PYMASTER_BUFFER_SIZE"] == "8192"
+    assert env["PYMASTER_SOCKET_TIMEOUT"] == "9"
+    assert env["PYMASTER_DISABLE_LOGGING"] == "1"
+    assert env["PYMASTER_PROCNAME"] == "pre pymaster worker 3"
+    assert env["PYMASTER_PSGI"] == "app.psgi"
+    assert env["FOO"] == "bar=baz"
+    assert env["PERL5LIB"] == "/opt/ll/lib/perl5" + os.pathsep + "/old"
+    assert "PYMASTER_CHECK" not in env
+
+
+def test_preflight_missing_app_file(tmp_path):
+    with pytest.raises(RuntimeError, match=r"PSGI app file '.*nope\.psgi' not found"):
+        psgi.preflight(cfg(tmp_path / "nope.psgi"))
+
+
+def test_preflight_missing_plackup(tmp_path, monkeypatch):
+    app = tmp_path / "app.psgi"
+    app.write_text("sub { [200, [], ['x']] }")
+    real_which = shutil.which
+    monkeypatch.setattr(psgi.shutil, "which", lambda name: None if name == "plackup" else real_which(name))
+    with pytest.raises(RuntimeError, match=r"plackup not found.*libplack-perl"):
+        psgi.preflight(cfg(app))
+
+
+@needs_plackup
+def test_preflight_missing_plack_modules(tmp_path, monkeypatch):
+    """plackup present but Plack's modules not loadable (PERL5LIB-only install gone)."""
+    app = tmp_path / "app.psgi"
+    app.write_text("sub { [200, [], ['x']] }")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "plackup").write_text("#!/usr/bin/perl\nuse Plack::NoSuchRunner;\n")
+    (fake / "plackup").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match=r"Plack is not installed.*libplack-perl"):
+        psgi.preflight(cfg(app))
+
+
+@needs_plackup
+def test_preflight_ok(tmp_path):
+    app = tmp_path / "app.psgi"
+    app.write_text("sub { [200, ['Content-Type' => 'text/plain'], ['x']] };\n__END__\ndata\n")
+    psgi.preflight(cfg(app))
+
+
+@needs_plackup
+def test_preflight_missing_module_names_the_package(tmp_path):
+    app = tmp_path / "app.psgi"
+    app.write_text("use Text::NoSuchModule;\nsub { [200, [], ['x']] };\n")
+    with pytest.raises(RuntimeError) as info:
+        psgi.preflight(cfg(app))
+    msg = str(info.value)
+    assert "needs the Perl module Text::NoSuchModule" in msg
+    assert "apt-get install libtext-nosuchmodule-perl" in msg and "cpanm Text::NoSuchModule" in msg
+
+
+@needs_plackup
+def test_preflight_missing_module_from_plackup_opt(tmp_path):
+    app = tmp_path / "app.psgi"
+    app.write_text("sub { [200, [], ['x']] };\n")
+    with pytest.raises(RuntimeError, match=r"needs the Perl module No::Preload"):
+        psgi.preflight(cfg(app, plackup_opt=["-MNo::Preload"]))
+
+
+@needs_plackup
+def test_preflight_uses_include_dirs(tmp_path):
+    lib = tmp_path / "lib" / "My"
+    lib.mkdir(parents=True)
+    (lib / "Mod.pm").write_text("package My::Mod; sub hi { 'hi' } 1;\n")
+    app = tmp_path / "app.psgi"
+    app.write_text("use My::Mod;\nsub { [200, [], [My::Mod::hi()]] };\n")
+    psgi.preflight(cfg(app, plackup_opt=[f"-I {tmp_path / 'lib'}"]))
+
+
+@needs_plackup
+@pytest.mark.parametrize("source, message", [
+    ("sub { [200, [], ['x']] ;\n", r"failed to load: .*(syntax error|Missing right curly)"),
+    ("die 'no database';\n", r"failed to load: .*no database"),
+    ("42;\n", r"did not return a PSGI application"),
+])
+def test_preflight_load_failures(tmp_path, source, message):
+    app = tmp_path / "app.psgi"
+    app.write_text(source)
+    with pytest.raises(RuntimeError, match=message):
+        psgi.preflight(cfg(app))
