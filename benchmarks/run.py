@@ -78,44 +78,38 @@ class Case:
 UWSGI_EXTRA = {"http": ["--need-app", "--add-header", "Connection: close"],
                "uwsgi": ["--need-app"]}
 
-def wsgi_server(server: str, proto: str, app: Path, workers: int) -> ContextManager[Server]:
-    """One WSGI app server listening with `proto` ('http' or 'uwsgi') on a fresh port."""
-    port = free_port()
-    sock = ["--http-socket" if proto == "http" else "-s", f"127.0.0.1:{port}"]
-    common = [*sock, "--wsgi-file", str(app), "-M", "-p", str(workers), "--disable-logging"]
-    if server == "pymaster":
-        return pymaster(common)
-    if server == "uwsgi":
-        return uwsgi([*common, *UWSGI_EXTRA[proto]], plugins=["python3"])
-    if server == "gunicorn" and proto == "http":
-        return gunicorn(app, workers, port=port)
-    raise ValueError(f"{server} cannot serve WSGI over {proto}")
+# kind -> (option that loads the app, uWSGI plugin, pymaster's extra options, native server)
+KINDS = {
+    "wsgi": ("--wsgi-file", "python3", [], gunicorn),
+    "psgi": ("--psgi", "psgi", ["--plugins", "psgi"], starman),
+}
 
 
-def psgi_server(server: str, proto: str, app: Path, workers: int) -> ContextManager[Server]:
+def app_server(kind: str, server: str, proto: str, app: Path, workers: int) -> ContextManager[Server]:
+    """One app server of `kind` ('wsgi' or 'psgi') listening with `proto` ('http' or
+    'uwsgi') on a fresh port; `server` is pymaster, uwsgi or the kind's native server."""
+    load, plugin, pymaster_extra, native = KINDS[kind]
     port = free_port()
     sock = ["--http-socket" if proto == "http" else "-s", f"127.0.0.1:{port}"]
-    common = [*sock, "--psgi", str(app), "-M", "-p", str(workers), "--disable-logging"]
+    common = [*sock, load, str(app), "-M", "-p", str(workers), "--disable-logging"]
     if server == "pymaster":
-        return pymaster(["--plugins", "psgi", *common])
+        return pymaster([*pymaster_extra, *common])
     if server == "uwsgi":
-        return uwsgi([*common, *UWSGI_EXTRA[proto]], plugins=["psgi"])
-    if server == "starman" and proto == "http":
-        return starman(app, workers, port=port)
-    raise ValueError(f"{server} cannot serve PSGI over {proto}")
+        return uwsgi([*common, *UWSGI_EXTRA[proto]], plugins=[plugin])
+    if server == native.__name__ and proto == "http":
+        return native(app, workers, port=port)
+    raise ValueError(f"{server} cannot serve {kind} over {proto}")
 
 
 @contextlib.contextmanager
-def direct(factory, *args) -> Iterator[Target]:
-    with factory(*args) as srv:
+def direct(*args) -> Iterator[Target]:
+    with app_server(*args) as srv:
         yield Target(srv.port, srv)
 
 
 @contextlib.contextmanager
-def behind_nginx(factory, server: str, proto: str, app: Path, workers: int,
-                 mode: str) -> Iterator[Target]:
-    with factory(server, proto, app, workers) as srv, \
-         nginx(f"127.0.0.1:{srv.port}", mode) as front:
+def behind_nginx(*args, mode: str) -> Iterator[Target]:
+    with app_server(*args) as srv, nginx(f"127.0.0.1:{srv.port}", mode) as front:
         yield Target(front.port, srv, f"nginx {mode}")
 
 
@@ -131,33 +125,32 @@ def scenario(name: str, description: str):
     return register
 
 
+def direct_cases(name: str, kind: str, apps: dict, servers: tuple, opts) -> list[Case]:
+    """wrk straight at each server's HTTP socket, for every app."""
+    return [Case(name, server, app, "http",
+                 lambda s=server, a=path: direct(kind, s, "http", a, opts.workers), expect)
+            for app, (path, expect) in apps.items() for server in servers]
+
+
 @scenario("http", "HTTP straight to the app server (--http-socket / gunicorn sync)")
 def http_cases(opts) -> list[Case]:
-    return [Case("http", server, app, "http",
-                 lambda s=server, a=path: direct(wsgi_server, s, "http", a, opts.workers), expect)
-            for app, (path, expect) in WSGI_APPS.items()
-            for server in ("pymaster", "uwsgi", "gunicorn")]
+    return direct_cases("http", "wsgi", WSGI_APPS, ("pymaster", "uwsgi", "gunicorn"), opts)
 
 
 @scenario("nginx", "nginx uwsgi_pass -> -s socket (gunicorn: nginx proxy_pass, for reference)")
 def nginx_cases(opts) -> list[Case]:
-    cases = []
-    for app, (path, expect) in WSGI_APPS.items():
-        for server, proto, mode in (("pymaster", "uwsgi", "uwsgi_pass"),
-                                    ("uwsgi", "uwsgi", "uwsgi_pass"),
-                                    ("gunicorn", "http", "proxy_pass")):
-            cases.append(Case("nginx", server, app, f"nginx {mode}",
-                              lambda s=server, p=proto, a=path, m=mode:
-                              behind_nginx(wsgi_server, s, p, a, opts.workers, m), expect))
-    return cases
+    return [Case("nginx", server, app, f"nginx {mode}",
+                 lambda s=server, p=proto, a=path, m=mode:
+                 behind_nginx("wsgi", s, p, a, opts.workers, mode=m), expect)
+            for app, (path, expect) in WSGI_APPS.items()
+            for server, proto, mode in (("pymaster", "uwsgi", "uwsgi_pass"),
+                                        ("uwsgi", "uwsgi", "uwsgi_pass"),
+                                        ("gunicorn", "http", "proxy_pass"))]
 
 
 @scenario("psgi", "PSGI over HTTP: pymaster --psgi vs uWSGI psgi plugin vs Starman")
 def psgi_cases(opts) -> list[Case]:
-    return [Case("psgi", server, app, "http",
-                 lambda s=server, a=path: direct(psgi_server, s, "http", a, opts.workers), expect)
-            for app, (path, expect) in PSGI_APPS.items()
-            for server in ("pymaster", "uwsgi", "starman")]
+    return direct_cases("psgi", "psgi", PSGI_APPS, ("pymaster", "uwsgi", "starman"), opts)
 
 # Planned (plug in the same way): "fastrouter" (nginx -> fastrouter -> 3 nodes, pymaster's
 # router vs uWSGI's), "reload" (wrk running while the master is sent SIGHUP; errors must be 0).
