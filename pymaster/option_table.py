@@ -31,9 +31,13 @@ class Option:
         return self.name.replace("-", "_")
 
     @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+    @property
     def flags(self) -> list[str]:
         """Command-line spellings: '--name', then '--alias' / '-x' in table order."""
-        return [f"--{self.name}"] + [a if a.startswith("-") else f"--{a}" for a in self.aliases]
+        return [self.flag] + [a if a.startswith("-") else f"--{a}" for a in self.aliases]
 
     @property
     def long_names(self) -> list[str]:
