@@ -26,6 +26,7 @@ FALSE_WORDS = ("false", "off", "no", "0")
 MAX_BUFFER_SIZE = 65535
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 _SIZE = re.compile(r"(\d+)([kmg]?)b?", re.IGNORECASE)
+_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 def _where(entry: Entry) -> str:
@@ -33,11 +34,10 @@ def _where(entry: Entry) -> str:
 
 
 def _to_int(entry: Entry, text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
+    if not _INT.fullmatch(text):
         raise ConfigError(f"option '{entry.option.flag}' expects an integer, "
-                          f"got '{text}'{_where(entry)}") from None
+                          f"got '{text}'{_where(entry)}")
+    number = int(text)
     if number < 0:
         raise ConfigError(f"option '{entry.option.flag}' must be >= 0, "
                           f"got '{text}'{_where(entry)}")
@@ -84,8 +84,9 @@ def convert(entry: Entry):
 def _run_passes(entries: list[Entry], environ: Mapping[str, str]) -> None:
     """The `$(ENV)`, `@(file)` and `%(placeholder)` passes, in that order, over every value."""
     def first_value(name: str) -> str | None:
+        option = BY_KEY.get(name)
         for entry in entries:
-            if entry.key == name or (entry.option and entry.option.name == name):
+            if entry.key == name or (option is not None and entry.option is option):
                 return entry.value or ""
         return None
 

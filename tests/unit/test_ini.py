@@ -238,6 +238,11 @@ def test_placeholder_refers_to_options(tmp_path):
     assert parse([ini], {}).stats == "127.0.0.1:40051"
 
 
+def test_placeholder_by_alias():
+    assert parse(["--workers", "3", "--procname", "w%(processes)-%(-p)-%(p)"], {}).procname == \
+        "w3-%(-p)-%(p)"
+
+
 def test_unknown_placeholder_is_kept():
     assert parse(["--procname", "%(nobody)"], {}).procname == "%(nobody)"
 

@@ -100,6 +100,7 @@ def test_list_options_accumulate_in_order():
     (["-Z"], "unknown option '-Z'"),
     (["--proc", "2"], "unknown option '--proc' (did you mean '--procname'?)"),  # no abbrev
     (["--processes", "abc"], "option '--processes' expects an integer, got 'abc'"),
+    (["--processes", "1_0"], "option '--processes' expects an integer, got '1_0'"),
     (["--harakiri", "-2"], "option '--harakiri' must be >= 0, got '-2'"),
     (["--socket"], "option '--socket' expects a value"),
     (["--master=yes"], "option '--master' takes no value on the command line, got 'yes'"),
