@@ -138,7 +138,7 @@ class Config:
         else:
             setattr(self, option.attr, value)
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         if self.buffer_size > MAX_BUFFER_SIZE:
             self.warnings.append(f"buffer-size {self.buffer_size} is above the maximum, "
                                  f"using {MAX_BUFFER_SIZE}")
@@ -174,7 +174,7 @@ class Config:
 
 
 def _ini_text(value) -> str:
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
@@ -212,7 +212,7 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
     cfg.ini_files = collector.ini_files
     cfg.warnings = collector.warnings
     _apply(cfg, collector.entries)
-    cfg.finish()
+    cfg._finish()
     return cfg
 
 

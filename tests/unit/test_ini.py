@@ -109,11 +109,22 @@ def test_missing_file_is_an_error(tmp_path):
         parse(["--ini", "etc/nope.ini"], {})
 
 
-def test_bad_line_names_file_and_line(tmp_path):
-    ini = write(tmp_path / "x.ini", "[uwsgi]\nmaster\nthis is not an option\n")
-    with pytest.raises(ConfigError, match=r"x.ini line 3: expected 'key = value' or '\[section\]', "
-                                          r"got 'this is not an option'"):
-        parse([ini], {})
+@pytest.mark.parametrize("line, expected", [
+    ("this is not an option", "expected 'key = value' or '[section]', got 'this is not an option'"),
+    ("= value", "expected 'key = value' or '[section]', got '= value'"),
+    ("[broken", "expected '[section]', got '[broken'"),
+])
+def test_bad_line_names_file_and_line(tmp_path, monkeypatch, line, expected):
+    write(tmp_path / "etc" / "x.ini", f"[uwsgi]\nmaster\n{line}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        parse(["etc/x.ini"], {})
+    assert str(info.value) == f"etc/x.ini line 3: {expected}"
+
+
+def test_lines_of_other_sections_are_not_checked(tmp_path):
+    ini = write(tmp_path / "x.ini", "[other]\nfree text here\n[uwsgi]\nmaster\n")
+    assert parse([ini], {}).master is True
 
 
 def test_bad_value_names_the_file(tmp_path):
