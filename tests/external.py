@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import ContextManager, Iterable, Iterator, Mapping
 
 import psutil
 
@@ -325,6 +325,18 @@ def uwsgi(args: list[str], plugins: Iterable[str] = ("python3",), *,
     with run_server("uwsgi", cmd, wait_ports=ports_in_args(args) if ports is None else ports,
                     stop_signal=signal.SIGINT, **kw) as server:
         yield server
+
+
+def uwsgi_fastrouter(port: int, *, to: int | None = None, subscription_port: int | None = None,
+                     args: Iterable[str] = (), **kw) -> ContextManager[Server]:
+    """uWSGI's own fastrouter on 127.0.0.1:port, routing statically to 127.0.0.1:`to`
+    and/or by key to the nodes that subscribe on UDP 127.0.0.1:`subscription_port`."""
+    cmd = ["--master", "--fastrouter", f"{LOOPBACK}:{port}", *args]
+    if to:
+        cmd += ["--fastrouter-to", f"{LOOPBACK}:{to}"]
+    if subscription_port:
+        cmd += ["--fastrouter-subscription-server", f"{LOOPBACK}:{subscription_port}"]
+    return uwsgi(cmd, plugins=["fastrouter"], **kw)
 
 
 def pymaster_command() -> list[str]:

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tests.external import (EXAMPLES, free_port, have, http_get, nginx, parse_http_response,
-                            pid_in_page, pymaster, uwsgi, uwsgi_plugin_available, uwsgi_request,
-                            uwsgi_vars)
+                            pid_in_page, pymaster, uwsgi, uwsgi_fastrouter, uwsgi_plugin_available,
+                            uwsgi_request, uwsgi_vars)
 
 pytestmark = pytest.mark.skipif(not uwsgi_plugin_available("fastrouter"),
                                 reason="uWSGI fastrouter plugin not installed")
@@ -18,15 +18,7 @@ needs_nginx = pytest.mark.skipif(not have("nginx"), reason="nginx not installed"
 needs_uwsgi_python = pytest.mark.skipif(not uwsgi_plugin_available("python3"),
                                         reason="uWSGI python3 plugin not installed")
 APP = str(EXAMPLES / "app.wsgi")
-
-
-def fastrouter(port: int, *, to: int | None = None, subscription_port: int | None = None):
-    args = ["--master", "--fastrouter", f"127.0.0.1:{port}"]
-    if to:
-        args += ["--fastrouter-to", f"127.0.0.1:{to}"]
-    if subscription_port:
-        args += ["--fastrouter-subscription-server", f"127.0.0.1:{subscription_port}"]
-    return uwsgi(args, plugins=["fastrouter"])
+PSGI_APP = str(EXAMPLES / "app.psgi")
 
 
 def pymaster_backend(port: int, *extra: str):
@@ -61,21 +53,21 @@ def assert_page_from(resp, backend) -> None:
 @needs_uwsgi_python
 def test_harness_fastrouter_to_real_uwsgi():
     backend_port, router_port = free_port(), free_port()
-    with uwsgi_backend(backend_port) as backend, fastrouter(router_port, to=backend_port):
+    with uwsgi_backend(backend_port) as backend, uwsgi_fastrouter(router_port, to=backend_port):
         assert_page_from(routed_page(router_port), backend)
 
 
 @needs_uwsgi_python
 def test_harness_fastrouter_subscription_real_uwsgi():
     backend_port, router_port, sub_port = free_port(), free_port(), free_port()
-    with fastrouter(router_port, subscription_port=sub_port), \
+    with uwsgi_fastrouter(router_port, subscription_port=sub_port), \
          uwsgi_backend(backend_port, "--subscribe-to", f"127.0.0.1:{sub_port}:wsgi_cluster") as backend:
         assert_page_from(routed_page(router_port, "wsgi_cluster"), backend)
 
 
 def test_fastrouter_to_pymaster():
     backend_port, router_port = free_port(), free_port()
-    with pymaster_backend(backend_port) as backend, fastrouter(router_port, to=backend_port):
+    with pymaster_backend(backend_port) as backend, uwsgi_fastrouter(router_port, to=backend_port):
         for _ in range(5):
             assert_page_from(routed_page(router_port), backend)
 
@@ -84,10 +76,32 @@ def test_fastrouter_to_pymaster():
 def test_nginx_to_fastrouter_to_pymaster():
     backend_port, router_port = free_port(), free_port()
     with pymaster_backend(backend_port) as backend, \
-         fastrouter(router_port, to=backend_port), \
+         uwsgi_fastrouter(router_port, to=backend_port), \
          nginx(f"127.0.0.1:{router_port}", "uwsgi_pass",
                {"UWSGI_FASTROUTER_KEY": "wsgi_cluster"}) as front:
         for _ in range(5):
             resp = http_get(front.port, "/")
             assert resp.status == 200, resp
             assert_page_from(resp, backend)
+
+
+def test_pymaster_subscribes_to_uwsgi_fastrouter():
+    """The seed's WSGI half: `--subscribe-to 127.0.0.1:SUB:wsgi_cluster`."""
+    backend_port, router_port, sub_port = free_port(), free_port(), free_port()
+    with uwsgi_fastrouter(router_port, subscription_port=sub_port), \
+         pymaster_backend(backend_port, "--subscribe-to",
+                          f"127.0.0.1:{sub_port}:wsgi_cluster") as backend:
+        assert_page_from(routed_page(router_port, "wsgi_cluster"), backend)
+
+
+def test_pymaster_psgi_subscribes_with_modifier1_5():
+    """The seed's PSGI half: `--subscribe-to ...:psgi_cluster:5` registers key
+    psgi_cluster (modifier1 5), and the seed's app.psgi renders through the router."""
+    backend_port, router_port, sub_port = free_port(), free_port(), free_port()
+    with uwsgi_fastrouter(router_port, subscription_port=sub_port), \
+         pymaster(["--plugins", "psgi", "-s", f"127.0.0.1:{backend_port}", "--psgi", PSGI_APP,
+                   "-M", "-p", "2", "--subscribe-to",
+                   f"127.0.0.1:{sub_port}:psgi_cluster:5"]) as backend:
+        resp = routed_page(router_port, "psgi_cluster")
+        assert "hokkaidopm.gif" in resp.text
+        assert_page_from(resp, backend)
