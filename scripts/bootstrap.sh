@@ -18,7 +18,7 @@ DEB_PACKAGES=(
     uwsgi-core uwsgi-plugin-python3 uwsgi-plugin-psgi
     python3-jinja2  # uWSGI's python3 plugin embeds Debian's python3, not the venv: app.wsgi needs jinja2 there
     libplack-perl libtext-xslate-perl libfile-map-perl starman
-    wrk procps curl ca-certificates
+    wrk procps curl ca-certificates python3-venv
 )
 
 LOG="$(mktemp -t pymaster-bootstrap.XXXXXX)"
