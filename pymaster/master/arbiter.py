@@ -490,6 +490,7 @@ class Arbiter:
         if self.paused:
             self.on_SIGTSTP()
         self.state = State("reloading", graceful)
+        self.scoreboard.master_state = sb.MASTER_RELOADING
         self.notifier.reloading()
         log("...gracefully killing workers..." if graceful else "...brutally killing workers...")
         for hook in self.on_stop:
@@ -507,6 +508,7 @@ class Arbiter:
         if self.paused:
             self.on_SIGTSTP()
         self.state = State("stopping", graceful, code)
+        self.scoreboard.master_state = sb.MASTER_STOPPING
         self.notifier.stopping()
         if graceful:
             log_verbose("graceful shutdown triggered...")
@@ -514,6 +516,8 @@ class Arbiter:
             log("SIGINT/SIGTERM received...killing workers...")
         for hook in self.on_stop:
             hook(False)
+        if graceful:
+            sockets.refuse_new_connections(self.listeners)
         for lst in self.listeners:             # workers keep theirs to drain the backlog
             lst.sock.close()
         self.signal_children(signal.SIGHUP if graceful else signal.SIGINT,

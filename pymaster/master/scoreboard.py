@@ -16,6 +16,8 @@ it (Perl gets the fd number in PYMASTER_SCOREBOARD_FD). Slot layout, little-endi
     64     192s  request       "METHOD URI" of the current request, NUL padded
 
 A worker writes its slot at request start and end; the master never takes a lock.
+After the last slot, one more 256-byte block holds the master's state as a u32 at its start
+(0 running, 1 reloading, 2 stopping): a stopping master wants workers to drain the backlog.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ REQ_OFFSET = HEAD.size
 REQ_SIZE = SLOT_SIZE - REQ_OFFSET
 
 STARTING, IDLE, BUSY, STOPPING, PAUSED = range(5)
+MASTER_RUNNING, MASTER_RELOADING, MASTER_STOPPING = range(3)
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping",
                PAUSED: "pause"}
 
@@ -87,14 +90,23 @@ class Scoreboard:
     def __init__(self, slots: int):
         self.slots = slots
         self.fd = os.memfd_create("pymaster-scoreboard")  # CLOEXEC; exec'd workers get it made inheritable
-        os.ftruncate(self.fd, max(1, slots) * SLOT_SIZE)
-        self.mm = mmap.mmap(self.fd, max(1, slots) * SLOT_SIZE, mmap.MAP_SHARED,
-                            mmap.PROT_READ | mmap.PROT_WRITE)
+        size = (max(1, slots) + 1) * SLOT_SIZE
+        os.ftruncate(self.fd, size)
+        self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.master_offset = max(1, slots) * SLOT_SIZE
 
     def slot(self, index: int) -> Slot:
         if not 0 <= index < self.slots:
             raise IndexError(f"scoreboard slot {index} out of range 0..{self.slots - 1}")
         return Slot(self.mm, index)
+
+    @property
+    def master_state(self) -> int:
+        return _STATE.unpack_from(self.mm, self.master_offset)[0]
+
+    @master_state.setter
+    def master_state(self, state: int) -> None:
+        _STATE.pack_into(self.mm, self.master_offset, state)
 
     def close(self) -> None:
         self.mm.close()

@@ -7,6 +7,7 @@ LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separ
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
@@ -175,6 +176,37 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
     environ["LISTEN_PID"] = str(os.getpid())
     environ["LISTEN_FDS"] = str(len(listeners))
     environ["LISTEN_FDNAMES"] = ":".join(ACTIVATED * lst.activated + lst.kind for lst in listeners)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+_DROP_ALL = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))      # BPF_RET|BPF_K #0: drop
+SO_ATTACH_FILTER = 26
+
+
+def refuse_new_connections(listeners: list[Listener]) -> None:
+    """Graceful shutdown: new SYNs are dropped while queued connections stay acceptable.
+
+    A drop-all socket filter on a TCP listener stops the kernel from completing new
+    handshakes (the client retries its SYN and is refused once the socket is closed), but
+    connections already in the accept queue are untouched: the workers drain them to the
+    end, so none is reset by the final close. Unix sockets have no such filter: they keep
+    the short race between the last accept and the close.
+    """
+    prog = bytes(memoryview(_SockFprog(1, _DROP_ALL)))
+    for lst in listeners:
+        if lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram and lst.sock:
+            try:
+                lst.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+            except OSError as exc:
+                log(f"cannot hold new connections on {lst.name}: {exc.strerror}")
 
 
 def remove_unix(listeners: list[Listener]) -> None:

@@ -155,7 +155,7 @@ class Worker:
         self.slot.set_state(sb.STOPPING)
         for conn, idle in list(self.idle.items()):
             self._finish_idle(conn, idle)
-        if os.getppid() == self.master_pid or self.master_pid is None:
+        if self.scoreboard.master_state == sb.MASTER_STOPPING:
             self._drain_backlog()
 
     def _drain_wake(self) -> None:
@@ -209,9 +209,10 @@ class Worker:
         return time.time() - self.spawned >= (self.cfg.min_worker_lifetime or 0)
 
     def _drain_backlog(self) -> None:
-        """On a graceful exit, serve what already waits in the backlog (bounded)."""
-        budget = self.cfg.listen or 100
-        deadline = time.monotonic() + 1.0
+        """Shutting down: serve what already waits in the backlog (the master has stopped
+        new handshakes, so the queue is finite; still bounded in count and time)."""
+        budget = 10 * (self.cfg.listen or 100)
+        deadline = time.monotonic() + 10.0
         for lst in self.listeners:
             while budget > 0 and time.monotonic() < deadline:
                 try:

@@ -57,6 +57,7 @@ def test_three_sighups_under_load_fail_nothing(tmp_path):
 def test_chain_reload_under_load_fails_nothing_and_keeps_capacity(tmp_path):
     fifo = tmp_path / "fifo"
     with start(tmp_path, "--master-fifo", fifo, "--lazy-apps") as pm:
+        pm.wait_log(r"ready in worker", count=2)
         old = pm.workers()
         app_file(tmp_path, "v2")
         with Load(pm.port, threads=8) as load:
@@ -75,6 +76,7 @@ def test_chain_reload_under_load_fails_nothing_and_keeps_capacity(tmp_path):
 def test_chain_reload_with_broken_new_code_keeps_old_workers(tmp_path):
     fifo = tmp_path / "fifo"
     with start(tmp_path, "--master-fifo", fifo, "--lazy-apps") as pm:
+        pm.wait_log(r"ready in worker", count=2)
         old = pm.workers()
         (tmp_path / "app.py").write_text("raise ImportError('broken deploy')\n")
         fifo.write_bytes(b"c")
@@ -103,7 +105,7 @@ def test_ttin_ttou_under_load_fail_nothing(tmp_path):
 def test_max_requests_recycling_under_load_fails_nothing(tmp_path):
     with start(tmp_path, "--max-requests", "50", "--min-worker-lifetime", "0") as pm:
         with Load(pm.port, threads=6, budget=600) as load:
-            pass
+            load.wait_ok(600, timeout=60)
         assert load.failures == [] and load.ok == 600
         assert pm.log().count("The work of process") >= 8
         pm.wait_log(r"Respawned pymaster worker \d \(new pid: \d+\)", count=8)
