@@ -93,6 +93,8 @@ class Collector:
             prefix = next((p for p in ENV_PREFIXES if name.startswith(p)), None)
             if prefix and name not in INTERNAL_ENV and len(name) > len(prefix):
                 key = name[len(prefix):].lower().replace("_", "-")
+                if prefix == "PYMASTER_" and key not in BY_KEY:
+                    continue        # the worker contract's own variables, not options
                 self.add_key(key, value, f"environment variable {name}")
 
 

@@ -371,3 +371,9 @@ def test_docs_options_md_is_up_to_date():
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert (ROOT / "docs" / "options.md").read_text() == out, \
         "docs/options.md is stale: run `python -m pymaster.options --markdown > docs/options.md`"
+
+
+def test_pymaster_env_takes_known_options_only():
+    cfg = parse(["-s", ":1"], {"PYMASTER_PROCESSES": "3", "PYMASTER_LISTEN_FDS": "3:uwsgi"})
+    assert cfg.processes == 3
+    assert "listen-fds" not in cfg.placeholders
