@@ -235,7 +235,6 @@ sub _accept {
         _log("accept(): $! [worker $self->{wid}]");
         return;
     }
-    binmode $c;
     setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
     setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
     my ($addr, $port) = _sockaddr($peer);
