@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
@@ -31,8 +33,10 @@ from typing import Callable, ContextManager, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.external import (EXAMPLES, Server, free_port, gunicorn, http_get,  # noqa: E402
-                            nginx, pymaster, starman, tree_memory, uwsgi)
+import psutil  # noqa: E402
+
+from tests.external import (EXAMPLES, Server, descendants, free_port, gunicorn, http_get,  # noqa: E402
+                            nginx, pymaster, starman, tree_memory, uwsgi, uwsgi_fastrouter)
 
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
@@ -54,6 +58,7 @@ class Target:
     port: int          # where wrk sends its load
     measured: Server   # the app server whose memory is reported
     front: str = ""    # what sits in front of it ("" = wrk talks to it directly)
+    also: dict[str, Server] = field(default_factory=dict)  # e.g. {"router": ...}: RSS reported
 
 
 @dataclass
@@ -85,13 +90,14 @@ KINDS = {
 }
 
 
-def app_server(kind: str, server: str, proto: str, app: Path, workers: int) -> ContextManager[Server]:
+def app_server(kind: str, server: str, proto: str, app: Path, workers: int,
+               extra: list[str] = ()) -> ContextManager[Server]:
     """One app server of `kind` ('wsgi' or 'psgi') listening with `proto` ('http' or
     'uwsgi') on a fresh port; `server` is pymaster, uwsgi or the kind's native server."""
     load, plugin, pymaster_extra, native = KINDS[kind]
     port = free_port()
     sock = ["--http-socket" if proto == "http" else "-s", f"127.0.0.1:{port}"]
-    common = [*sock, load, str(app), "-M", "-p", str(workers), "--disable-logging"]
+    common = [*sock, load, str(app), "-M", "-p", str(workers), "--disable-logging", *extra]
     if server == "pymaster":
         return pymaster([*pymaster_extra, *common])
     if server == "uwsgi":
@@ -152,8 +158,42 @@ def nginx_cases(opts) -> list[Case]:
 def psgi_cases(opts) -> list[Case]:
     return direct_cases("psgi", "psgi", PSGI_APPS, ("pymaster", "uwsgi", "starman"), opts)
 
-# Planned (plug in the same way): "fastrouter" (nginx -> fastrouter -> 3 nodes, pymaster's
-# router vs uWSGI's), "reload" (wrk running while the master is sent SIGHUP; errors must be 0).
+@contextlib.contextmanager
+def fastrouter_topology(server: str, app: Path, workers: int) -> Iterator[Target]:
+    """nginx -> fastrouter (key "bench") -> one backend that subscribes to it; router and
+    backend are both uWSGI or both pymaster."""
+    router_port, sub_port = free_port(), free_port()
+    router_args = ["--fastrouter", f"127.0.0.1:{router_port}",
+                   "--fastrouter-subscription-server", f"127.0.0.1:{sub_port}", "-M"]
+    router = (uwsgi_fastrouter(router_port, subscription_port=sub_port) if server == "uwsgi"
+              else pymaster(router_args))
+    with router as rtr, \
+         app_server("wsgi", server, "uwsgi", app, workers,
+                    ["--subscribe-to", f"127.0.0.1:{sub_port}:bench"]) as srv, \
+         nginx(f"127.0.0.1:{router_port}", "uwsgi_pass", {"UWSGI_FASTROUTER_KEY": "bench"}) as front:
+        wait_for_status(front.port, 200)
+        yield Target(front.port, srv, "nginx -> fastrouter", {"router": rtr})
+
+
+def wait_for_status(port: int, status: int, timeout: float = 15.0) -> None:
+    """Until a subscription arrives, a router answers 5xx or closes: poll for `status`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_get(port, "/").status == status:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"no {status} on :{port} after {timeout:.0f} s")
+
+
+@scenario("fastrouter", "nginx -> fastrouter -> subscribed backend (uWSGI router+node vs pymaster's)")
+def fastrouter_cases(opts) -> list[Case]:
+    return [Case("fastrouter", server, app, "nginx -> fastrouter",
+                 lambda s=server, a=path: fastrouter_topology(s, a, opts.workers), expect)
+            for app, (path, expect) in WSGI_APPS.items() for server in ("pymaster", "uwsgi")]
+
+# Planned (plug in the same way): "reload" (wrk running while the master is sent SIGHUP;
+# the number that matters is errors = 0).
 
 DEFAULT_SCENARIOS = ("http", "nginx")
 
@@ -212,6 +252,10 @@ def run_case(case: Case, opts) -> dict:
             uss = [v / 2**20 for v in mem["workers_uss"].values()]
             result["workers_uss_mb"] = uss
             result["worker_uss_mb_mean"] = sum(uss) / len(uss) if uss else None
+            for name, other in target.also.items():
+                rss = sum(p.memory_info().rss for p in [psutil.Process(other.pid),
+                                                        *descendants(other.pid)])
+                result[f"{name}_rss_mb"] = rss / 2**20
     except Exception as exc:  # one broken server must not stop the others
         result["error"] = f"{type(exc).__name__}: {exc}"
     return result
@@ -221,6 +265,14 @@ def run_case(case: Case, opts) -> dict:
 
 def _fmt(value, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _shorten(text: str, keep: int = 6) -> str:
+    """First line and the last `keep` lines of an error (the JSON has all of it)."""
+    lines = text.splitlines()
+    if len(lines) <= keep + 1:
+        return "\n    ".join(lines)
+    return "\n    ".join([lines[0], "...", *lines[-keep:]])
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -249,7 +301,7 @@ def markdown(results: list[dict]) -> str:
             f"| {r['p99_ms']:.1f} | {r['socket_errors']}+{r['non_2xx']} "
             f"| {r['master_rss_mb']:.1f} | {_fmt(r['worker_uss_mb_mean'], '.1f')} "
             f"| {_fmt(ratio, '.2f')} |")
-    failures = [f"- {r['scenario']}/{r['app']}/{r['server']}: {r['error']}"
+    failures = [f"- {r['scenario']}/{r['app']}/{r['server']}: " + _shorten(r["error"])
                 for r in results if "error" in r]
     if failures:
         lines += ["", "Failed:", *failures]
