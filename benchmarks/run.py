@@ -23,8 +23,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ class Target:
     measured: Server   # the app server whose memory is reported
     front: str = ""    # what sits in front of it ("" = wrk talks to it directly)
     also: dict[str, Server] = field(default_factory=dict)  # e.g. {"router": ...}: RSS reported
+    during: Callable[[float], None] | None = None  # run in a thread while wrk measures
 
 
 @dataclass
@@ -143,15 +146,18 @@ def http_cases(opts) -> list[Case]:
     return direct_cases("http", "wsgi", WSGI_APPS, ("pymaster", "uwsgi", "gunicorn"), opts)
 
 
+# (server, protocol nginx speaks to it, nginx directive)
+BEHIND_NGINX = (("pymaster", "uwsgi", "uwsgi_pass"), ("uwsgi", "uwsgi", "uwsgi_pass"),
+                ("gunicorn", "http", "proxy_pass"))
+
+
 @scenario("nginx", "nginx uwsgi_pass -> -s socket (gunicorn: nginx proxy_pass, for reference)")
 def nginx_cases(opts) -> list[Case]:
     return [Case("nginx", server, app, f"nginx {mode}",
                  lambda s=server, p=proto, a=path, m=mode:
                  behind_nginx("wsgi", s, p, a, opts.workers, mode=m), expect)
             for app, (path, expect) in WSGI_APPS.items()
-            for server, proto, mode in (("pymaster", "uwsgi", "uwsgi_pass"),
-                                        ("uwsgi", "uwsgi", "uwsgi_pass"),
-                                        ("gunicorn", "http", "proxy_pass"))]
+            for server, proto, mode in BEHIND_NGINX]
 
 
 @scenario("psgi", "PSGI over HTTP: pymaster --psgi vs uWSGI psgi plugin vs Starman")
@@ -192,8 +198,29 @@ def fastrouter_cases(opts) -> list[Case]:
                  lambda s=server, a=path: fastrouter_topology(s, a, opts.workers), expect)
             for app, (path, expect) in WSGI_APPS.items() for server in ("pymaster", "uwsgi")]
 
-# Planned (plug in the same way): "reload" (wrk running while the master is sent SIGHUP;
-# the number that matters is errors = 0).
+RELOADS = 2
+
+
+@contextlib.contextmanager
+def reloading(server: str, proto: str, mode: str, app: Path, workers: int) -> Iterator[Target]:
+    """Behind nginx, with the master sent SIGHUP (graceful reload) RELOADS times while wrk
+    runs: every failed request shows up as an error (nginx 502 or a socket error)."""
+    with behind_nginx("wsgi", server, proto, app, workers, mode=mode) as target:
+        def reload(duration: float) -> None:
+            for _ in range(RELOADS):
+                time.sleep(duration / (RELOADS + 1))
+                os.kill(target.measured.pid, signal.SIGHUP)
+        target.during = reload
+        yield target
+
+
+@scenario("reload", f"nginx in front, {RELOADS} graceful reloads (SIGHUP) during the run: errors must be 0")
+def reload_cases(opts) -> list[Case]:
+    return [Case("reload", server, app, f"nginx {mode} + SIGHUP",
+                 lambda s=server, p=proto, m=mode, a=path: reloading(s, p, m, a, opts.workers),
+                 expect)
+            for app, (path, expect) in WSGI_APPS.items()
+            for server, proto, mode in BEHIND_NGINX]
 
 DEFAULT_SCENARIOS = ("http", "nginx")
 
@@ -246,7 +273,14 @@ def run_case(case: Case, opts) -> dict:
             result["eof_framed"] = eof = eof_framed(page)
             if opts.warmup > 0:
                 run_wrk(target.port, opts.warmup, opts.connections, opts.threads, eof)
+            action = None
+            if target.during:
+                action = threading.Thread(target=target.during, args=(opts.duration,), daemon=True)
+                action.start()
             result.update(run_wrk(target.port, opts.duration, opts.connections, opts.threads, eof))
+            if action:
+                action.join()
+                time.sleep(1)  # let the last reload settle before memory is read
             mem = tree_memory(target.measured.pid)
             result["master_rss_mb"] = mem["master_rss"] / 2**20
             uss = [v / 2**20 for v in mem["workers_uss"].values()]
@@ -346,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="scenarios:\n" + "\n".join(
-                                    f"  {k:8} {d}" for k, (d, _) in SCENARIOS.items()))
+                                    f"  {k:11} {d}" for k, (d, _) in SCENARIOS.items()))
     p.add_argument("--only", type=csv, default=list(DEFAULT_SCENARIOS),
                    help=f"comma-separated scenarios (default: {','.join(DEFAULT_SCENARIOS)})")
     p.add_argument("--servers", type=csv, default=list(SERVERS),
