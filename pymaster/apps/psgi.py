@@ -67,15 +67,16 @@ def _base_env(cfg) -> dict:
 
 
 def worker_env(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
-               master_pid: int) -> dict:
-    """The environment of worker `worker_id` (docs/worker-contract.md)."""
+               master_pid: int | None) -> dict:
+    """The environment of worker `worker_id` (docs/worker-contract.md); `master_pid` None or
+    0 when there is no master (single-process mode: no parent check)."""
     from pymaster.master.procname import title_for
     env = _base_env(cfg)
     env.update({
         "PYMASTER_LISTEN_FDS": ",".join(f"{fd}:{proto}" for fd, proto in listen_fds),
         "PYMASTER_WORKER_ID": str(worker_id),
         "PYMASTER_SCOREBOARD_FD": str(scoreboard_fd),
-        "PYMASTER_MASTER_PID": str(master_pid),
+        "PYMASTER_MASTER_PID": str(master_pid or 0),     # 0: no master (single process)
         "PYMASTER_MAX_REQUESTS": str(getattr(cfg, "max_requests", 0) or 0),
         "PYMASTER_BUFFER_SIZE": str(getattr(cfg, "buffer_size", 0) or 4096),
         "PYMASTER_SOCKET_TIMEOUT": str(getattr(cfg, "socket_timeout", 0) or 4),
@@ -94,7 +95,7 @@ def _die_with_parent() -> None:
 
 
 def exec_worker(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
-                master_pid: int) -> NoReturn:
+                master_pid: int | None) -> NoReturn:
     """In the forked child: replace this process with plackup serving worker `worker_id`."""
     try:
         argv = worker_argv(cfg)

@@ -540,3 +540,9 @@ def test_app_load_failure_exits_22(tmp_path):
         assert "failed loading PSGI app" in log and "cannot start: no database" in log
     finally:
         worker.stop()
+
+
+def test_no_master_pid_means_no_parent_check(launch, test_app):
+    worker = launch(test_app, master_pid=0)        # single-process mode: nobody to watch
+    time.sleep(1.2)
+    assert worker.uwsgi().text == f"hello {worker.pid}"

@@ -64,6 +64,11 @@ def test_worker_env(monkeypatch):
     assert "PYMASTER_CHECK" not in env
 
 
+def test_worker_env_without_master():
+    env = psgi.worker_env(cfg(), 1, [(3, "uwsgi")], 4, None)
+    assert env["PYMASTER_MASTER_PID"] == "0"
+
+
 def test_preflight_missing_app_file(tmp_path):
     with pytest.raises(RuntimeError, match=r"PSGI app file '.*nope\.psgi' not found"):
         psgi.preflight(cfg(tmp_path / "nope.psgi"))
