@@ -14,7 +14,8 @@ from pymaster.protocols import uwsgi
 
 
 def one_uwsgi(port: int, path: str = "/", timeout: float = 15.0) -> bytes:
-    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REQUEST_URI": path, "QUERY_STRING": "",
+    path_info, _, query = path.partition("?")
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "REQUEST_URI": path, "QUERY_STRING": query,
            "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost", "SERVER_PORT": str(port)}
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(uwsgi.encode_packet(0, env))

@@ -1,0 +1,192 @@
+"""Operator features of the master: cheaper, pause, touch files, memory and lifetime limits,
+mercy, stats over HTTP, stats to the log, stack dumps, log reopening, CLI conveniences."""
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.load import one_uwsgi
+from tests.pm import ROOT, Pymaster, free_port, wait_port
+
+APP = "tests/apps/conformance.py"
+
+
+def start(tmp_path, *extra, processes=2, wait=None):
+    port = free_port()
+    pm = Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", APP, "-M", "-p", str(processes),
+                   *extra], tmp_path)
+    wait_port(port)
+    pm.wait_workers(processes if wait is None else wait)
+    pm.port = port
+    return pm
+
+
+def test_cheaper_spare_starts_with_initial_and_cheaps_idle_workers(tmp_path):
+    with start(tmp_path, "--cheaper", "1", "--cheaper-initial", "3", "--cheaper-overload", "1",
+               processes=4, wait=3) as pm:
+        pm.wait_log(r"pymaster worker \d cheaped\.", count=2, timeout=15)
+        assert len(pm.wait_workers(1, timeout=10)) == 1
+        assert one_uwsgi(pm.port, "/hello").startswith(b"HTTP/1.1 200")
+
+
+def test_cheaper_spawns_when_all_workers_are_busy(tmp_path):
+    with start(tmp_path, "--cheaper", "1", "--cheaper-overload", "1", processes=3, wait=1) as pm:
+        threads = [threading.Thread(target=lambda: one_uwsgi(pm.port, "/sleep?s=4"))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        pm.wait_workers(2, timeout=10)
+        for t in threads:
+            t.join(15)
+
+
+def test_cheaper_below_processes_is_required(tmp_path):
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP, "-M", "-p", "2",
+                   "--cheaper", "2"], tmp_path)
+    assert pm.wait(10) == 1
+    assert "invalid cheaper value: must be lower than processes" in pm.log()
+    pm.stop()
+
+
+def test_pause_holds_requests_and_resume_serves_them(tmp_path):
+    with start(tmp_path) as pm:
+        pm.signal(signal.SIGTSTP)
+        pm.wait_log(r"\*\*\* PAUSE")
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=one_uwsgi(pm.port, "/hello")))
+        t.start()
+        time.sleep(1.0)
+        assert "r" not in result
+        pm.signal(signal.SIGTSTP)
+        t.join(10)
+        assert result["r"].startswith(b"HTTP/1.1 200")
+        pm.wait_log(r"resuming workers")
+
+
+def test_touch_reload_and_touch_workers_reload(tmp_path):
+    touch, wtouch = tmp_path / "reload.touch", tmp_path / "workers.touch"
+    wtouch.write_text("x")
+    with start(tmp_path, "--touch-reload", touch, "--touch-workers-reload", wtouch) as pm:
+        pm.wait_log(r"unable to stat\(\) .*reload\.touch, events will be triggered")
+        old = pm.workers()
+        time.sleep(0.05)
+        os.utime(wtouch, (time.time() + 5, time.time() + 5))
+        pm.wait_workers(2, exclude=old, timeout=10)
+        assert pm.proc.poll() is None and "binary reloading" not in pm.log()
+        touch.write_text("now")
+        pm.wait_log(r"has been touched\.\.\. grace them all !!!")
+        pm.wait_log(r"gracefully \(RE\)spawned pymaster master process")
+
+
+def test_reload_on_rss_recycles_a_fat_worker(tmp_path):
+    with start(tmp_path, "--reload-on-rss", "1", "--min-worker-lifetime", "0", processes=1) as pm:
+        old = pm.workers()
+        one_uwsgi(pm.port, "/hello")
+        pm.wait_log(r"over reload-on-rss")
+        pm.wait_workers(1, exclude=old)
+
+
+def test_evil_reload_on_rss_kills_from_the_master(tmp_path):
+    with start(tmp_path, "--evil-reload-on-rss", "1", processes=1) as pm:
+        pm.wait_log(r"\*\*\* EVIL RELOAD ON WORKER 1 RSS: \d+ \(pid: \d+\) \*\*\*")
+        pm.wait_log(r"Respawned pymaster worker 1")
+
+
+def test_max_worker_lifetime(tmp_path):
+    with start(tmp_path, "--max-worker-lifetime", "1", processes=1) as pm:
+        old = pm.workers()
+        pm.wait_log(r"worker 1 lifetime reached, it was running for \d+ second\(s\)")
+        pm.wait_workers(1, exclude=old)
+
+
+def test_worker_reload_mercy_then_no_mercy(tmp_path):
+    with start(tmp_path, "--worker-reload-mercy", "1", processes=1) as pm:
+        t = threading.Thread(target=lambda: _swallow(one_uwsgi, pm.port, "/sleep?s=20"), daemon=True)
+        t.start()
+        time.sleep(0.5)
+        pm.signal(signal.SIGHUP)
+        pm.wait_log(r"worker 1 \(pid: \d+\) is taking too much time to die\.\.\.NO MERCY !!!", timeout=10)
+        pm.wait_log(r"gracefully \(RE\)spawned pymaster master process", timeout=10)
+
+
+def _swallow(fn, *args):
+    try:
+        fn(*args)
+    except Exception:
+        pass
+
+
+def test_stats_http_and_sigusr1_and_sigusr2(tmp_path):
+    sport = free_port()
+    with start(tmp_path, "--stats", f"127.0.0.1:{sport}", "--stats-http", processes=1) as pm:
+        wait_port(sport)
+        conn = http.client.HTTPConnection("127.0.0.1", sport, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200 and b'"workers"' in resp.read()
+        one_uwsgi(pm.port, "/hello")
+        pm.signal(signal.SIGUSR1)
+        pm.wait_log(r"workers total requests: 1")
+        pm.wait_log(r"worker 1 app 0 \[\] requests: 1 exceptions: 0")
+        t = threading.Thread(target=lambda: one_uwsgi(pm.port, "/sleep?s=1.5"))
+        t.start()
+        time.sleep(0.5)
+        os.kill(pm.workers()[0], signal.SIGUSR2)
+        pm.wait_log(r"in _sleep")
+        t.join(10)
+
+
+def test_logto_and_fifo_reopen(tmp_path):
+    logfile = tmp_path / "app.log"
+    fifo = tmp_path / "fifo"
+    with start(tmp_path, "--logto", logfile, "--master-fifo", fifo, processes=1) as pm:
+        one_uwsgi(pm.port, "/hello")
+        deadline = time.monotonic() + 5
+        while "GET /hello" not in logfile.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        logfile.rename(tmp_path / "app.log.1")
+        fifo.write_bytes(b"l")
+        deadline = time.monotonic() + 5
+        while not logfile.exists() or "log reopened" not in logfile.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pymaster", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_cli_version_help_unknown_option_and_show_config(tmp_path):
+    from pymaster import __version__
+    assert run_cli("--version").stdout.strip() == __version__
+    out = run_cli("--help").stdout
+    assert "--socket" in out and "--harakiri" in out
+    bad = run_cli("--proceses", "2")
+    assert bad.returncode == 1 and "--processes" in bad.stderr
+    port = free_port()
+    pm = Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", APP, "--show-config", "--need-app"],
+                  tmp_path)
+    wait_port(port)
+    log = pm.log()
+    assert ";end of configuration" in log and f"socket = 127.0.0.1:{port}" in log
+    pm.stop()
+
+
+def test_ini_file_drives_the_server(tmp_path):
+    port = free_port()
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[uwsgi]\nsocket = 127.0.0.1:{port}\nwsgi-file = {ROOT / APP}\nmaster\n"
+                   "processes = 2\n")
+    with Pymaster(["--ini", ini], tmp_path) as pm:
+        wait_port(port)
+        pm.wait_workers(2)
+        pm.wait_log(r"getting INI configuration from .*app\.ini")
+        assert one_uwsgi(port, "/hello").startswith(b"HTTP/1.1 200")
