@@ -120,7 +120,7 @@ class Table:
         self.secret = secret
         self.allow = list(allow)
         self.pid = pid or os.getpid()
-        self.log = log or _default_log
+        self.log = log if log is not None else _default_log
         self.notify_send = notify_send
         self.throttle = Throttle(60.0)
         self.last_unix: dict[tuple[str, str], tuple[float, float]] = {}
@@ -131,10 +131,10 @@ class Table:
     def _prefix(self) -> str:
         return f"[uwsgi-subscription for pid {self.pid}]"
 
-    def _reject(self, source, reason: str, now: float) -> None:
+    def _reject(self, source, reason: str, now: float, kind: str = "malformed") -> None:
         self.rejected += 1
         who = source[0] if isinstance(source, tuple) else (source or "unix socket")
-        if self.throttle.ok((who, reason.split(" ")[0]), now):
+        if self.throttle.ok((who, kind), now):
             self.log(f"{self._prefix()} rejected subscription datagram from {who}: {reason} "
                      f"(logged once a minute per source)")
 
@@ -155,7 +155,7 @@ class Table:
         now = time.time() if now is None else now
         try:
             if check_source and not self.source_allowed(source):
-                self._reject(source, "source not in --subscription-allow", now)
+                self._reject(source, "source not in --subscription-allow", now, "allow")
                 return None
             ann = parse_packet(data)
             if self.secret is not None:
@@ -169,7 +169,7 @@ class Table:
                         self.last_unix[ident] = (ann.unix, now)
                 if reason is not None:
                     self._reject(source, f"invalid (sniffed ?) packet for slot {ann.key!r}: "
-                                 f"{reason}", now)
+                                 f"{reason}", now, reason.split(" (")[0])
                     return None
             self.apply(ann, now)
             self.accepted += 1
