@@ -94,6 +94,18 @@ def _die_with_parent() -> None:
         pass
 
 
+def _reset_signals() -> None:
+    """exec keeps ignored dispositions and the signal mask: give Perl a clean slate."""
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE,
+                    signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):      # not the main thread: exec resets handlers anyway
+        pass
+
+
 def exec_worker(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
                 master_pid: int | None) -> NoReturn:
     """In the forked child: replace this process with plackup serving worker `worker_id`."""
@@ -103,12 +115,7 @@ def exec_worker(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboa
         for fd, _proto in listen_fds:
             os.set_inheritable(fd, True)
         os.set_inheritable(scoreboard_fd, True)
-        # exec keeps ignored dispositions and the signal mask: give Perl a clean slate
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE,
-                    signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        _reset_signals()
         _die_with_parent()
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
