@@ -14,7 +14,7 @@ import time
 from pymaster import __version__
 from pymaster import log as logmod
 from pymaster.log import log
-from pymaster.master import procname, sockets
+from pymaster.master import privileges, procname, sockets
 from pymaster.master.arbiter import EXIT_FAILED_APP, RELOADS_ENV, Arbiter
 from pymaster.master.scoreboard import Scoreboard
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log(str(exc))
         return exc.code
-    except sockets.SocketError as exc:
+    except (sockets.SocketError, privileges.PrivilegeError) as exc:
         log(f"pymaster: {exc}")
         return 1
 
@@ -150,9 +150,15 @@ def run(cfg) -> int:
         raise StartupError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] "
                            "or --psgi FILE")
     master = _needs_master(cfg, has_gateway)
+    privileges.check_backlog(cfg.listen or 100)
     listeners = sockets.setup(specs, cfg.listen or 100, cfg.chmod_socket,
                               adopt_unmatched=not reloaded)
     log(f"your server socket listen backlog is limited to {cfg.listen or 100} connections")
+    if cfg.pidfile and not reloaded:
+        log(f"writing pidfile to {cfg.pidfile}")
+        with open(cfg.pidfile, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    privileges.drop(cfg.uid, cfg.gid)
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy or 60} seconds")
     app = None
     if has_app and not (cfg.lazy_apps or cfg.lazy):
@@ -201,10 +207,6 @@ def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
     arbiter.start_cwd = start_cwd
     procname.set_title(cfg, "master", master=True)
     arbiter.install_signals()
-    if cfg.pidfile and not reloaded:
-        log(f"writing pidfile to {cfg.pidfile}")
-        with open(cfg.pidfile, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
     if reloaded:
         log(f"gracefully (RE)spawned pymaster master process (pid: {os.getpid()})")
     else:

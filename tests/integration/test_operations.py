@@ -190,3 +190,71 @@ def test_ini_file_drives_the_server(tmp_path):
         pm.wait_workers(2)
         pm.wait_log(r"getting INI configuration from .*app\.ini")
         assert one_uwsgi(port, "/hello").startswith(b"HTTP/1.1 200")
+
+
+def _python_usable_by_nobody() -> bool:
+    def become_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        return subprocess.run([sys.executable, "-c", "import wsgiref.validate, psutil"],
+                              preexec_fn=become_nobody, capture_output=True, timeout=30,
+                              cwd="/").returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_uid_gid_drop_after_binding_and_reload_still_works(tmp_path):
+    import psutil
+    if not _python_usable_by_nobody():
+        pytest.skip(f"{sys.executable} is not readable by user nobody on this machine")
+    tmp_path.chmod(0o755)
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", ROOT / APP, "-M", "-p", "1",
+                   "--uid", "nobody", "--gid", "nogroup"], tmp_path) as pm:
+        wait_port(port)
+        workers = pm.wait_workers(1)
+        assert psutil.Process(pm.pid).uids().real == 65534
+        assert psutil.Process(workers[0]).uids().effective == 65534
+        assert psutil.Process(workers[0]).gids().effective == 65534
+        pm.signal(signal.SIGHUP)
+        pm.wait_log(r"gracefully \(RE\)spawned pymaster master process")
+        pm.wait_workers(1, exclude=workers)
+        assert one_uwsgi(port, "/hello").startswith(b"HTTP/1.1 200")
+
+
+def test_unknown_uid_is_a_clear_error(tmp_path):
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP, "--uid", "no-such-user-x"],
+                  tmp_path)
+    assert pm.wait(10) == 1
+    if os.geteuid() == 0:
+        assert "unknown user 'no-such-user-x' (--uid)" in pm.log()
+    pm.stop()
+
+
+def test_listen_over_somaxconn_is_refused(tmp_path):
+    limit = int(open("/proc/sys/net/core/somaxconn").read())
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP, "-l", str(limit + 1)],
+                  tmp_path)
+    assert pm.wait(10) == 1
+    assert "greater than the system max net.core.somaxconn" in pm.log()
+    pm.stop()
+
+
+def test_module_pythonpath_callable_env_chdir_and_disable_logging(tmp_path):
+    pkg = tmp_path / "lib"
+    pkg.mkdir()
+    (pkg / "mymod.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [(os.environ['GREETING'] + ' ' + os.getcwd()).encode()]\n")
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--module", "mymod", "--callable", "app",
+                   "--pythonpath", pkg, "--env", "GREETING=hi", "--chdir", tmp_path, "-L"],
+                  tmp_path) as pm:
+        wait_port(port)
+        assert one_uwsgi(port, "/").endswith(f"hi {tmp_path}".encode())
+        time.sleep(0.2)
+        assert "GET /" not in pm.log()
