@@ -353,6 +353,9 @@ def _version(cmd: list[str]) -> str:
     return text.splitlines()[0] if text else ""
 
 
+JINJA2_VERSION = "import sys, jinja2; print(jinja2.__version__, sys.version.split()[0])"
+
+
 def environment() -> dict:
     cpu = ""
     with contextlib.suppress(OSError):
@@ -367,6 +370,10 @@ def environment() -> dict:
         "wrk": _version(["wrk", "-v"]),
         "gunicorn": _version([sys.executable, "-m", "gunicorn", "--version"]),
         "starman": _version(["perl", "-MStarman", "-e", "print $Starman::VERSION"]),
+        # uWSGI's python3 plugin embeds Debian's Python and its jinja2, not the venv's
+        "jinja2_venv": _version([sys.executable, "-c", JINJA2_VERSION]),
+        "jinja2_uwsgi": _version(["/usr/bin/python3", "-c", JINJA2_VERSION]),
+        "loadavg_at_start": os.getloadavg(),
     }
 
 
@@ -413,6 +420,7 @@ def main(argv=None) -> int:
         print("benchmarks: nothing selected", file=sys.stderr)
         return 2
     started = dt.datetime.now()
+    env = environment()
     results = []
     for case in cases:
         print(f"-- {case.name} via {case.via} ...", file=sys.stderr, flush=True)
@@ -426,7 +434,7 @@ def main(argv=None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now().isoformat(timespec="seconds"),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
-        "environment": environment(),
+        "environment": env,
         "results": results,
     }
     out = opts.output or RESULTS / f"{started:%Y%m%d-%H%M%S}.json"
