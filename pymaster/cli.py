@@ -178,6 +178,9 @@ def _run_single(cfg, listeners, app, scoreboard) -> int:
     log("*** Operational MODE: single process ***")
     procname.set_title(cfg, "worker 1")
     app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
+    if cfg.psgi:
+        from pymaster.apps import psgi
+        psgi.exec_worker(cfg, 1, [(lst.fd, lst.kind) for lst in app_listeners], scoreboard.fd, None)
     Worker(1, cfg, app_listeners, app, scoreboard, None).run()
     return 0
 

@@ -163,3 +163,13 @@ def test_nginx_uwsgi_pass_to_psgi_workers(tmp_path):
         for _ in range(6):
             resp = http_get(front.port, "/")
             assert resp.status == 200 and pid_in_page(resp.text) in pids
+
+
+@pytest.mark.skipif(not SEED_APP.exists(), reason="seed app.psgi missing")
+def test_seed_app_single_process_without_master(tmp_path):
+    port = free_port()
+    with Pymaster(["--plugins", "psgi", "-s", f"127.0.0.1:{port}", "--psgi", SEED_APP], tmp_path) as pm:
+        wait_port(port, timeout=20)
+        status, body = get(port)
+        assert status.endswith("200 OK") and f"PID: {pm.pid}" in body
+        assert pm.workers() == []
