@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/bootstrap.sh"
 
-PYMASTER="$ROOT/.venv/bin/pymaster"
+PYMASTER="${PYMASTER:-$ROOT/.venv/bin/pymaster}"
 LOGS="${DEMO_LOGS:-/tmp/pymaster-demo}"
 mkdir -p "$LOGS"
 cd "$ROOT/examples"
@@ -34,7 +34,8 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 start() {  # start NAME CMD...: run in the background, log to $LOGS/NAME.log
     local name="$1"; shift
