@@ -232,3 +232,50 @@ def test_concurrent_load_zero_errors(app_file):
             assert errors == [] and count[0] == threads_n * per_thread
             print(f"{count[0]} requests (25% with bodies up to 300 kB) in {elapsed:.2f} s "
                   f"through 2 router processes")
+
+
+STREAM_APP = textwrap.dedent('''
+    import time
+    def application(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first-chunk;"
+        time.sleep(0.6)
+        yield b"second-chunk"
+''')
+
+
+def test_timeout_garbage_datagrams_bad_vars_and_streaming():
+    with tmpdir("fr-stream") as tmp, router("--fastrouter-timeout", "1") as fr:
+        app = tmp / "stream.py"
+        app.write_text(STREAM_APP)
+        port = free_port()
+        with backend(str(app), port, "--subscribe-to", f"127.0.0.1:{fr.sub_port}:s.test"):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                for i in range(200):                # hostile datagrams do not hurt the router
+                    udp.sendto(os.urandom(i * 3) if i % 2 else b"\xe0\xff\xff\x00" + b"\x03\x00key"
+                               + b"\xff\xff", ("127.0.0.1", fr.sub_port))
+            wait_until(lambda: "s.test => new node" in fr.logtext(), 5, "subscription")
+            # the response is streamed: the first chunk arrives before the app sends the second
+            with socket.create_connection(("127.0.0.1", fr.port), timeout=5) as sock:
+                from tests.external import uwsgi_packet
+                started = time.monotonic()
+                sock.sendall(uwsgi_packet(uwsgi_vars("/", UWSGI_FASTROUTER_KEY="s.test")))
+                data = b""
+                while b"first-chunk;" not in data:
+                    data += sock.recv(65536)
+                first_at = time.monotonic() - started
+                while chunk := sock.recv(65536):
+                    data += chunk
+                total = time.monotonic() - started
+            assert data.endswith(b"first-chunk;second-chunk"), data
+            assert first_at < 0.5 <= total, (first_at, total)
+            # malformed vars: closed without an answer; an idle client: closed after ~1 s
+            with socket.create_connection(("127.0.0.1", fr.port), timeout=5) as sock:
+                sock.sendall(b"\x00\x06\x00\x00\x05\x00ab")
+                assert sock.recv(100) == b""
+            with socket.create_connection(("127.0.0.1", fr.port), timeout=5) as sock:
+                started = time.monotonic()
+                assert sock.recv(100) == b""
+                assert 0.8 < time.monotonic() - started < 3
+            assert request(fr.port, "s.test").status == 200
+        assert "rejected subscription datagram from 127.0.0.1" in fr.logtext()
