@@ -12,7 +12,6 @@ import faulthandler
 import io
 import os
 import select
-import selectors
 import signal
 import socket
 import struct
@@ -24,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 from pymaster.apps import wsgi
 from pymaster.log import log
 from pymaster.master import scoreboard as sb
+from pymaster.master.poller import Poller
 from pymaster.protocols import http, uwsgi
 
 EXIT_OK, EXIT_FAILED_APP, EXIT_END = 0, 22, 30
@@ -77,7 +77,7 @@ class Worker:
             cfg.max_requests + (getattr(cfg, "max_requests_delta", 0) or 0) * wid
         self.rss_limit = (getattr(cfg, "reload_on_rss", 0) or 0) * 1024 * 1024
         self.idle: dict[socket.socket, Idle] = {}
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
 
     # -- lifecycle --------------------------------------------------------------------
     def _on_hup(self, signum, frame):
@@ -130,20 +130,22 @@ class Worker:
         sel = self.sel
         for lst in self.listeners:
             lst.sock.setblocking(False)
-            sel.register(lst.sock, selectors.EVENT_READ, lst)
-        sel.register(self._wake, selectors.EVENT_READ, None)
+            # accepted sockets inherit these: no setsockopt per connection
+            lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
+            lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
+            sel.register(lst.sock, lst, exclusive=True)
+        sel.register(self._wake, None)
         self.slot.set_state(sb.IDLE)
         next_check = 0.0
         while not self.stopping:
             timeout = 1.0
             if self.idle:
                 timeout = min(timeout, self.keepalive / 2 or 0.5)
-            for key, _ in sel.select(timeout):
-                data = key.data
+            for fileobj, data in sel.poll(timeout):
                 if data is None:
                     self._drain_wake()
                 elif type(data) is Idle:
-                    self._resume_keepalive(key.fileobj, data)
+                    self._resume_keepalive(fileobj, data)
                 else:
                     self._accept(data)
                 if self.stopping:
@@ -181,7 +183,6 @@ class Worker:
         self._close_idle(conn, close=not readable)
         if readable:
             conn.setblocking(True)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
             self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst, keep=False)
 
     def _close_idle(self, conn, close: bool = True) -> None:
@@ -234,9 +235,7 @@ class Worker:
         self._serve_accepted(conn, addr, lst, keep=True)
 
     def _serve_accepted(self, conn, addr, lst, keep: bool) -> None:
-        conn.setblocking(True)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
+        """`conn` is blocking (accept4 without SOCK_NONBLOCK) with the listener's timeouts."""
         remote = addr[0] if isinstance(addr, tuple) else ""
         port = str(addr[1]) if isinstance(addr, tuple) else ""
         if lst.kind == "http":
@@ -309,7 +308,7 @@ class Worker:
                     idle = Idle(parser, lst, remote, port, time.monotonic())
                     self.idle[conn] = idle
                     conn.setblocking(False)
-                    self.sel.register(conn, selectors.EVENT_READ, idle)
+                    self.sel.register(conn, idle)
                     return
                 conn.close()
                 return
@@ -324,8 +323,6 @@ class Worker:
         self.sel.unregister(conn)
         self.idle.pop(conn, None)
         conn.setblocking(True)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
         self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst)
 
 
