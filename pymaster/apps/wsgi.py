@@ -9,6 +9,7 @@ How the head is framed (raw uwsgi answer or HTTP/1.1 keep-alive) is the `framing
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -35,9 +36,9 @@ def _load_file(path: str):
     if not os.path.isfile(path):
         raise AppLoadError(f"unable to load WSGI file '{path}': no such file")
     name = "uwsgi_file_" + re.sub(r"\W", "_", os.path.splitext(os.path.abspath(path))[0])
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None:
-        raise AppLoadError(f"unable to load WSGI file '{path}': not a Python source file")
+    # any extension (app.wsgi, app.py): the file is Python source whatever it is called
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

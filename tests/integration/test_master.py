@@ -214,3 +214,14 @@ def test_workers_die_with_a_killed_master(tmp_path):
         time.sleep(0.05)
     assert not any(psutil.pid_exists(p) for p in pids)
     pm.stop()
+
+
+def test_seed_app_wsgi_file_with_wsgi_extension(tmp_path):
+    port = free_port()
+    with Pymaster(["--plugins", "python", "-s", f"127.0.0.1:{port}", "--file", "examples/app.wsgi",
+                   "-M", "--processes", "2"], tmp_path) as pm:
+        wait_port(port)
+        pids = pm.wait_workers(2)
+        status, body = get(port)
+        assert status.endswith("200 OK")
+        assert any(f"PID: {p}" in body for p in pids) and '<img src="/static/python.png">' in body
