@@ -16,25 +16,14 @@ from dataclasses import replace
 
 from pymaster.log import log, log_verbose
 from pymaster.protocols.subscription import (SUBSCRIBE, UNSUBSCRIBE, SubscriptionError, Target,
-                                             Throttle, build_packet, expand_keys_file,
+                                             Throttle, build_packet, connect_address,
+                                             expand_keys_file,
                                              parse_subscribe2, parse_subscribe_to, read_secret)
 
 
 def _opt(cfg, name, default=None):
     value = getattr(cfg, name, default)
     return default if value is None else value
-
-
-def destination(server: str):
-    """'host:port' -> (AF_INET, (ip, port)); a path -> (AF_UNIX, path) ('@x' = abstract)."""
-    if server.startswith(("/", ".", "@")) or ":" not in server:
-        return socket.AF_UNIX, ("\0" + server[1:] if server.startswith("@") else server)
-    host, _, port = server.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if host in ("0.0.0.0", "*"):
-        host = "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return family, (host, int(port))
 
 
 class Subscriber:
@@ -169,7 +158,7 @@ class Subscriber:
         cached = self._addr_cache.get(server)
         if cached is not None and now - cached[2] < 60:
             return cached[0], cached[1]
-        family, addr = destination(server)
+        family, addr = connect_address(server)
         if family != socket.AF_UNIX:
             info = socket.getaddrinfo(addr[0], addr[1], family, socket.SOCK_DGRAM)
             family, addr = info[0][0], info[0][4]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -31,6 +32,28 @@ _DIGITS = re.compile(r"[0-9]{1,3}\Z")
 
 class SubscriptionError(ValueError):
     """A subscription spec or datagram that cannot be used; the message says why."""
+
+
+# --------------------------------------------------------------------------- addresses
+
+def split_address(addr: str):
+    """'host:port' / ':port' / '[v6]:port' -> (AF_INET[6], (host, port)); a path (or
+    '@abstract') -> (AF_UNIX, path). Raises ValueError for a non-numeric port."""
+    if addr.startswith(("/", ".", "@")) or ":" not in addr:
+        return socket.AF_UNIX, ("\0" + addr[1:] if addr.startswith("@") else addr)
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        raise ValueError(f"invalid address '{addr}' (expected HOST:PORT or a unix path)")
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
+
+
+def connect_address(addr: str):
+    """Like split_address, with a wildcard host ('', '*', 0.0.0.0) meaning 127.0.0.1."""
+    family, where = split_address(addr)
+    if family == socket.AF_INET and where[0] in ("", "*", "0.0.0.0"):
+        where = ("127.0.0.1", where[1])
+    return family, where
 
 
 # --------------------------------------------------------------------------- grammar

@@ -35,7 +35,8 @@ import time
 from typing import NoReturn
 
 from pymaster.log import log
-from pymaster.protocols.subscription import SubscriptionError, read_secret
+from pymaster.protocols.subscription import (SubscriptionError, connect_address, read_secret,
+                                             split_address)
 from pymaster.protocols.uwsgi import HEADER, UwsgiError, iter_vars
 from pymaster.routers.pools import DEFAULT_TOLERANCE, StaticNodes, Table, parse_allow
 
@@ -50,17 +51,6 @@ def _opt(cfg, name, default=None):
 
 
 # --------------------------------------------------------------------------- addresses
-
-def split_address(addr: str):
-    """'host:port' / ':port' -> (AF_INET, (host, port)); '/path' / '@abstract' -> AF_UNIX."""
-    if addr.startswith(("/", ".", "@")) or ":" not in addr:
-        return socket.AF_UNIX, ("\0" + addr[1:] if addr.startswith("@") else addr)
-    host, _, port = addr.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit():
-        raise ValueError(f"invalid address '{addr}' (expected HOST:PORT or a unix path)")
-    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
-
 
 def _bind(addr: str, kind: int) -> socket.socket:
     family, where = split_address(addr)
@@ -436,12 +426,11 @@ class Router:
             node.requests += 1
 
     async def _connect(self, address: str):
-        family, where = split_address(address)
+        family, where = connect_address(address)
         async with asyncio.timeout(self.timeout):
             if family == socket.AF_UNIX:
                 return await asyncio.open_unix_connection(where, limit=CHUNK)
-            host = where[0] if where[0] not in ("", "*", "0.0.0.0") else "127.0.0.1"
-            return await asyncio.open_connection(host, where[1], limit=CHUNK)
+            return await asyncio.open_connection(where[0], where[1], limit=CHUNK)
 
     async def _proxy(self, reader, writer, back_r, back_w, first: bytes, node) -> None:
         loop = asyncio.get_running_loop()
