@@ -279,3 +279,25 @@ def test_timeout_garbage_datagrams_bad_vars_and_streaming():
                 assert 0.8 < time.monotonic() - started < 3
             assert request(fr.port, "s.test").status == 200
         assert "rejected subscription datagram from 127.0.0.1" in fr.logtext()
+
+
+def test_sighup_finishes_in_flight_sessions():
+    with tmpdir("fr-hup") as tmp, router() as fr:
+        app = tmp / "stream.py"
+        app.write_text(STREAM_APP)
+        port = free_port()
+        with backend(str(app), port, "--subscribe-to", f"127.0.0.1:{fr.sub_port}:h.test"):
+            wait_until(lambda: "h.test => new node" in fr.logtext(), 5, "subscription")
+            old = set(fr.children())
+            with socket.create_connection(("127.0.0.1", fr.port), timeout=5) as sock:
+                from tests.external import uwsgi_packet
+                sock.sendall(uwsgi_packet(uwsgi_vars("/", UWSGI_FASTROUTER_KEY="h.test")))
+                data = sock.recv(65536)
+                os.kill(fr.pid, signal.SIGHUP)      # the router stops accepting, finishes this
+                while chunk := sock.recv(65536):
+                    data += chunk
+            assert data.endswith(b"first-chunk;second-chunk"), data
+            assert "stops accepting, waiting for 1 session(s)" in fr.logtext()
+            wait_until(lambda: set(fr.children()) and not set(fr.children()) & old, 5,
+                       "a new router process")
+            assert request(fr.port, "h.test").status == 200
