@@ -20,14 +20,19 @@ if ! perl -Ilib -MPlack::App::uWSGI -e1 2>/dev/null; then
 fi
 
 PIDS=()
+running() {  # running PID: alive and not a zombie (kill -0 succeeds on unreaped children)
+    local stat
+    stat="$(ps -o stat= -p "$1" 2>/dev/null)" && [[ -n "$stat" && "$stat" != Z* ]]
+}
 cleanup() {
     trap - INT TERM EXIT
     echo
     echo "demo: stopping ${#PIDS[@]} processes"
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    # TERM, not INT: bash starts background jobs with SIGINT ignored (plackup keeps that).
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for _ in $(seq 50); do
         alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        for pid in "${PIDS[@]}"; do running "$pid" && alive=1; done
         ((alive)) || break
         sleep 0.1
     done
@@ -54,9 +59,9 @@ wait_tcp() {  # wait_tcp PORT NAME: fail with the log if nothing listens within 
     exit 1
 }
 
-# 1. HTTP frontend (Plack) speaking uwsgi to the fastrouter. The seed runs it with -Ilib
-#    (Plack::App::uWSGI is not on CPAN); lib/ is looked for next to frontend.psgi.
-start frontend plackup -Ilib -p 5000 frontend.psgi
+# 1. HTTP frontend (Plack, :5000 is plackup's default port) speaking uwsgi to the fastrouter.
+#    Plack::App::uWSGI is our own, in examples/lib (hence the seed's -Ilib).
+start frontend plackup -Ilib frontend.psgi
 # 2. fastrouter on :4000 with its subscription server on :4001
 start fastrouter "$PYMASTER" --plugins fastrouter --fastrouter :4000 --fastrouter-subscription-server :4001
 # 3. three PSGI backends, subscribing as psgi_cluster with modifier1 5
@@ -80,7 +85,7 @@ cat <<MSG
 pymaster demo is up (logs in $LOGS):
   http://127.0.0.1:5000/psgi/     PSGI cluster (3 backends, reload to see the PIDs rotate)
   http://127.0.0.1:5000/wsgi/     WSGI cluster (3 backends)
-  http://127.0.0.1:5000/static/   static files
+  http://127.0.0.1:5000/static/hokkaidopm.gif   static files (a directory listing at /static/)
 Press Ctrl-C to stop.
 MSG
 
