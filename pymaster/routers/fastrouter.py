@@ -35,14 +35,12 @@ import time
 from typing import NoReturn
 
 from pymaster.log import log
-from pymaster.protocols.subscription import (SubscriptionError, connect_address, read_secret,
+from pymaster.protocols.subscription import (SubscriptionError, read_secret,
                                              split_address)
-from pymaster.protocols.uwsgi import HEADER, UwsgiError, iter_vars
 from pymaster.routers.pools import DEFAULT_TOLERANCE, StaticNodes, Table, parse_allow
+from pymaster.routers.session import ClientSession
 
-MAX_RETRIES = 3
 CHUNK = 65536
-KEY_VARS = (b"UWSGI_FASTROUTER_KEY", b"HTTP_HOST", b"SERVER_NAME")
 
 
 def _opt(cfg, name, default=None):
@@ -137,14 +135,6 @@ def _502(key: str) -> bytes:
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or exc.__class__.__name__
-
-
 class Router:
     def __init__(self, cfg, listen_socks, subscription_socks, stats_sock, router_id: int):
         self.cfg = cfg
@@ -165,6 +155,8 @@ class Router:
         self.use_subscriptions = bool(self.sub_socks)
         self.static = StaticNodes(_opt(cfg, "fastrouter_to", []) or [])
         self.active = 0
+        self.sessions: set[ClientSession] = set()
+        self.loop = None
         self.stopping = False
         self.servers: list = []
         self.done: asyncio.Future | None = None
@@ -174,7 +166,7 @@ class Router:
 
     # ------------------------------------------------------------------ lifecycle
     async def main(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             loop.add_signal_handler(sig, self.stop, False)
@@ -186,8 +178,10 @@ class Router:
         self._open_relay(loop)
         for sock in self.listen_socks:
             sock.setblocking(False)
-            self.servers.append(await asyncio.start_server(self.session, sock=sock,
-                                                           limit=CHUNK))
+            # create_server listens again: keep the master's --listen backlog
+            self.servers.append(await loop.create_server(
+                lambda: ClientSession(self), sock=sock,
+                backlog=int(_opt(self.cfg, "listen", 100) or 100)))
         if self.stats_sock is not None:
             self.stats_sock.setblocking(False)
             self.servers.append(await asyncio.start_server(self.send_stats, sock=self.stats_sock))
@@ -218,6 +212,7 @@ class Router:
             await asyncio.sleep(1.0)
             now = time.time()
             self.table.expire(now)
+            self.cut_idle()
             self._dump(now=now)
             if os.getppid() != self.ppid:
                 log(f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}): master is gone, "
@@ -348,69 +343,42 @@ class Router:
             writer.close()
 
     # ------------------------------------------------------------------ sessions
-    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # ------------------------------------------------------------------ sessions
+    def opened(self, session: ClientSession) -> None:
+        self.sessions.add(session)
         self.active += 1
-        try:
-            await self._session(reader, writer)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, UwsgiError):
-            pass
-        except Exception as exc:             # never let one session kill the router
-            log(f"[uwsgi-fastrouter] session error: {exc!r}")
-        finally:
-            self.active -= 1
-            writer.close()
-            if self.stopping and self.active == 0 and not self.done.done():
-                self.done.set_result(0)
 
-    async def _session(self, reader, writer) -> None:
-        async with asyncio.timeout(self.timeout):
-            head = bytearray(await reader.readexactly(4))
-            _m1, size, _m2 = HEADER.unpack(head)
-            block = await reader.readexactly(size)
-        found: dict[bytes, bytes] = {}
-        for k, v in iter_vars(block):         # malformed vars: UwsgiError closes
-            if k in KEY_VARS and len(v) <= 255:
-                found[k] = v
-        raw_key = next((found[k] for k in KEY_VARS if found.get(k)), b"")
-        key = raw_key.decode("latin-1")
-        failures = 0
-        for attempt in range(MAX_RETRIES + 1):
-            node = self._choose(key)
-            if node is None:
-                break
-            try:
-                back_r, back_w = await self._connect(node.name)
-            except (OSError, TimeoutError, ValueError) as exc:
-                log(f"[uwsgi-fastrouter] unable to connect() to node \"{node.name}\" "
-                    f"({attempt} retries): {_reason(exc)}")
-                failures += 1
-                self._failed(key, node)
-                continue
-            try:
-                self.table.connected(node)
-                head[0], head[3] = node.modifier1, node.modifier2
-                await self._proxy(reader, writer, back_r, back_w, bytes(head) + block, node)
-            finally:
-                back_w.close()
-                self._release(key, node)
-            return
-        if failures:
-            log(f"[uwsgi-fastrouter] no node for key \"{key}\" accepted the connection "
-                f"after {failures} attempt(s)")
-            writer.write(_502(key))
-        else:
-            log(f"[uwsgi-fastrouter] no node available for key \"{key}\"")
-            writer.write(_503(key))
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(self.timeout):
-                await writer.drain()
+    def closed(self, session: ClientSession) -> None:
+        self.sessions.discard(session)
+        self.active -= 1
+        if self.stopping and self.active == 0 and not self.done.done():
+            self.done.set_result(0)
 
-    def _choose(self, key: str):
+    def cut_idle(self) -> None:
+        """Sessions with no traffic for --fastrouter-timeout seconds are aborted."""
+        limit = self.loop.time() - self.timeout
+        for session in [s for s in self.sessions if s.last < limit]:
+            log(f"[uwsgi-fastrouter] timeout on a session for key \"{session.key}\"")
+            session.abort()
+
+    @staticmethod
+    def unavailable(key: str) -> bytes:
+        return _503(key)
+
+    @staticmethod
+    def bad_gateway(key: str) -> bytes:
+        return _502(key)
+
+    def choose(self, key: str):
         if self.use_subscriptions:
             return self.table.pick(key) if key else None
         return self.static.pick() if self.static.nodes else None
 
-    def _failed(self, key: str, node) -> None:
+    def connected(self, node) -> None:
+        if self.use_subscriptions:
+            self.table.connected(node)
+
+    def failed(self, key: str, node) -> None:
         if self.use_subscriptions:
             self.table.fail(key, node)
             self.table.release(key, node)
@@ -418,63 +386,12 @@ class Router:
             self.static.fail(node)
             node.ref = max(0, node.ref - 1)
 
-    def _release(self, key: str, node) -> None:
+    def release(self, key: str, node) -> None:
         if self.use_subscriptions:
             self.table.release(key, node)
         else:
             node.ref = max(0, node.ref - 1)
             node.requests += 1
-
-    async def _connect(self, address: str):
-        family, where = connect_address(address)
-        async with asyncio.timeout(self.timeout):
-            if family == socket.AF_UNIX:
-                return await asyncio.open_unix_connection(where, limit=CHUNK)
-            return await asyncio.open_connection(where[0], where[1], limit=CHUNK)
-
-    async def _proxy(self, reader, writer, back_r, back_w, first: bytes, node) -> None:
-        loop = asyncio.get_running_loop()
-        activity = [loop.time()]
-        back_w.write(first)
-        node.tx += len(first)
-        up = asyncio.ensure_future(self._pump_up(reader, back_w, node, activity))
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        data = await back_r.read(CHUNK)
-                except TimeoutError:
-                    if loop.time() - activity[0] < self.timeout and not up.done():
-                        continue                    # the client is still uploading
-                    raise
-                if not data:
-                    break
-                node.rx += len(data)
-                writer.write(data)
-                if writer.transport.get_write_buffer_size() > CHUNK:
-                    async with asyncio.timeout(self.timeout):
-                        await writer.drain()
-            async with asyncio.timeout(self.timeout):
-                await writer.drain()
-        finally:
-            up.cancel()
-
-    async def _pump_up(self, reader, back_w, node, activity) -> None:
-        """Client -> node (the body, streamed); a client EOF is not passed on."""
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(self.timeout):
-                await back_w.drain()
-            while True:
-                data = await reader.read(CHUNK)
-                if not data:
-                    return
-                activity[0] = loop.time()
-                node.tx += len(data)
-                back_w.write(data)
-                async with asyncio.timeout(self.timeout):
-                    await back_w.drain()
-                activity[0] = loop.time()
 
 
 def _version() -> str:

@@ -1,0 +1,200 @@
+"""One routed uwsgi connection as a pair of asyncio Protocols: client side and node side.
+
+The client side reads the uwsgi header and vars, asks the router for a node (retrying the
+next node on a failed connect), rewrites header bytes 0 and 3 to the node's modifiers and
+from then on forwards bytes as they come, both ways, with transport-level flow control
+(a full write buffer pauses reading on the other side). No task per chunk, no buffering of
+bodies; idle sessions are cut by the router's ticker after `--fastrouter-timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from pymaster.log import log
+from pymaster.protocols.subscription import connect_address
+from pymaster.protocols.uwsgi import HEADER, UwsgiError, iter_vars
+
+MAX_RETRIES = 3
+KEY_VARS = (b"UWSGI_FASTROUTER_KEY", b"HTTP_HOST", b"SERVER_NAME")
+
+
+def route_key(block) -> str:
+    """UWSGI_FASTROUTER_KEY > HTTP_HOST > SERVER_NAME, from a vars block."""
+    found: dict[bytes, bytes] = {}
+    for k, v in iter_vars(block):          # malformed vars raise UwsgiError
+        if k in KEY_VARS and len(v) <= 255:
+            found[k] = v
+    for k in KEY_VARS:
+        if found.get(k):
+            return found[k].decode("latin-1")
+    return ""
+
+
+class NodeSide(asyncio.Protocol):
+    """The connection to the chosen node: its bytes go straight to the client."""
+
+    __slots__ = ("session", "transport")
+
+    def __init__(self, session: "ClientSession"):
+        self.session = session
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        s = self.session
+        s.last = s.loop.time()
+        s.node.rx += len(data)
+        s.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.session.transport.close()       # flushes what is buffered first
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.session.transport.close()
+        self.session.finish()
+
+    def pause_writing(self) -> None:         # the node does not keep up: stop reading the client
+        self.session.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.transport.resume_reading()
+
+
+class ClientSession(asyncio.Protocol):
+    """A client connection on a --fastrouter socket."""
+
+    def __init__(self, router):
+        self.router = router
+        self.loop = router.loop
+        self.transport = None
+        self.buf = bytearray()
+        self.pending: list[bytes] = []       # body bytes that arrive while connecting
+        self.node = None
+        self.node_side: NodeSide | None = None
+        self.key = ""
+        self.routing = False
+        self.finished = False
+        self.last = 0.0
+
+    # -- client transport events ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.last = self.loop.time()
+        self.router.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.loop.time()
+        if self.node_side is not None:
+            self.node.tx += len(data)
+            self.node_side.transport.write(data)
+            return
+        if self.routing:
+            self.pending.append(data)
+            return
+        self.buf += data
+        if len(self.buf) < 4:
+            return
+        size = HEADER.unpack_from(self.buf)[1]
+        if len(self.buf) < 4 + size:
+            return
+        try:
+            self.key = route_key(memoryview(self.buf)[4:4 + size])
+        except UwsgiError as exc:
+            log(f"[uwsgi-fastrouter] {exc}")
+            self.transport.close()
+            return
+        self.routing = True
+        self.loop.create_task(self.route())
+
+    def eof_received(self) -> bool:
+        # once a request is routed a client EOF is not passed on (keep answering); before
+        # that there is nothing to answer: close
+        return self.routing
+
+    def pause_writing(self) -> None:         # the client does not keep up: stop reading the node
+        if self.node_side is not None:
+            self.node_side.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.node_side is not None:
+            self.node_side.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        if self.node_side is not None:
+            self.node_side.transport.close()
+        self.finish()
+        self.router.closed(self)
+
+    # -- routing ------------------------------------------------------------------------
+    async def route(self) -> None:
+        router = self.router
+        failures = 0
+        for attempt in range(MAX_RETRIES + 1):
+            node = router.choose(self.key)
+            if node is None:
+                break
+            try:
+                side = await self._connect(node)
+            except (OSError, TimeoutError, ValueError) as exc:
+                log(f"[uwsgi-fastrouter] unable to connect() to node \"{node.name}\" "
+                    f"({attempt} retries): {_reason(exc)}")
+                failures += 1
+                router.failed(self.key, node)
+                continue
+            if self.transport.is_closing():  # the client went away meanwhile
+                side.transport.close()
+                router.release(self.key, node)
+                return
+            router.connected(node)
+            self.node, self.node_side = node, side
+            self.buf[0], self.buf[3] = node.modifier1, node.modifier2
+            first = bytes(self.buf) + b"".join(self.pending)
+            self.buf = self.pending = None
+            node.tx += len(first)
+            side.transport.write(first)
+            return
+        if failures:
+            log(f"[uwsgi-fastrouter] no node for key \"{self.key}\" accepted the connection "
+                f"after {failures} attempt(s)")
+            self.transport.write(router.bad_gateway(self.key))
+        else:
+            log(f"[uwsgi-fastrouter] no node available for key \"{self.key}\"")
+            self.transport.write(router.unavailable(self.key))
+        self.transport.close()
+
+    async def _connect(self, node) -> NodeSide:
+        family, where = connect_address(node.name)
+        async with asyncio.timeout(self.router.timeout):
+            if family == socket.AF_UNIX:
+                _t, side = await self.loop.create_unix_connection(lambda: NodeSide(self), where)
+            else:
+                _t, side = await self.loop.create_connection(lambda: NodeSide(self), where[0],
+                                                             where[1])
+        return side
+
+    def finish(self) -> None:
+        """Once per session: give the node back to the pool's accounting."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.node is not None:
+            self.router.release(self.key, self.node)
+
+    def abort(self) -> None:
+        self.transport.abort()
+        if self.node_side is not None:
+            self.node_side.transport.abort()
+
+
+def _reason(exc: BaseException) -> str:
+    import os
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or exc.__class__.__name__
