@@ -214,8 +214,8 @@ SUBSCRIPTIONS = _section(
     opt("subscription-notify-socket", "str", help="ask routers to acknowledge to this socket",
         metavar="PATH"),
     opt("subscriptions-sign-secret", "str", help="secret used to sign subscriptions"),
-    opt("subscription-allow", "list", help="only accept subscriptions for keys matching this",
-        metavar="PATTERN"),
+    opt("subscription-allow", "list", help="only accept subscription datagrams from this source (CIDR or address; repeatable)",
+        metavar="CIDR"),
     force_master=True,
 )
 

@@ -77,7 +77,7 @@ class Arbiter:
         self.readers: dict[int, Callable[[], None]] = {}
         self.state = State()
         self.on_tick: list[Callable[[float], None]] = []
-        self.on_stop: list[Callable[[bool], None]] = []       # arg: True when reloading
+        self.on_stop: list[Callable[[bool], None]] = []       # arg: True for a graceful reload
         self.on_pause: list[Callable[[bool], None]] = []      # arg: True when pausing
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0

@@ -109,7 +109,7 @@ def _worker_stats(arbiter, child, now: float) -> dict:
     }
 
 
-def _listen_queue(listeners) -> list[tuple[object, int]]:
+def listen_queue(listeners) -> list[tuple[object, int]]:
     """Per listener: the number of connections waiting in its backlog (Linux, TCP)."""
     out = []
     for lst in listeners:
@@ -126,7 +126,7 @@ def _listen_queue(listeners) -> list[tuple[object, int]]:
 
 def stats_document(arbiter) -> dict:
     now = time.time()
-    queues = _listen_queue([lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")])
+    queues = listen_queue([lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")])
     return {
         "version": __version__,
         "listen_queue": sum(q for _, q in queues),

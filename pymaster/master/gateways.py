@@ -30,15 +30,26 @@ def _attach_fastrouter(arbiter, cfg, listeners) -> None:
         arbiter.add("fastrouter", target)
 
 
+def stats_load(arbiter) -> int:
+    from pymaster.master.control import listen_queue
+    return sum(q for _, q in listen_queue([lst for lst in arbiter.listeners
+                                            if lst.kind in ("uwsgi", "http")]))
+
+
 def _attach_subscriber(arbiter, cfg, listeners) -> None:
     from pymaster.master.subscriber import Subscriber
     own = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
     default_address = own[0].name if own else ""
     cores = max(1, cfg.processes or 1)
-    sub = Subscriber(cfg, default_address, cores)
+    sub = Subscriber(cfg, default_address, cores, [lst.name for lst in own])
     if not getattr(cfg, "start_unsubscribed", False):
         sub.start()
-    arbiter.on_tick.append(sub.tick)
+
+    def heartbeat(now: float) -> None:
+        sub.set_load(stats_load(arbiter))      # the instance's listen backlog, as uWSGI sends
+        sub.tick(now)
+    arbiter.on_tick.append(heartbeat)
+    arbiter.on_pause.append(lambda paused: sub.pause() if paused else sub.resume())
     arbiter.on_stop.append(lambda reloading: None if reloading and not getattr(
         cfg, "unsubscribe_on_graceful_reload", False) else sub.unsubscribe())
     arbiter.subscriber = sub

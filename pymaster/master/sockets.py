@@ -75,7 +75,8 @@ class Listener:
     def describe(self) -> str:
         if self.family == socket.AF_UNIX:
             return f"UNIX address {self.name}"
-        return f"{'TCP' if self.family == socket.AF_INET else 'TCP6'} address {self.name}"
+        proto = "UDP" if self.datagram else "TCP"
+        return f"{proto if self.family == socket.AF_INET else proto + '6'} address {self.name}"
 
     def bind(self, backlog: int, chmod: str | None = None) -> None:
         stype = socket.SOCK_DGRAM if self.datagram else socket.SOCK_STREAM
