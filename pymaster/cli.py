@@ -141,7 +141,8 @@ def run(cfg) -> int:
     start_cwd = os.getcwd()
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    has_app = bool(cfg.socket or cfg.http_socket or "LISTEN_FDS" in os.environ)
+    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)
+    has_app = bool(cfg.socket or cfg.http_socket) or (app_configured and "LISTEN_FDS" in os.environ)
     has_gateway = bool(getattr(cfg, "fastrouter", None))
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError("The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
