@@ -340,8 +340,8 @@ def uwsgi_fastrouter(port: int, *, to: int | None = None, subscription_port: int
 
 
 def pymaster_command() -> list[str]:
-    exe = ROOT / ".venv" / "bin" / "pymaster"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pymaster"]
+    """pymaster under the running interpreter (the benchmark's own venv, or the tests')."""
+    return [sys.executable, "-m", "pymaster"]
 
 
 @contextlib.contextmanager
