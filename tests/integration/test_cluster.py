@@ -180,3 +180,25 @@ def test_hostile_datagrams_do_not_hurt_the_router(cluster):
     time.sleep(0.3)
     assert routed(cluster.fport).startswith(b"HTTP/1.1 200")
     assert cluster.router.proc.poll() is None
+
+
+def test_nginx_uwsgi_pass_in_front_of_the_pymaster_fastrouter(cluster):
+    from tests.external import have, http_get, nginx
+    if not have("nginx"):
+        pytest.skip("nginx missing")
+    a = cluster.add_backend()
+    cluster.wait_routed_to(a)
+    with nginx(f"127.0.0.1:{cluster.fport}", extra_params={"UWSGI_FASTROUTER_KEY": "wsgi_cluster"}) as ng:
+        resp = http_get(ng.port, "/")
+        assert resp.status == 200
+        assert int(resp.body.split(b"pid=")[1]) in a.workers()
+
+
+def test_start_unsubscribed_then_fifo_s_subscribes(cluster, tmp_path):
+    fifo = tmp_path / "fifo"
+    a = cluster.add_backend("--start-unsubscribed", "--master-fifo", fifo, "--subscribe-freq", "1")
+    time.sleep(1.5)
+    raw = uwsgi_request(cluster.fport, {"UWSGI_FASTROUTER_KEY": "wsgi_cluster", "PATH_INFO": "/"})
+    assert raw.startswith(b"HTTP/1.0 503 ")
+    fifo.write_bytes(b"S")
+    cluster.wait_routed_to(a)

@@ -3,6 +3,7 @@ mercy, stats over HTTP, stats to the log, stack dumps, log reopening, CLI conven
 
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,3 +259,77 @@ def test_module_pythonpath_callable_env_chdir_and_disable_logging(tmp_path):
         assert one_uwsgi(port, "/").endswith(f"hi {tmp_path}".encode())
         time.sleep(0.2)
         assert "GET /" not in pm.log()
+
+
+def test_touch_chain_reload_and_reload_pidfile(tmp_path):
+    touch, pidfile = tmp_path / "chain.touch", tmp_path / "pid"
+    touch.write_text("x")
+    with start(tmp_path, "--touch-chain-reload", touch, "--pidfile", pidfile) as pm:
+        old = pm.workers()
+        os.utime(touch, (time.time() + 5, time.time() + 5))
+        pm.wait_log(r"chain reloading complete")
+        pm.wait_workers(2, exclude=old)
+        from pymaster import cli
+        assert cli.main(["--reload", str(pidfile)]) == 0
+        pm.wait_log(r"gracefully \(RE\)spawned pymaster master process")
+
+
+def test_http_limit_post_413_and_expect_continue(tmp_path):
+    import socket
+    hport = free_port()
+    with Pymaster(["--http-socket", f"127.0.0.1:{hport}", "--wsgi-file", APP, "--limit-post", "100"],
+                  tmp_path) as pm:
+        wait_port(hport)
+        conn = http.client.HTTPConnection("127.0.0.1", hport, timeout=5)
+        conn.request("POST", "/echo", body=b"x" * 500)
+        assert conn.getresponse().status == 413
+        with socket.create_connection(("127.0.0.1", hport), timeout=5) as s:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            s.sendall(b"hello")
+            data = b""
+            while b"hello" not in data:
+                data += s.recv(1000)
+            assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+REAPER_APP = '''
+import os, time
+def application(environ, start_response):
+    child = os.fork()
+    if child == 0:                  # a child that leaves an orphan behind for PID 1
+        if os.fork() == 0:
+            time.sleep(0.3)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(child, 0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"forked"]
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_as_pid1_the_master_reaps_orphans_quietly(tmp_path):
+    app = tmp_path / "reaper.py"
+    app.write_text(REAPER_APP)
+    port = free_port()
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "pymaster",
+                             "-s", f"127.0.0.1:{port}", "--wsgi-file", app, "-M", "-p", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_port(port)
+        for _ in range(3):
+            assert one_uwsgi(port, "/").endswith(b"forked")
+        time.sleep(1.5)
+        import psutil
+        zombies = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                   if p.status() == psutil.STATUS_ZOMBIE]
+        assert zombies == []
+        text = (tmp_path / "log").read_text()
+        assert "spawned pymaster master process (pid: 1)" in text
+        assert "subprocess" not in text
+    finally:
+        proc.kill()                 # --kill-child takes the whole namespace down with it
+        proc.wait(10)
+        log.close()
