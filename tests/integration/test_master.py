@@ -210,9 +210,15 @@ def test_workers_die_with_a_killed_master(tmp_path):
     pm.proc.kill()
     pm.wait()
     deadline = time.monotonic() + 1.0          # the bound: within 1 s
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+
+    def alive(pid):                            # a zombie waiting for init to reap it is dead
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    assert not any(psutil.pid_exists(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     pm.stop()
 
 
