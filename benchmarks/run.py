@@ -146,23 +146,38 @@ def http_cases(opts) -> list[Case]:
     return direct_cases("http", "wsgi", WSGI_APPS, ("pymaster", "uwsgi", "gunicorn"), opts)
 
 
-# (server, protocol nginx speaks to it, nginx directive)
-BEHIND_NGINX = (("pymaster", "uwsgi", "uwsgi_pass"), ("uwsgi", "uwsgi", "uwsgi_pass"),
-                ("gunicorn", "http", "proxy_pass"))
+# kind -> (server, protocol nginx speaks to it, nginx directive); the native server is
+# behind proxy_pass, for reference
+BEHIND_NGINX = {
+    kind: (("pymaster", "uwsgi", "uwsgi_pass"), ("uwsgi", "uwsgi", "uwsgi_pass"),
+           (native.__name__, "http", "proxy_pass"))
+    for kind, (_load, _plugin, _extra, native) in KINDS.items()
+}
+
+
+def nginx_cases_for(name: str, kind: str, apps: dict, opts) -> list[Case]:
+    """nginx in front of each server, for every app."""
+    return [Case(name, server, app, f"nginx {mode}",
+                 lambda s=server, p=proto, a=path, m=mode:
+                 behind_nginx(kind, s, p, a, opts.workers, mode=m), expect)
+            for app, (path, expect) in apps.items()
+            for server, proto, mode in BEHIND_NGINX[kind]]
 
 
 @scenario("nginx", "nginx uwsgi_pass -> -s socket (gunicorn: nginx proxy_pass, for reference)")
 def nginx_cases(opts) -> list[Case]:
-    return [Case("nginx", server, app, f"nginx {mode}",
-                 lambda s=server, p=proto, a=path, m=mode:
-                 behind_nginx("wsgi", s, p, a, opts.workers, mode=m), expect)
-            for app, (path, expect) in WSGI_APPS.items()
-            for server, proto, mode in BEHIND_NGINX]
+    return nginx_cases_for("nginx", "wsgi", WSGI_APPS, opts)
 
 
 @scenario("psgi", "PSGI over HTTP: pymaster --psgi vs uWSGI psgi plugin vs Starman")
 def psgi_cases(opts) -> list[Case]:
     return direct_cases("psgi", "psgi", PSGI_APPS, ("pymaster", "uwsgi", "starman"), opts)
+
+
+@scenario("psgi-nginx", "PSGI behind nginx uwsgi_pass: pymaster --psgi -s vs uWSGI --plugin psgi -s "
+                        "(Starman: nginx proxy_pass, for reference)")
+def psgi_nginx_cases(opts) -> list[Case]:
+    return nginx_cases_for("psgi-nginx", "psgi", PSGI_APPS, opts)
 
 @contextlib.contextmanager
 def fastrouter_topology(server: str, app: Path, workers: int) -> Iterator[Target]:
@@ -220,7 +235,7 @@ def reload_cases(opts) -> list[Case]:
                  lambda s=server, p=proto, m=mode, a=path: reloading(s, p, m, a, opts.workers),
                  expect)
             for app, (path, expect) in WSGI_APPS.items()
-            for server, proto, mode in BEHIND_NGINX]
+            for server, proto, mode in BEHIND_NGINX["wsgi"]]
 
 DEFAULT_SCENARIOS = ("http", "nginx")
 
