@@ -81,9 +81,15 @@ def worker_env(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboar
         "PYMASTER_BUFFER_SIZE": str(getattr(cfg, "buffer_size", 0) or 4096),
         "PYMASTER_SOCKET_TIMEOUT": str(getattr(cfg, "socket_timeout", 0) or 4),
         "PYMASTER_DISABLE_LOGGING": "1" if getattr(cfg, "disable_logging", False) else "0",
+        "PYMASTER_HTTP_KEEPALIVE": str(_keepalive(cfg)),   # idle seconds, 0: no keep-alive
         "PYMASTER_PROCNAME": title_for(cfg, f"worker {worker_id}"),
     })
     return env
+
+
+def _keepalive(cfg) -> int:
+    value = getattr(cfg, "http_keepalive", None)
+    return 5 if value is None else max(0, int(value))
 
 
 def _die_with_parent() -> None:

@@ -12,8 +12,8 @@ use warnings;
 use Errno qw(EINTR EAGAIN EWOULDBLOCK);
 use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 use POSIX ();
-use Socket qw(SOL_SOCKET SO_RCVTIMEO SO_SNDTIMEO AF_INET AF_INET6 sockaddr_family
-              unpack_sockaddr_in unpack_sockaddr_in6 inet_ntop);
+use Socket qw(SOL_SOCKET SO_RCVTIMEO SO_SNDTIMEO IPPROTO_TCP TCP_NODELAY AF_INET AF_INET6
+              sockaddr_family unpack_sockaddr_in unpack_sockaddr_in6 inet_ntop);
 use Time::HiRes ();
 use Scalar::Util ();
 use HTTP::Status ();
@@ -26,7 +26,12 @@ use constant {
     SLOT_SIZE => 256, REQ_SIZE => 192,
     MEM_BODY_MAX => 1024 * 1024,
     BLOCK => 65536,
+    IDLE_MAX => 128,             # idle keep-alive connections a worker holds; the oldest goes
 };
+
+# File::Map (libfile-map-perl) maps the scoreboard once: slot updates become memory writes.
+# Without it each update is sysseek + syswrite. PYMASTER_NO_FILE_MAP=1 forces the fallback.
+my $HAVE_MAP = !$ENV{PYMASTER_NO_FILE_MAP} && eval { require File::Map; 1 };
 
 my $SLOT_HEAD = 'VVQ<d<Q<Q<d<d<d<';      # pymaster/master/scoreboard.py HEAD ("<IIQdQQddd")
 my %NO_BODY = map { $_ => 1 } 204, 304;
@@ -62,6 +67,9 @@ sub _setup {
     $self->{buffer_size}  = $e->{PYMASTER_BUFFER_SIZE} || 4096;
     $self->{timeout}      = $e->{PYMASTER_SOCKET_TIMEOUT} || 4;
     $self->{log}          = !$e->{PYMASTER_DISABLE_LOGGING};
+    my $ka = $e->{PYMASTER_HTTP_KEEPALIVE};
+    $self->{keepalive}    = defined $ka && $ka =~ /^\d+(?:\.\d+)?$/ ? $ka : 5;   # 0: off
+    $self->{idle}         = {};        # fd => idle keep-alive connection
     $self->{requests}     = 0;
     $self->{spawned}      = Time::HiRes::time();
     $self->{pid}          = $$;
@@ -94,7 +102,7 @@ sub _setup {
         my $flags = fcntl($fh, F_GETFL, 0);
         fcntl($fh, F_SETFL, $flags | O_NONBLOCK) if defined $flags;
         my ($name, $port) = _sockaddr(getsockname($fh));
-        push @listen, { fh => $fh, fd => $fd, http => $proto eq 'http',
+        push @listen, { fh => $fh, fd => $fd, http => $proto eq 'http', tcp => defined $port,
                         name => $name || 'localhost', port => defined $port ? $port : '' };
     }
     $self->{listen} = \@listen;
@@ -140,6 +148,13 @@ sub _scoreboard_open {
     $self->{sb} = $sb;
     $self->{sb_off} = $off;
     $self->{sb_slots} = int($size / SLOT_SIZE);
+    if ($HAVE_MAP) {       # mapped into a lexical: a hash element would not stay mapped
+        if (eval { File::Map::map_handle(my $map, $sb, '+<'); $self->{map} = \$map; 1 }) {}
+        else {
+            (my $err = "$@") =~ s/\s+\z//;
+            _log("worker $self->{wid}: cannot map the scoreboard ($err), using sysseek + syswrite");
+        }
+    }
     # pid, state, requests, req_start, exceptions, tx, running_time, avg_rt, last_spawn
     $self->{slot} = [$$, 0, 0, 0.0, 0, 0, 0.0, 0.0, $self->{spawned}];
     $self->_slot_write("\0" x REQ_SIZE);
@@ -149,6 +164,10 @@ sub _slot_write {
     my ($self, $tail) = @_;
     my $data = pack $SLOT_HEAD, @{ $self->{slot} };
     $data .= $tail if defined $tail;
+    if (my $map = $self->{map}) {
+        substr($$map, $self->{sb_off}, length $data, $data);
+        return;
+    }
     sysseek $self->{sb}, $self->{sb_off}, 0;
     syswrite $self->{sb}, $data;
 }
@@ -187,9 +206,15 @@ sub _slot_end {
 sub _instance_requests {
     my $self = shift;
     my $sb = $self->{sb} or return $self->{requests};
-    sysseek $sb, 0, 0;
     my $n = $self->{sb_slots};
-    sysread($sb, my $all, $n * SLOT_SIZE) == $n * SLOT_SIZE or return $self->{requests};
+    my $all;
+    if (my $map = $self->{map}) {
+        $all = $$map;
+    }
+    else {
+        sysseek $sb, 0, 0;
+        sysread($sb, $all, $n * SLOT_SIZE) == $n * SLOT_SIZE or return $self->{requests};
+    }
     my $total = 0;
     $total += unpack 'Q<', substr($all, $_ * SLOT_SIZE + 8, 8) for 0 .. $n - 1;
     return $total;
@@ -202,27 +227,46 @@ sub run {
     $self->_setup;
     $self->{app} = $app;
     $self->_slot_state(ST_IDLE);
-    my $rin = '';
-    vec($rin, $_->{fd}, 1) = 1 for @{ $self->{listen} };
-    my $next_check = time + 1;
+    my $listen = $self->{listen};
+    my $idle = $self->{idle};
+    $self->{rin} = '';
+    vec($self->{rin}, $_->{fd}, 1) = 1 for @$listen;
+    my $ka = $self->{keepalive};
+    my $tick = $ka && $ka < 2 ? $ka / 2 : 1.0;
+    my $now = Time::HiRes::time();
+    my $next_check = $now + $tick;
+    my $next_parent = $now + 1;
     while (!$STOPPING) {
-        my $n = select(my $rout = $rin, undef, undef, 1.0);
+        my $n = select(my $rout = $self->{rin}, undef, undef, $tick);
         if ($n && $n > 0) {
-            for my $l (@{ $self->{listen} }) {
+            for my $l (@$listen) {
                 next unless vec($rout, $l->{fd}, 1);
                 $self->_accept($l);
                 last if $STOPPING;
             }
+            if (%$idle) {
+                for my $fd (keys %$idle) {
+                    last if $STOPPING;
+                    next unless vec($rout, $fd, 1) && $idle->{$fd};
+                    vec($self->{rin}, $fd, 1) = 0;
+                    $self->_serve(delete $idle->{$fd});
+                }
+            }
         }
-        my $now = time;
-        if ($now >= $next_check) {
-            $next_check = $now + 1;
+        $now = Time::HiRes::time();
+        next if $now < $next_check;
+        $next_check = $now + $tick;
+        $self->_expire_idle($now - $ka) if %$idle;
+        if ($now >= $next_parent) {
+            $next_parent = $now + 1;
             if ($self->{master_pid} && getppid() != $self->{master_pid}) {
                 _log("worker $self->{wid} (pid: $$): master $self->{master_pid} is gone, exiting");
+                $self->_close_idle;
                 last;
             }
         }
     }
+    $self->_drain_idle;
     $self->_slot_state(ST_STOPPING);
     exit EXIT_OK;
 }
@@ -237,21 +281,89 @@ sub _accept {
     }
     setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
     setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+    setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1) if $l->{http} && $l->{tcp};
     my ($addr, $port) = _sockaddr($peer);
-    my $req = {
-        c => $c, l => $l,
+    $self->_serve({
+        c => $c, fd => fileno $c, l => $l, buf => '',
         remote => defined $addr ? $addr : '', remote_port => defined $port ? $port : '',
-        start => Time::HiRes::time(),
-    };
-    eval {
-        my $env = $l->{http} ? $self->_read_http($req) : $self->_read_uwsgi($req);
-        $self->_dispatch($req, $env) if $env;
-        1;
-    } or do {
-        (my $err = "$@") =~ s/\s+\z//;
-        _log("worker $self->{wid} (pid: $$): internal error, connection dropped: $err");
-    };
-    close $c;
+    });
+}
+
+# Serve requests on a connection, one at a time, until it closes or goes idle: then it is
+# parked with the listeners in the select (HTTP keep-alive).
+sub _serve {
+    my ($self, $conn) = @_;
+    my $keep;
+    while (1) {
+        my $req = {
+            c => $conn->{c}, l => $conn->{l}, conn => $conn,
+            remote => $conn->{remote}, remote_port => $conn->{remote_port},
+            start => Time::HiRes::time(),
+        };
+        $keep = eval {
+            my $env = $conn->{l}{http} ? $self->_read_http($req) : $self->_read_uwsgi($req);
+            $env ? $self->_dispatch($req, $env) : 0;
+        };
+        if (!defined $keep) {
+            (my $err = "$@") =~ s/\s+\z//;
+            _log("worker $self->{wid} (pid: $$): internal error, connection dropped: $err");
+        }
+        last unless $keep && length $conn->{buf};     # pipelined: the next request now
+    }
+    if ($keep) {
+        $self->_park($conn);
+    }
+    else {
+        close $conn->{c};
+    }
+}
+
+sub _park {
+    my ($self, $conn) = @_;
+    my $idle = $self->{idle};
+    if (keys %$idle >= IDLE_MAX) {                 # make room: drop the longest idle one
+        my ($oldest) = sort { $idle->{$a}{since} <=> $idle->{$b}{since} } keys %$idle;
+        $self->_unpark($oldest);
+    }
+    $conn->{since} = $self->{now} || Time::HiRes::time();
+    $idle->{$conn->{fd}} = $conn;
+    vec($self->{rin}, $conn->{fd}, 1) = 1;
+}
+
+sub _unpark {
+    my ($self, $fd) = @_;
+    my $conn = delete $self->{idle}{$fd} or return;
+    vec($self->{rin}, $fd, 1) = 0;
+    close $conn->{c};
+}
+
+sub _expire_idle {
+    my ($self, $before) = @_;
+    my $idle = $self->{idle};
+    $idle->{$_}{since} < $before and $self->_unpark($_) for keys %$idle;
+}
+
+sub _close_idle {
+    my $self = shift;
+    $self->_unpark($_) for keys %{ $self->{idle} };
+}
+
+# Stopping: a request already waiting on an idle connection is answered (with
+# `Connection: close`, since $STOPPING is set); the other idle connections are closed.
+sub _drain_idle {
+    my $self = shift;
+    my $idle = $self->{idle};
+    return unless %$idle;
+    my $rin = '';
+    vec($rin, $_, 1) = 1 for keys %$idle;
+    my $n = select(my $rout = $rin, undef, undef, 0);
+    for my $fd (keys %$idle) {
+        if ($n && $n > 0 && vec($rout, $fd, 1)) {
+            vec($self->{rin}, $fd, 1) = 0;
+            $self->_serve(delete $idle->{$fd});
+        }
+        $self->_unpark($fd);
+    }
 }
 
 sub _sysread_more {
@@ -343,11 +455,15 @@ sub _read_http {
     my ($self, $req) = @_;
     my $c = $req->{c};
     my $limit = $self->{buffer_size} > 8192 ? $self->{buffer_size} : 8192;
-    my $buf = '';
+    my $conn = $req->{conn};
+    my $buf = $conn->{buf};                   # what a pipelining client sent after the last one
+    $conn->{buf} = '';
     my (%env, $ret);
     while (1) {
-        my $r = _sysread_more($c, \$buf, BLOCK);
-        return unless $r;                     # closed or timed out before a request: quietly
+        if (!length $buf || $ret) {           # $ret == -1: incomplete, read more
+            my $r = _sysread_more($c, \$buf, BLOCK);
+            return unless $r;                 # closed or timed out before a request: quietly
+        }
         $ret = Plack::HTTPParser::parse_http_request($buf, \%env);
         last if $ret >= 0;
         if ($ret == -2) {
@@ -370,8 +486,11 @@ sub _read_http {
     $env{REMOTE_PORT} = $req->{remote_port};
     $env{'psgi.url_scheme'} = 'http';
     $env{'psgix.io'} = $c;
-    delete $env{HTTP_CONNECTION};
-    $req->{nvars} = grep { !/\./ } keys %env;
+    my $connection = delete $env{HTTP_CONNECTION};
+    $req->{keep} = $self->{keepalive} && (($env{SERVER_PROTOCOL} // '') eq 'HTTP/1.1'
+        ? !(defined $connection && $connection =~ /\bclose\b/i)
+        : (defined $connection && $connection =~ /\bkeep-alive\b/i));
+    $req->{nvars} = grep { !/\./ } keys %env if $self->{log};
     my $te = delete $env{HTTP_TRANSFER_ENCODING};
     if (defined $te && $te =~ /\bchunked\b/i) {
         $self->_continue($req, \%env);
@@ -419,10 +538,12 @@ sub _dechunk {
                     _sysread_more($c, \$in, BLOCK) or return $self->_bad_chunk($req);
                     next;
                 }
-                last if $end == $pos;
+                if ($end == $pos) {
+                    $req->{conn}{buf} = substr $in, $end + 2;    # pipelined after the body
+                    return $body;
+                }
                 $pos = $end + 2;
             }
-            return $body;
         }
         while (length($in) < $eol + 2 + $size + 2) {
             _sysread_more($c, \$in, BLOCK) or return $self->_bad_chunk($req);
@@ -457,9 +578,13 @@ sub _read_body {
     my ($len) = (defined $env->{CONTENT_LENGTH} ? $env->{CONTENT_LENGTH} : '') =~ /^(\d+)/;
     $len ||= 0;
     my $rest = delete $req->{rest};
+    if (length $rest > $len) {                # pipelined requests follow the body
+        $req->{conn}{buf} = substr $rest, $len;
+        substr($rest, $len) = '';
+    }
     my $input;
     if ($len <= MEM_BODY_MAX) {
-        my $body = length $rest > $len ? substr($rest, 0, $len) : $rest;
+        my $body = $rest;
         while (length $body < $len) {
             return $self->_short_body($req, $len, length $body)
                 unless _sysread_more($req->{c}, \$body, $len - length $body);
@@ -500,23 +625,17 @@ my $LOGGER = sub {
         unless ref $args eq 'HASH' && defined $args->{level} && defined $args->{message};
     _log("[pymaster-perl $args->{level}] $args->{message}");
 };
+# The fixed PSGI keys, set with one hash slice; the last two get fresh references per request.
+my @PSGI_KEYS = ('psgi.errors', 'psgi.multithread', 'psgi.multiprocess', 'psgi.run_once',
+                 'psgi.nonblocking', 'psgi.streaming', 'psgix.input.buffered', 'psgix.harakiri',
+                 'psgix.cleanup', 'psgix.logger', 'psgi.version', 'psgix.cleanup.handlers');
+my @PSGI_VALUES = (*STDERR, '', 1, '', '', 1, 1, 1, 1, $LOGGER);
 
 sub _dispatch {
     my ($self, $req, $env) = @_;
     $env->{SCRIPT_NAME} = '' if !defined $env->{SCRIPT_NAME} || $env->{SCRIPT_NAME} eq '/';
     $env->{REQUEST_METHOD} = 'GET' unless defined $env->{REQUEST_METHOD} && length $env->{REQUEST_METHOD};
-    $env->{'psgi.version'}           = [1, 1];
-    $env->{'psgi.errors'}            = *STDERR;
-    $env->{'psgi.multithread'}       = '';
-    $env->{'psgi.multiprocess'}      = 1;
-    $env->{'psgi.run_once'}          = '';
-    $env->{'psgi.nonblocking'}       = '';
-    $env->{'psgi.streaming'}         = 1;
-    $env->{'psgix.input.buffered'}   = 1;
-    $env->{'psgix.harakiri'}         = 1;
-    $env->{'psgix.cleanup'}          = 1;
-    $env->{'psgix.cleanup.handlers'} = [];
-    $env->{'psgix.logger'}           = $LOGGER;
+    @$env{@PSGI_KEYS} = (@PSGI_VALUES, [1, 1], []);
 
     my $method = $env->{REQUEST_METHOD};
     my $uri = $env->{REQUEST_URI};
@@ -541,8 +660,13 @@ sub _dispatch {
             $self->_send_500($req) unless $req->{sent};
         }
     }
-    close $req->{c};
-    my $elapsed = Time::HiRes::time() - $req->{start};
+    if ($req->{chunked} && !$failed) {
+        eval { _finish($req); 1 } or $failed = 1;
+    }
+    my $keep = $req->{keep} && !$failed;
+    close $req->{c} unless $keep;              # the client sees the end of the response now
+    my $now = $self->{now} = Time::HiRes::time();
+    my $elapsed = $now - $req->{start};
     $self->{requests}++;
     $self->_slot_end($elapsed, $req->{tx}, $failed);
     $self->_log_request($req, $env, $elapsed) if $self->{log};
@@ -561,6 +685,7 @@ sub _dispatch {
         _log("...The work of process $$ is done. Seeya!");
         $STOPPING = 1;
     }
+    return $keep;
 }
 
 sub _send_500 {
@@ -569,6 +694,7 @@ sub _send_500 {
     my $head = "$req->{proto} 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
              . 'Content-Length: ' . length($body) . "\r\n"
              . ($req->{l}{http} ? "Connection: close\r\n" : '') . "\r\n";
+    $req->{keep} = 0;
     $req->{status} = 500;
     $req->{headers} = $req->{l}{http} ? 3 : 2;
     $req->{head_bytes} = length $head;
@@ -611,7 +737,9 @@ sub _no_body {
 }
 
 # Build and send the status line and headers. $length: the Content-Length to add when the
-# app gave none (undef: unknown).
+# app gave none (undef: unknown). On HTTP this decides the framing: a known length keeps the
+# connection alive (if the client wants it), an unknown one is sent chunked to an HTTP/1.1
+# client and closes the connection for HTTP/1.0.
 sub _send_head {
     my ($self, $req, $status, $headers, $length, $body) = @_;
     die "invalid status '" . (defined $status ? $status : 'undef') . "', expected an integer >= 100\n"
@@ -621,7 +749,7 @@ sub _send_head {
     my $http = $req->{l}{http};
     my $reason = $REASON{$status} //= (HTTP::Status::status_message($status) // '');
     my $out = "$req->{proto} $status $reason\r\n";
-    my ($count, $has_length) = (0, 0);
+    my ($count, $has_length, $has_te) = (0, 0, 0);
     for (my $i = 0; $i < @$headers; $i += 2) {
         my ($k, $v) = @$headers[$i, $i + 1];
         die 'invalid header name ' . (defined $k ? "'$k'" : 'undef') . "\n"
@@ -629,8 +757,12 @@ sub _send_head {
         die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
             unless defined $v && $v !~ /[\r\n\0]/;
         my $lk = lc $k;
-        next if $http && $lk eq 'connection';
+        if ($http && $lk eq 'connection') {
+            $req->{keep} = 0 if $v =~ /\bclose\b/i;
+            next;
+        }
         $has_length = 1 if $lk eq 'content-length';
+        $has_te = 1 if $lk eq 'transfer-encoding';
         $out .= "$k: $v\r\n";
         $count++;
     }
@@ -638,10 +770,30 @@ sub _send_head {
     if (!$has_length && defined $length && !$no_body) {
         $out .= "Content-Length: $length\r\n";
         $count++;
+        $has_length = 1;
     }
     if ($http) {
-        $out .= "Connection: close\r\n";
-        $count++;
+        if ($no_body || $has_length || $req->{head}) {
+            # framed: the connection may stay open
+        }
+        elsif (!$has_te && $req->{proto} eq 'HTTP/1.1') {
+            $out .= "Transfer-Encoding: chunked\r\n";
+            $count++;
+            $req->{chunked} = 1;
+        }
+        else {
+            $req->{keep} = 0;                 # the body ends when the connection does
+        }
+        $req->{keep} = 0 if $STOPPING
+            || $self->{max_requests} && $self->{requests} + 1 >= $self->{max_requests};
+        if (!$req->{keep}) {
+            $out .= "Connection: close\r\n";
+            $count++;
+        }
+        elsif ($req->{proto} ne 'HTTP/1.1') {
+            $out .= "Connection: keep-alive\r\n";
+            $count++;
+        }
     }
     $out .= "\r\n";
     die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
@@ -703,8 +855,7 @@ sub _send_lines {
         next unless length $chunk;
         die "wide character in the response body\n"
             if utf8::is_utf8($chunk) && !utf8::downgrade($chunk, 1);
-        _write_all($req->{c}, $chunk);
-        $req->{tx} += length $chunk;
+        _write_body($req, $chunk);
     }
 }
 
@@ -723,7 +874,7 @@ sub _send_path {
 sub _sendfile {
     my ($self, $req, $fh) = @_;
     my $in = fileno $fh;
-    return 0 unless $SYS_SENDFILE && defined $in;
+    return 0 unless $SYS_SENDFILE && defined $in && !$req->{chunked};
     my $pos = tell $fh;
     sysseek $fh, $pos, 0 if $pos > 0;             # PerlIO may have read ahead
     my $out = fileno $req->{c};
@@ -741,6 +892,21 @@ sub _sendfile {
         $req->{sendfile} = 1;
     }
     return 1;
+}
+
+# Body bytes of a streamed response: as they are, or as one chunk when chunked.
+sub _write_body {
+    my ($req, $data) = @_;
+    _write_all($req->{c}, $req->{chunked}
+        ? sprintf('%x', length $data) . "\r\n$data\r\n" : $data);
+    $req->{tx} += length $data;
+}
+
+# The end of a chunked body (once).
+sub _finish {
+    my $req = shift;
+    return unless $req->{chunked} && !$req->{finished}++;
+    _write_all($req->{c}, "0\r\n\r\n");
 }
 
 sub _write_all {
@@ -784,12 +950,16 @@ sub write {
         || Plack::Handler::Pymaster::_no_body($req, $req->{status});
     die "wide character in a streamed write\n"
         if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
-    Plack::Handler::Pymaster::_write_all($req->{c}, $data);
-    $req->{tx} += length $data;
+    Plack::Handler::Pymaster::_write_body($req, $data);
     return 1;
 }
 
-sub close { $_[0]{closed} = 1; return }
+sub close {
+    my $self = shift;
+    return if $self->{closed}++;
+    Plack::Handler::Pymaster::_finish($self->{req});
+    return;
+}
 
 sub poll_cb {
     my ($self, $cb) = @_;
