@@ -6,25 +6,17 @@ records every failure with its reason. Bounded by a request budget and a deadlin
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
-from pymaster.protocols import uwsgi
+from tests.pm import uwsgi_request
 
 
 def one_uwsgi(port: int, path: str = "/", timeout: float = 15.0) -> bytes:
     path_info, _, query = path.partition("?")
     env = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "REQUEST_URI": path, "QUERY_STRING": query,
            "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost", "SERVER_PORT": str(port)}
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(uwsgi.encode_packet(0, env))
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = uwsgi_request(port, env, timeout=timeout)
     if not data.startswith(b"HTTP/1.1 200 "):
         raise RuntimeError(f"bad response {data[:80]!r}")
     return data

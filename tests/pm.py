@@ -115,17 +115,22 @@ class Pymaster:
         self.stop()
 
 
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data` on a new connection and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
 def uwsgi_request(port: int, env: dict, body: bytes = b"", modifier1: int = 0,
                   timeout: float = 10.0) -> bytes:
     """Send one uwsgi request and read the raw response until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(uwsgi.encode_packet(modifier1, env) + body)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
+    return exchange(port, uwsgi.encode_packet(modifier1, env) + body, timeout)
 
 
 def uwsgi_get(port: int, path: str, method: str = "GET", body: bytes = b"", **extra) -> bytes:

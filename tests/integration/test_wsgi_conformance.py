@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tests.pm import Pymaster, free_port, split_response, uwsgi_get, wait_port
+from tests.pm import Pymaster, exchange, free_port, split_response, uwsgi_get, wait_port
 
 APP = "tests/apps/conformance.py"
 
@@ -149,14 +149,8 @@ def test_http_keepalive_serves_several_requests_on_one_connection(server):
 
 
 def test_http_pipelined_requests(server):
-    with socket.create_connection(("127.0.0.1", server.hp), timeout=10) as s:
-        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"GET /204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = exchange(server.hp, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+                    + b"GET /204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert data.count(b"HTTP/1.1 200 OK") == 2 and data.count(b"HTTP/1.1 204 No Content") == 1
 
 
