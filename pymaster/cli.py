@@ -17,6 +17,7 @@ from pymaster.log import log
 from pymaster.master import privileges, procname, sockets
 from pymaster.master.arbiter import EXIT_FAILED_APP, RELOADS_ENV, Arbiter
 from pymaster.master.scoreboard import Scoreboard
+from pymaster.master.worker import Worker      # imported before fork (and before --uid)
 
 INTERNAL_ENV = (RELOADS_ENV, "UWSGI_ORIGINAL_PROC_NAME", "UWSGI_VASSALS_DIR")
 MIN_SLOTS = 64
@@ -175,7 +176,6 @@ def run(cfg) -> int:
 
 def _run_single(cfg, listeners, app, scoreboard) -> int:
     """No master: this very process is worker 1 (as uWSGI without -M)."""
-    from pymaster.master.worker import Worker
     log("*** Operational MODE: single process ***")
     procname.set_title(cfg, "worker 1")
     app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
@@ -198,7 +198,6 @@ def _worker_target(cfg, listeners, app, scoreboard, master_pid):
             from pymaster.apps import psgi
             psgi.exec_worker(cfg, child.number, [(lst.fd, lst.kind) for lst in app_listeners],
                              scoreboard.fd, master_pid)
-        from pymaster.master.worker import Worker
         Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
     return target
 
