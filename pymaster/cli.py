@@ -121,17 +121,18 @@ def _load_app(cfg):
 
 
 def _needs_master(cfg, has_gateway: bool) -> bool:
+    """-M, or options that need a master (which then turn it on and say so, unlike uWSGI)."""
     reasons = list(getattr(cfg, "master_reasons", []) or [])
-    if cfg.master:
-        return True
     if has_gateway:
         reasons.append("fastrouter")
     if (cfg.processes or 1) > 1:
         reasons.append("processes")
+    if cfg.is_set("master"):
+        return True
     if reasons:
         log(f"*** the master process is enabled because of: {', '.join(sorted(set(reasons)))} ***")
         return True
-    return False
+    return bool(cfg.master)
 
 
 def run(cfg) -> int:

@@ -345,3 +345,62 @@ def test_as_pid1_the_master_reaps_orphans_quietly(tmp_path):
         proc.kill()                 # --kill-child takes the whole namespace down with it
         proc.wait(10)
         log.close()
+
+
+def test_full_reload_with_broken_code_exits_with_a_clear_error(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text("def application(e, s):\n    s('200 OK', [])\n    return [b'ok']\n")
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", app, "-M", "-p", "1"], tmp_path) as pm:
+        wait_port(port)
+        pm.wait_workers(1)
+        app.write_text("def broken(:\n")
+        pm.signal(signal.SIGHUP)
+        assert pm.wait(20) == 1                      # one clear error, no crash loop
+        log = pm.log()
+        assert "SyntaxError" in log and "*** no app loaded. GAME OVER ***" in log
+        assert log.count("binary reloading pymaster") == 1
+
+
+@pytest.mark.parametrize("algo", ["busyness", "backlog"])
+def test_cheaper_algorithms_scale_up_under_load(tmp_path, algo):
+    with start(tmp_path, "--cheaper", "1", "--cheaper-algo", algo, "--cheaper-overload", "1",
+               "--cheaper-busyness-max", "10", processes=3, wait=1) as pm:
+        threads = [threading.Thread(target=_swallow, args=(one_uwsgi, pm.port, "/sleep?s=0.5"))
+                   for _ in range(16)]
+        for t in threads:
+            t.start()
+        pm.wait_workers(2, timeout=10)
+        for t in threads:
+            t.join(30)
+
+
+def test_fastrouter_processes_under_the_master_share_one_table_and_serve_stats(tmp_path):
+    import json
+    import socket
+    fport, sport, stats = free_port(), free_port(), free_port()
+    bport = free_port()
+    with Pymaster(["--fastrouter", f"127.0.0.1:{fport}", "--fastrouter-subscription-server",
+                   f"127.0.0.1:{sport}", "--fastrouter-processes", "2", "--fastrouter-stats",
+                   f"127.0.0.1:{stats}"], tmp_path) as router:
+        wait_port(fport)
+        router.wait_log(r"the master process is enabled because of: fastrouter")
+        assert len(router.wait_workers(2)) == 2
+        with Pymaster(["-s", f"127.0.0.1:{bport}", "--wsgi-file", APP, "-M", "--subscribe-to",
+                       f"127.0.0.1:{sport}:example.com"], tmp_path) as backend:
+            wait_port(bport)
+            router.wait_log(r"example\.com => new node: 127\.0\.0\.1:%d" % bport, count=2)
+            env = {"HTTP_HOST": "example.com", "PATH_INFO": "/hello", "REQUEST_METHOD": "GET",
+                   "SERVER_PROTOCOL": "HTTP/1.1"}
+            from tests.pm import uwsgi_request
+            for _ in range(10):
+                assert uwsgi_request(fport, env).startswith(b"HTTP/1.1 200 OK")
+            wait_port(stats)
+            with socket.create_connection(("127.0.0.1", stats), timeout=5) as s:
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            doc = json.loads(data[data.find(b"{"):])
+            subs = doc["subscriptions"]
+            assert subs[0]["key"] == "example.com"
+            assert subs[0]["nodes"][0]["name"] == f"127.0.0.1:{bport}"
