@@ -40,9 +40,10 @@ my %SYS = (   # prctl, sendfile
     aarch64 => [167, 71],
 );
 my ($SYS_PRCTL, $SYS_SENDFILE) = $^O eq 'linux' ? @{ $SYS{(POSIX::uname())[4]} || [] } : ();
-my %REASON;
+my (%REASON, %HEADER);
 
 our $STOPPING = 0;
+my $EMPTY_INPUT;
 
 sub new {
     my ($class, %args) = @_;
@@ -107,6 +108,13 @@ sub _setup {
     }
     $self->{listen} = \@listen;
     $self->{tv} = pack 'l!l!', $self->{timeout}, 0;
+    # Linux copies SO_RCVTIMEO/SO_SNDTIMEO from a listener to the sockets it accepts: set them
+    # once here (every worker of the socket sets the same value; they only matter to a
+    # blocking accept, and every worker accepts non-blocking) and check on the first accept.
+    for my $l (@listen) {
+        $l->{timeouts} = setsockopt($l->{fh}, SOL_SOCKET, SO_RCVTIMEO, $self->{tv})
+            && setsockopt($l->{fh}, SOL_SOCKET, SO_SNDTIMEO, $self->{tv}) ? undef : 0;
+    }
     $self->_scoreboard_open($e->{PYMASTER_SCOREBOARD_FD});
 }
 
@@ -279,15 +287,31 @@ sub _accept {
         _log("accept(): $! [worker $self->{wid}]");
         return;
     }
-    setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
-    setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+    if (!defined $l->{timeouts}) {            # inherited from the listener? (see _setup)
+        my ($rcv, $snd) = map { getsockopt($c, SOL_SOCKET, $_) } SO_RCVTIMEO, SO_SNDTIMEO;
+        $l->{timeouts} = defined $rcv && defined $snd && $rcv eq $self->{tv} && $snd eq $self->{tv}
+                       ? 1 : 0;
+    }
+    if (!$l->{timeouts}) {
+        setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
+        setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+    }
     setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1) if $l->{http} && $l->{tcp};
-    my ($addr, $port) = _sockaddr($peer);
-    $self->_serve({
-        c => $c, fd => fileno $c, l => $l, buf => '',
-        remote => defined $addr ? $addr : '', remote_port => defined $port ? $port : '',
-    });
+    $self->_serve({ c => $c, fd => fileno $c, l => $l, buf => '', peer => $peer });
 }
+
+# The client's address and port, decoded on first use (nginx sends REMOTE_ADDR itself).
+sub _remote {
+    my $conn = shift;
+    if (!defined $conn->{remote}) {
+        my ($addr, $port) = _sockaddr($conn->{peer});
+        $conn->{remote} = defined $addr ? $addr : '';
+        $conn->{remote_port} = defined $port ? $port : '';
+    }
+    return ($conn->{remote}, $conn->{remote_port});
+}
+
+sub _client { return (_remote($_[0]{conn}))[0] }
 
 # Serve requests on a connection, one at a time, until it closes or goes idle: then it is
 # parked with the listeners in the select (HTTP keep-alive).
@@ -296,18 +320,17 @@ sub _serve {
     my $keep;
     while (1) {
         my $req = {
-            c => $conn->{c}, l => $conn->{l}, conn => $conn,
-            remote => $conn->{remote}, remote_port => $conn->{remote_port},
-            start => Time::HiRes::time(),
+            c => $conn->{c}, l => $conn->{l}, conn => $conn, start => Time::HiRes::time(),
         };
-        $keep = eval {
+        $keep = 0;
+        eval {
             my $env = $conn->{l}{http} ? $self->_read_http($req) : $self->_read_uwsgi($req);
-            $env ? $self->_dispatch($req, $env) : 0;
-        };
-        if (!defined $keep) {
+            $keep = $env && $self->_dispatch($req, $env);
+            1;
+        } or do {
             (my $err = "$@") =~ s/\s+\z//;
             _log("worker $self->{wid} (pid: $$): internal error, connection dropped: $err");
-        }
+        };
         last unless $keep && length $conn->{buf};     # pipelined: the next request now
     }
     if ($keep) {
@@ -400,9 +423,7 @@ sub _read_uwsgi {
         return;
     }
     my @kv = eval { unpack '(v/a* v/a*)*', substr($buf, 4, $size) };
-    my $used = 0;
-    $used += 2 + length for @kv;
-    if ($@ || $used != $size || @kv % 2) {
+    if ($@ || @kv % 2 || length(pack '(v/a*)*', @kv) != $size) {
         _log("invalid uwsgi request (current strsize: $size). skip.");
         return;
     }
@@ -424,8 +445,11 @@ sub _read_uwsgi {
     my $l = $req->{l};
     $env{SERVER_NAME} = $l->{name} unless defined $env{SERVER_NAME} && length $env{SERVER_NAME};
     $env{SERVER_PORT} = $l->{port} unless defined $env{SERVER_PORT} && length $env{SERVER_PORT};
-    $env{REMOTE_ADDR} = $req->{remote} unless defined $env{REMOTE_ADDR};
-    $env{REMOTE_PORT} = $req->{remote_port} unless defined $env{REMOTE_PORT};
+    unless (defined $env{REMOTE_ADDR} && defined $env{REMOTE_PORT}) {
+        my ($addr, $port) = _remote($req->{conn});
+        $env{REMOTE_ADDR} = $addr unless defined $env{REMOTE_ADDR};
+        $env{REMOTE_PORT} = $port unless defined $env{REMOTE_PORT};
+    }
     if (!defined $env{PATH_INFO}) {
         my ($path) = split /\?/, (defined $env{REQUEST_URI} ? $env{REQUEST_URI} : ''), 2;
         ($env{PATH_INFO} = $path) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/eg;
@@ -467,11 +491,11 @@ sub _read_http {
         $ret = Plack::HTTPParser::parse_http_request($buf, \%env);
         last if $ret >= 0;
         if ($ret == -2) {
-            _log("HTTP error from $req->{remote}: malformed request");
+            _log("HTTP error from " . _client($req) . ": malformed request");
             return $self->_http_error($req, 400, 'Bad Request');
         }
         if (length $buf > $limit) {
-            _log("HTTP error from $req->{remote}: request head larger than $limit bytes");
+            _log("HTTP error from " . _client($req) . ": request head larger than $limit bytes");
             return $self->_http_error($req, 431, 'Request Header Fields Too Large');
         }
         %env = ();
@@ -482,8 +506,7 @@ sub _read_http {
     $env{SCRIPT_NAME} = '';
     $env{SERVER_NAME} = $l->{name};
     $env{SERVER_PORT} = $l->{port};
-    $env{REMOTE_ADDR} = $req->{remote};
-    $env{REMOTE_PORT} = $req->{remote_port};
+    @env{qw(REMOTE_ADDR REMOTE_PORT)} = _remote($req->{conn});
     $env{'psgi.url_scheme'} = 'http';
     $env{'psgix.io'} = $c;
     my $connection = delete $env{HTTP_CONNECTION};
@@ -556,7 +579,7 @@ sub _dechunk {
 
 sub _bad_chunk {
     my ($self, $req) = @_;
-    _log("HTTP error from $req->{remote}: bad chunked request body");
+    _log("HTTP error from " . _client($req) . ": bad chunked request body");
     return $self->_http_error($req, 400, 'Bad Request');
 }
 
@@ -583,7 +606,13 @@ sub _read_body {
         substr($rest, $len) = '';
     }
     my $input;
-    if ($len <= MEM_BODY_MAX) {
+    if (!$len) {
+        # one shared empty handle for bodiless requests, unless an app closed or moved it
+        $input = $EMPTY_INPUT if $EMPTY_INPUT && tell($EMPTY_INPUT) == 0 && eof($EMPTY_INPUT);
+        open $input, '<', \'' or die "cannot open an empty psgi.input: $!\n" unless $input;
+        $EMPTY_INPUT = $input;
+    }
+    elsif ($len <= MEM_BODY_MAX) {
         my $body = $rest;
         while (length $body < $len) {
             return $self->_short_body($req, $len, length $body)
@@ -612,7 +641,7 @@ sub _read_body {
 
 sub _short_body {
     my ($self, $req, $len, $got) = @_;
-    _log("request body incomplete: got $got of $len bytes from $req->{remote} ("
+    _log("request body incomplete: got $got of $len bytes from " . _client($req) . " ("
          . ($! ? "$!" : 'client closed') . ')');
     return;
 }
@@ -752,11 +781,9 @@ sub _send_head {
     my ($count, $has_length, $has_te) = (0, 0, 0);
     for (my $i = 0; $i < @$headers; $i += 2) {
         my ($k, $v) = @$headers[$i, $i + 1];
-        die 'invalid header name ' . (defined $k ? "'$k'" : 'undef') . "\n"
-            unless defined $k && $k =~ /^[A-Za-z][A-Za-z0-9_-]*$/;
+        my $lk = defined $k && $HEADER{$k} || _header_name($k);
         die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
             unless defined $v && $v !~ /[\r\n\0]/;
-        my $lk = lc $k;
         if ($http && $lk eq 'connection') {
             $req->{keep} = 0 if $v =~ /\bclose\b/i;
             next;
@@ -806,6 +833,15 @@ sub _send_head {
     }
     $req->{sent} = 1;
     _write_all($req->{c}, $out);
+}
+
+# A checked header name, lowercased (remembered: apps send the same few names every time).
+sub _header_name {
+    my $k = shift;
+    die 'invalid header name ' . (defined $k ? "'$k'" : 'undef') . "\n"
+        unless defined $k && $k =~ /^[A-Za-z][A-Za-z0-9_-]*$/;
+    %HEADER = () if keys %HEADER >= 1000;
+    return $HEADER{$k} = lc $k;
 }
 
 sub _respond_full {
