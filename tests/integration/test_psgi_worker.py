@@ -546,3 +546,196 @@ def test_no_master_pid_means_no_parent_check(launch, test_app):
     worker = launch(test_app, master_pid=0)        # single-process mode: nobody to watch
     time.sleep(1.2)
     assert worker.uwsgi().text == f"hello {worker.pid}"
+
+
+# -- HTTP keep-alive ------------------------------------------------------------------------
+
+def _request(path="/hello", method="GET", version="1.1", headers=(), body=b"") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: t", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class HttpClient:
+    """A raw HTTP connection that reads responses one by one, by their framing."""
+
+    def __init__(self, port: int, timeout: float = 10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> "HttpClient":
+        self.sock.sendall(data)
+        return self
+
+    def response(self, head: bool = False):
+        """(status, headers, body, framing); framing is 'length', 'chunked', 'eof' or 'none'
+        (`head`: the answer to a HEAD request, which has no body whatever its headers say)."""
+        status_line = self.file.readline()
+        assert status_line, "connection closed before a response"
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if head or status in (204, 304):
+            return status, headers, b"", "none"
+        if "content-length" in headers:
+            return status, headers, self.file.read(int(headers["content-length"])), "length"
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while size := int(self.file.readline().split(b";")[0], 16):
+                body += self.file.read(size)
+                assert self.file.read(2) == b"\r\n"
+            assert self.file.readline() == b"\r\n"
+            return status, headers, body, "chunked"
+        return status, headers, self.file.read(), "eof"
+
+    def closed_by_server(self) -> bool:
+        """True when the server closed the connection cleanly (EOF, nothing pending)."""
+        try:
+            return self.file.read(1) == b""
+        except ConnectionResetError:
+            return False
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def client():
+    clients = []
+
+    def connect(worker) -> HttpClient:
+        clients.append(HttpClient(worker.hport))
+        return clients[-1]
+
+    yield connect
+    for c in clients:
+        c.close()
+
+
+def test_keepalive_several_requests_on_one_connection(worker, client):
+    conn = client(worker)
+    for path in ("/hello", "/echo", "/hello"):
+        body = b"payload" if path == "/echo" else b""
+        status, headers, data, framing = conn.send(
+            _request(path, "POST" if body else "GET", body=body)).response()
+        assert status == 200 and framing == "length" and "connection" not in headers
+        assert data == (body or f"hello {worker.pid}".encode())
+    status, headers, data, _ = conn.send(_request(headers=["Connection: close"])).response()
+    assert status == 200 and headers["connection"] == "close" and conn.closed_by_server()
+    worker.wait_log(r"req: 4/4\] .* GET /hello")
+    assert "internal error" not in worker.log()
+
+
+def test_keepalive_http10_only_when_asked(worker, client):
+    conn = client(worker)
+    status, headers, data, _ = conn.send(
+        _request(version="1.0", headers=["Connection: keep-alive"])).response()
+    assert status == 200 and headers["connection"] == "keep-alive"
+    status, headers, data, _ = conn.send(_request(version="1.0")).response()
+    assert status == 200 and headers["connection"] == "close" and conn.closed_by_server()
+
+
+def test_keepalive_streaming_is_chunked_for_11_and_closed_for_10(worker, client):
+    conn = client(worker)
+    status, headers, body, framing = conn.send(_request("/stream")).response()
+    assert framing == "chunked" and body == b"chunk1\nchunk2\nchunk3\n"
+    status, headers, body, framing = conn.send(_request("/getline")).response()
+    assert framing == "chunked" and body == b"one two three"
+    assert conn.send(_request("/nocontent")).response()[3] == "none"
+    status, headers, body, framing = conn.send(_request("/hello", "HEAD")).response(head=True)
+    assert status == 200 and headers["content-length"] == str(len(f"hello {worker.pid}"))
+    assert conn.send(_request("/hello")).response()[2] == f"hello {worker.pid}".encode()
+    conn = client(worker)
+    status, headers, body, framing = conn.send(
+        _request("/stream", version="1.0", headers=["Connection: keep-alive"])).response()
+    assert framing == "eof" and headers["connection"] == "close"
+    assert body == b"chunk1\nchunk2\nchunk3\n"
+
+
+def test_pipelined_requests_answered_in_order(worker, client):
+    conn = client(worker)
+    conn.send(_request("/echo", "POST", body=b"first") + _request("/hello")
+              + _request("/echo", "POST", body=b"x" * 70000)
+              + _request("/stream") + _request("/hello", headers=["Connection: close"]))
+    assert conn.response()[2] == b"first"
+    assert conn.response()[2] == f"hello {worker.pid}".encode()
+    assert conn.response()[2] == b"x" * 70000
+    assert conn.response()[2:] == (b"chunk1\nchunk2\nchunk3\n", "chunked")
+    status, headers, _, _ = conn.response()
+    assert status == 200 and headers["connection"] == "close" and conn.closed_by_server()
+
+
+def test_pipelined_chunked_request_body(worker, client):
+    chunked = (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\n\r\n")
+    conn = client(worker).send(chunked + _request("/hello"))
+    assert conn.response()[2] == b"abc"
+    assert conn.response()[2] == f"hello {worker.pid}".encode()
+
+
+def test_keepalive_idle_timeout_closes(launch, test_app, client):
+    worker = launch(test_app, http_keepalive=1)
+    conn = client(worker)
+    assert conn.send(_request()).response()[0] == 200
+    start = time.monotonic()
+    assert conn.closed_by_server()                   # blocks until the worker closes it
+    assert 0.9 < time.monotonic() - start < 3.5
+    assert worker.http()[0] == 200                   # and serves the next client
+
+
+def test_keepalive_zero_disables(launch, test_app, client):
+    worker = launch(test_app, http_keepalive=0)
+    conn = client(worker)
+    status, headers, _, _ = conn.send(_request()).response()
+    assert headers["connection"] == "close" and conn.closed_by_server()
+
+
+def test_idle_connections_do_not_block_other_clients(worker, client):
+    idle = [client(worker) for _ in range(5)]
+    for conn in idle:
+        assert conn.send(_request()).response()[0] == 200
+    assert worker.uwsgi().status == 200              # the listeners are still served
+    assert worker.http()[0] == 200
+    for conn in reversed(idle):                      # and so is every idle connection
+        assert conn.send(_request()).response()[0] == 200
+
+
+def test_max_requests_closes_the_keepalive_connection(launch, test_app, client):
+    worker = launch(test_app, max_requests=2)
+    conn = client(worker)
+    assert "connection" not in conn.send(_request()).response()[1]
+    assert conn.send(_request()).response()[1]["connection"] == "close"
+    assert conn.closed_by_server()
+    assert worker.wait() == 0
+
+
+def test_sighup_while_keepalive_idle_exits_0_clean_close(worker, client):
+    conn = client(worker)
+    assert conn.send(_request()).response()[0] == 200
+    os.kill(worker.pid, signal.SIGHUP)
+    assert worker.wait() == 0
+    assert conn.closed_by_server()
+
+
+def test_sighup_answers_a_request_waiting_on_an_idle_connection(worker, client):
+    waiting = client(worker)
+    assert waiting.send(_request()).response()[0] == 200        # now idle, kept alive
+    other = client(worker)
+    assert other.send(_request()).response()[0] == 200
+    busy = client(worker).send(_request("/slow?t=1"))
+    while worker.slot.read()["state"] != BUSY:
+        time.sleep(0.01)
+    waiting.send(_request("/hello"))                            # arrives while the worker is busy
+    time.sleep(0.1)
+    os.kill(worker.pid, signal.SIGHUP)
+    status, headers, body, _ = busy.response()
+    assert body == f"slept {worker.pid}".encode() and headers["connection"] == "close"
+    status, headers, body, _ = waiting.response()
+    assert status == 200 and body == f"hello {worker.pid}".encode()
+    assert headers["connection"] == "close" and waiting.closed_by_server()
+    assert other.closed_by_server()                             # idle, nothing asked: closed
+    assert worker.wait() == 0

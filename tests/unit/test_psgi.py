@@ -58,10 +58,18 @@ def test_worker_env(monkeypatch):
     assert env["PYMASTER_SOCKET_TIMEOUT"] == "9"
     assert env["PYMASTER_DISABLE_LOGGING"] == "1"
     assert env["PYMASTER_PROCNAME"] == "pre pymaster worker 3"
+    assert env["PYMASTER_HTTP_KEEPALIVE"] == "5"          # cfg without http_keepalive: default
+
     assert env["PYMASTER_PSGI"] == "app.psgi"
     assert env["FOO"] == "bar=baz"
     assert env["PERL5LIB"] == "/opt/ll/lib/perl5" + os.pathsep + "/old"
     assert "PYMASTER_CHECK" not in env
+
+
+@pytest.mark.parametrize("value, expected", [(0, "0"), (12, "12"), (None, "5")])
+def test_worker_env_http_keepalive(value, expected):
+    env = psgi.worker_env(cfg(http_keepalive=value), 1, [(3, "http")], 9, 1234)
+    assert env["PYMASTER_HTTP_KEEPALIVE"] == expected
 
 
 def test_worker_env_without_master():

@@ -27,6 +27,7 @@ use constant {
     MEM_BODY_MAX => 1024 * 1024,
     BLOCK => 65536,
     IDLE_MAX => 128,             # idle keep-alive connections a worker holds; the oldest goes
+    ACCEPT_BATCH => 8,           # connections accepted per select round at most
 };
 
 # File::Map (libfile-map-perl) maps the scoreboard once: slot updates become memory writes.
@@ -110,10 +111,10 @@ sub _setup {
     $self->{tv} = pack 'l!l!', $self->{timeout}, 0;
     # Linux copies SO_RCVTIMEO/SO_SNDTIMEO from a listener to the sockets it accepts: set them
     # once here (every worker of the socket sets the same value; they only matter to a
-    # blocking accept, and every worker accepts non-blocking) and check on the first accept.
+    # blocking accept, and every worker accepts non-blocking), and check it in _accept.
     for my $l (@listen) {
         $l->{timeouts} = setsockopt($l->{fh}, SOL_SOCKET, SO_RCVTIMEO, $self->{tv})
-            && setsockopt($l->{fh}, SOL_SOCKET, SO_SNDTIMEO, $self->{tv}) ? undef : 0;
+            && setsockopt($l->{fh}, SOL_SOCKET, SO_SNDTIMEO, $self->{tv}) ? -16 : 0;
     }
     $self->_scoreboard_open($e->{PYMASTER_SCOREBOARD_FD});
 }
@@ -249,7 +250,10 @@ sub run {
         if ($n && $n > 0) {
             for my $l (@$listen) {
                 next unless vec($rout, $l->{fd}, 1);
-                $self->_accept($l);
+                # under load the backlog is rarely empty: accept again before the next select
+                for (1 .. ACCEPT_BATCH) {
+                    last unless $self->_accept($l) && !$STOPPING;
+                }
                 last if $STOPPING;
             }
             if (%$idle) {
@@ -283,21 +287,26 @@ sub _accept {
     my ($self, $l) = @_;
     my $peer = accept(my $c, $l->{fh});
     if (!$peer) {
-        return if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
-        _log("accept(): $! [worker $self->{wid}]");
-        return;
+        _log("accept(): $! [worker $self->{wid}]")
+            unless $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+        return 0;
     }
-    if (!defined $l->{timeouts}) {            # inherited from the listener? (see _setup)
-        my ($rcv, $snd) = map { getsockopt($c, SOL_SOCKET, $_) } SO_RCVTIMEO, SO_SNDTIMEO;
-        $l->{timeouts} = defined $rcv && defined $snd && $rcv eq $self->{tv} && $snd eq $self->{tv}
-                       ? 1 : 0;
-    }
-    if (!$l->{timeouts}) {
-        setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
-        setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+    my $t = $l->{timeouts};                  # 1 inherited, 0 never, -N: N more looks
+    if ($t != 1) {
+        # Inherited from the listener (see _setup)? A connection queued before the listener
+        # got them has none, so look at a few before giving up on inheritance.
+        if ($t < 0 && (getsockopt($c, SOL_SOCKET, SO_RCVTIMEO) // '') eq $self->{tv}) {
+            $l->{timeouts} = 1;
+        }
+        else {
+            setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
+            setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+            $l->{timeouts}++ if $t < 0;
+        }
     }
     setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1) if $l->{http} && $l->{tcp};
     $self->_serve({ c => $c, fd => fileno $c, l => $l, buf => '', peer => $peer });
+    return 1;
 }
 
 # The client's address and port, decoded on first use (nginx sends REMOTE_ADDR itself).
