@@ -35,6 +35,7 @@ use constant {
 my $HAVE_MAP = !$ENV{PYMASTER_NO_FILE_MAP} && eval { require File::Map; 1 };
 
 my $SLOT_HEAD = 'VVQ<d<Q<Q<d<d<d<';      # pymaster/master/scoreboard.py HEAD ("<IIQdQQddd")
+my $SLOT_REQ = 'a' . REQ_SIZE;              # at offset 64, after the head
 my %NO_BODY = map { $_ => 1 } 204, 304;
 my %SYS = (   # prctl, sendfile
     x86_64  => [157, 40],
@@ -195,7 +196,15 @@ sub _slot_begin {
     $slot->[1] = ST_BUSY;
     $slot->[3] = $start;
     utf8::encode($what) if utf8::is_utf8($what);
-    $self->_slot_write(pack 'a' . REQ_SIZE, substr($what, 0, REQ_SIZE - 1));
+    my $tail = pack $SLOT_REQ, substr($what, 0, REQ_SIZE - 1);
+    if (my $map = $self->{map}) {            # only what changes: state, req_start, request
+        my $off = $self->{sb_off};
+        substr($$map, $off + 64, REQ_SIZE, $tail);
+        substr($$map, $off + 16, 8, pack 'd<', $start);
+        substr($$map, $off + 4, 4, pack 'V', ST_BUSY);
+        return;
+    }
+    $self->_slot_write($tail);
 }
 
 sub _slot_end {
@@ -432,7 +441,9 @@ sub _read_uwsgi {
         return;
     }
     my @kv = eval { unpack '(v/a* v/a*)*', substr($buf, 4, $size) };
-    if ($@ || @kv % 2 || length(pack '(v/a*)*', @kv) != $size) {
+    my $used = 2 * @kv;
+    $used += length for @kv;
+    if ($@ || $used != $size || @kv % 2) {
         _log("invalid uwsgi request (current strsize: $size). skip.");
         return;
     }
