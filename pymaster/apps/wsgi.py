@@ -152,9 +152,9 @@ class Call:
     """
 
     __slots__ = ("sock", "framing", "no_body", "status", "headers", "head_sent", "tx",
-                 "head_bytes", "header_count", "_pending_head")
+                 "head_bytes", "header_count", "declared", "timeout")
 
-    def __init__(self, sock, framing, method: str):
+    def __init__(self, sock, framing, method: str, timeout: float = 4.0):
         self.sock = sock
         self.framing = framing
         self.no_body = method == "HEAD"
@@ -164,6 +164,8 @@ class Call:
         self.tx = 0
         self.head_bytes = 0
         self.header_count = 0
+        self.declared = None           # the app's own Content-Length, enforced
+        self.timeout = timeout
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -177,6 +179,12 @@ class Call:
         validate_head(status, headers)
         self.status = status
         self.headers = headers
+        self.declared = None
+        for name, value in headers:
+            if name.lower() == "content-length":
+                if not value.isdigit():
+                    raise WsgiError(f"invalid Content-Length {value!r} from the app")
+                self.declared = int(value)
         return self.write
 
     def _head(self, length):
@@ -197,8 +205,11 @@ class Call:
             raise WsgiError(f"write() takes bytes, got {type(data).__name__}")
         out = b"" if self.head_sent else self._head(None)
         if data and not self.no_body:
-            out += self.framing.chunk(data)
-            self.tx += len(data)
+            if self.declared is not None and self.tx + len(data) > self.declared:
+                data = data[:self.declared - self.tx]      # never more than the app announced
+            if data:
+                out += self.framing.chunk(data)
+                self.tx += len(data)
         if out:
             self.sock.sendall(out)
 
@@ -215,34 +226,53 @@ class Call:
                 self._send_list(result)
                 return int(self.status[:3])
             for data in result:
-                self.write(data)
-            if not self.head_sent:
-                self.sock.sendall(self._head(0))
+                if data or self.head_sent:     # no head before the first non-empty chunk
+                    self.write(data)
+                elif type(data) not in (bytes, bytearray):
+                    raise WsgiError(f"the app's body must yield bytes, got {type(data).__name__}")
+            if not self.head_sent:                 # an empty body (HEAD: length unknown)
+                self.sock.sendall(self._head(None if self.no_body else 0))
             elif not self.no_body:
                 tail = self.framing.finish()
                 if tail:
                     self.sock.sendall(tail)
+            self._check_length()
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
         return int(self.status[:3])
 
+    def _check_length(self) -> None:
+        """An app that sent less than its Content-Length: the connection cannot be reused."""
+        if self.declared is not None and self.tx < self.declared and not self.no_body:
+            self.framing.keep_alive = False
+
     def _send_list(self, chunks):
         for data in chunks:
             if type(data) not in (bytes, bytearray):
                 raise WsgiError(f"the app's body must yield bytes, got {type(data).__name__}")
         body = b"".join(chunks)
+        if self.declared is not None:
+            body = body[:self.declared]
         out = self._head(len(body))
         if not self.no_body:
             out += body
             self.tx = len(body)
         self.sock.sendall(out)
+        self._check_length()
 
     def _send_file(self, span):
         fd, offset, count = span
+        if self.declared is not None:
+            count = min(count, self.declared)
         self.sock.sendall(self._head(count))
         if self.no_body or not count:
             return
-        with os.fdopen(os.dup(fd), "rb") as f:
-            self.tx = self.sock.sendfile(f, offset, count)
+        self.sock.settimeout(self.timeout)   # sendfile() waits on EAGAIN: bound it
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                self.tx = self.sock.sendfile(f, offset, count)
+        finally:
+            self.sock.settimeout(None)
+        self._check_length()

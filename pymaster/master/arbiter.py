@@ -83,6 +83,8 @@ class Arbiter:
         self.forkbomb_until = 0.0
         self.mercy = cfg.worker_reload_mercy or 60
         self.paused = False
+        self.paused_at = 0.0
+        self.pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=16)
         self.harakiri_pids: set[int] = set()
         self.chain: list[Child] | None = None
         self.chain_new: Child | None = None
@@ -125,12 +127,18 @@ class Arbiter:
                 pass
 
     # -- children -------------------------------------------------------------------------
-    def add(self, kind: str, target, label: str = "") -> Child:
-        """A new slot with the lowest free number of its kind (worker N uses scoreboard N-1)."""
+    def add(self, kind: str, target, label: str = "") -> Child | None:
+        """A new slot with the lowest free number of its kind (worker N uses scoreboard N-1);
+        None when a worker would not fit in the scoreboard."""
         used = {c.number for c in self.slots if c.kind == kind}
         number = next(n for n in range(1, len(used) + 2) if n not in used)
+        if kind == "worker" and number > self.scoreboard.slots:
+            log(f"cannot add a worker: the scoreboard holds {self.scoreboard.slots}")
+            return None
         child = Child(kind, number, target, label=label)
         self.slots.append(child)
+        if kind == "worker":
+            self.scoreboard.highest = max(self.scoreboard.highest, number)
         return child
 
     def spawn(self, child: Child) -> None:
@@ -153,6 +161,8 @@ class Arbiter:
         child.pid = pid
         child.spawned_at = time.time()
         self.children[pid] = child
+        if self.paused and child.kind == "worker":
+            self.kill(pid, signal.SIGSTOP)     # paused means every worker, new ones too
         if child.respawns == 1:
             log(f"spawned pymaster {child.title} (pid: {pid}, cores: 1)")
         else:
@@ -194,18 +204,27 @@ class Arbiter:
                 if fd == self.wake_r:
                     self._drain_wake()
                 elif fd in self.readers:
-                    self.readers[fd]()
+                    self.guarded(self.readers[fd])
             while self.queue:
-                self.dispatch(self.queue.popleft())
+                self.guarded(self.dispatch, self.queue.popleft())
             self.reap()
             self.chain_step()
             self.check_ready()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + max(1, self.cfg.check_interval or 1)
-                self.tick(time.time())
+                self.guarded(self.tick, time.time())
             if self.state.mode != "running" and not self.children:
                 return self.finish()
+
+    @staticmethod
+    def guarded(fn, *args) -> None:
+        """A failing command, hook or check is logged; it never takes the master down."""
+        try:
+            fn(*args)
+        except Exception:
+            log(f"pymaster master: error in {getattr(fn, '__qualname__', fn)}:\n"
+                f"{traceback.format_exc().rstrip()}")
 
     def _drain_wake(self) -> None:
         try:
@@ -219,18 +238,22 @@ class Arbiter:
         if handler is not None:
             handler()
 
+    def paused_since(self, since: float) -> float:
+        """Seconds the workers spent stopped (SIGTSTP) after `since`."""
+        return sum(max(0.0, end - max(start, since)) for start, end in self.pauses)
+
     def tick(self, now: float) -> None:
-        self.check_mercy(now)
         self.respawn_due(now)
         if not self.paused:
+            self.check_mercy(now)
             checks.harakiri(self, now)
+            checks.lifetime(self, now)
         checks.evil_rss(self, now)
-        checks.lifetime(self, now)
         if self.state.mode == "running" and not self.paused and self.chain is None:
             self.cheaper.step(self, now)
         self.notifier.tick(now)
         for hook in self.on_tick:
-            hook(now)
+            self.guarded(hook, now)
 
     def check_ready(self) -> None:
         if self.ready_sent or self.state.mode != "running":
@@ -283,6 +306,10 @@ class Arbiter:
             log(f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ...")
         else:
             log(f"DAMN ! {child.title} (pid: {pid}) died :( trying respawn ...")
+        if child is self.chain_new:
+            self.abort_chain(f"the new {child.title} exited before accepting")
+            if child not in self.slots:
+                return
         if child.retiring:
             self.slots.remove(child)
             return
@@ -341,10 +368,9 @@ class Arbiter:
         if self.cheaper.enabled:
             self.cheaper.manual(self, +1)
             return
-        if len(self.workers()) >= self.scoreboard.slots:
-            log(f"cannot add a worker: the scoreboard holds {self.scoreboard.slots}")
-            return
         child = self.add("worker", self.worker_target)
+        if child is None:
+            return
         self.cheaper.maximum += 1
         log(f"adding {child.title} (now {len(self.workers())} workers)")
         self.spawn(child)
@@ -361,7 +387,11 @@ class Arbiter:
             log(f"not removing a worker: already at {len(live)} worker{'s' if len(live) > 1 else ''}"
                 f" (minimum {floor})")
             return
-        child = max(live, key=lambda c: c.number)
+        chain = (self.chain_new, self.chain_old)
+        candidates = [c for c in live if c not in chain] or live
+        child = max(candidates, key=lambda c: c.number)
+        if child in chain:
+            self.abort_chain(f"{child.title} was removed by a scale-down")
         child.retiring = True
         self.cheaper.maximum = max(floor, self.cheaper.maximum - 1)
         log(f"removing {child.title} (now {len(live) - 1} workers)")
@@ -387,6 +417,11 @@ class Arbiter:
         if self.state.mode != "running":
             return
         self.paused = not self.paused
+        now = time.time()
+        if self.paused:
+            self.paused_at = now
+        else:                                  # stopped time does not count against harakiri
+            self.pauses.append((self.paused_at, now))
         sig = signal.SIGSTOP if self.paused else signal.SIGCONT
         if self.paused:
             log_verbose("*** PAUSE (press start to resume, if you do not have a joypad send SIGTSTP) ***")
@@ -435,7 +470,11 @@ class Arbiter:
         self.on_SIGUSR1()
 
     def cmd_reopen_log(self) -> None:
-        logmod.setup(self.cfg.logto)
+        try:
+            logmod.setup(self.cfg.logto)
+        except OSError as exc:
+            log(f"cannot reopen the log {self.cfg.logto}: {exc.strerror}; keeping the old one")
+            return
         log("log reopened")
 
     def cmd_pause_toggle(self) -> None:
@@ -455,6 +494,10 @@ class Arbiter:
     def chain_step(self) -> None:
         if self.chain is None:
             return
+        if self.state.mode != "running":
+            self.chain = None
+            self.chain_new = self.chain_old = None
+            return
         if self.chain_new is not None:
             if not self.accepting(self.chain_new):
                 return
@@ -471,10 +514,13 @@ class Arbiter:
         old = self.chain.pop(0)
         if not old.pid or old.retiring:
             return
+        new = self.add("worker", self.worker_target)
+        if new is None:
+            self.abort_chain("no free scoreboard slot for a successor")
+            return
         log_verbose(f"chain next victim is {old.title}")
-        self.chain_old = old
-        self.chain_new = self.add("worker", self.worker_target)
-        self.spawn(self.chain_new)
+        self.chain_old, self.chain_new = old, new
+        self.spawn(new)
 
     def abort_chain(self, why: str) -> None:
         log_verbose(f"chain reload aborted: {why}; the old workers keep serving")
@@ -489,6 +535,8 @@ class Arbiter:
             return
         if self.paused:
             self.on_SIGTSTP()
+        self.chain = None
+        self.chain_new = self.chain_old = None
         self.state = State("reloading", graceful)
         self.scoreboard.master_state = sb.MASTER_RELOADING
         self.notifier.reloading()
@@ -507,6 +555,8 @@ class Arbiter:
             return
         if self.paused:
             self.on_SIGTSTP()
+        self.chain = None
+        self.chain_new = self.chain_old = None
         self.state = State("stopping", graceful, code)
         self.scoreboard.master_state = sb.MASTER_STOPPING
         self.notifier.stopping()

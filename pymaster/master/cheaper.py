@@ -71,7 +71,8 @@ class Cheaper:
         return 0
 
     def _backlog(self, arbiter, live, now) -> int:
-        queue = control.stats_document(arbiter)["listen_queue"]
+        queue = sum(q for _, q in control.listen_queue(
+            [lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")]))
         if queue > self.overload:
             return self.step_size
         if queue == 0:

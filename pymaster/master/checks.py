@@ -26,7 +26,7 @@ def harakiri(arbiter, now: float) -> None:
         info = arbiter.scoreboard.slot(child.number - 1).read()
         if info["pid"] != child.pid or info["state"] != sb.BUSY or not info["req_start"]:
             continue
-        if now - info["req_start"] <= limit:
+        if now - info["req_start"] - arbiter.paused_since(info["req_start"]) <= limit:
             continue
         child.harakiri_count = getattr(child, "harakiri_count", 0) + 1
         log_verbose(f"*** HARAKIRI ON WORKER {child.number} (pid: {child.pid}, "

@@ -172,9 +172,12 @@ class StatsServer:
             if getattr(cfg, "stats_http", False):
                 data = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
                         b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n" % len(data)) + data
-            conn.settimeout(2)
-            try:
-                conn.sendall(data)
+            conn.setblocking(False)            # the master hardly waits on a stats reader:
+            try:                               # what the socket buffer takes at once, then
+                sent = conn.send(data)         # at most 0.2 s for a large document
+                if sent < len(data):
+                    conn.settimeout(0.2)
+                    conn.sendall(data[sent:])
             except OSError:
                 pass
 

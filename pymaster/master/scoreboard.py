@@ -17,7 +17,8 @@ it (Perl gets the fd number in PYMASTER_SCOREBOARD_FD). Slot layout, little-endi
 
 A worker writes its slot at request start and end; the master never takes a lock.
 After the last slot, one more 256-byte block holds the master's state as a u32 at its start
-(0 running, 1 reloading, 2 stopping): a stopping master wants workers to drain the backlog.
+(0 running, 1 reloading, 2 stopping: a stopping master wants workers to drain the backlog)
+and, as the next u32, the highest worker number in use (readers need not scan every slot).
 """
 
 from __future__ import annotations
@@ -107,6 +108,14 @@ class Scoreboard:
     @master_state.setter
     def master_state(self, state: int) -> None:
         _STATE.pack_into(self.mm, self.master_offset, state)
+
+    @property
+    def highest(self) -> int:
+        return _STATE.unpack_from(self.mm, self.master_offset + 4)[0]
+
+    @highest.setter
+    def highest(self, number: int) -> None:
+        _STATE.pack_into(self.mm, self.master_offset + 4, min(number, self.slots))
 
     def close(self) -> None:
         self.mm.close()

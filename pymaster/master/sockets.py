@@ -171,6 +171,12 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
     fds = [lst.sock.fileno() for lst in listeners]
     # dup out of the way first (above any fd the targets could be), then down to 3..
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
+    targets = range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + len(fds))
+    for fd in fds:                          # the originals must not survive the exec
+        if fd not in targets:
+            os.close(fd)
+    for lst in listeners:
+        lst.sock.detach()
     for i, fd in enumerate(high):
         os.dup2(fd, SD_LISTEN_FDS_START + i, inheritable=True)
         os.close(fd)

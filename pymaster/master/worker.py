@@ -235,6 +235,20 @@ class Worker:
         self._serve_accepted(conn, addr, lst, keep=True)
 
     def _serve_accepted(self, conn, addr, lst, keep: bool) -> None:
+        self._guard(conn, self._serve_connection, conn, addr, lst, keep)
+
+    def _guard(self, conn, fn, *args) -> None:
+        """Serve through `fn`; whatever goes wrong with one connection, the worker goes on."""
+        try:
+            fn(*args)
+        except Exception:
+            log(f"worker {self.wid}: error on a connection (closed):\n"
+                f"{traceback.format_exc().rstrip()}")
+            self.idle.pop(conn, None)
+            self.sel.unregister(conn)
+            conn.close()
+
+    def _serve_connection(self, conn, addr, lst, keep: bool) -> None:
         """`conn` is blocking (accept4 without SOCK_NONBLOCK) with the listener's timeouts."""
         remote = addr[0] if isinstance(addr, tuple) else ""
         port = str(addr[1]) if isinstance(addr, tuple) else ""
@@ -298,11 +312,16 @@ class Worker:
             if not requests and parser.headers_complete and parser.in_message:
                 self._maybe_continue(conn, parser)
             for req in requests:
-                if not keep or self.stopping:
+                if not keep or self.stopping or parser.error:
                     req.keep_alive = False
                 if not self._serve_http_request(conn, req, remote, port, lst) or not req.keep_alive:
-                    conn.close()
-                    return
+                    break
+            if parser.error:                   # a bad request after good ones in the same bytes
+                log(f"HTTP error from {remote}: {parser.error}")
+                self._send_quiet(conn, http.error_response(parser.error.status, parser.error.reason))
+            if parser.error or any(not r.keep_alive for r in requests):
+                conn.close()
+                return
             if requests and not parser.in_message:
                 if self.keepalive and not self.stopping and keep:
                     idle = Idle(parser, lst, remote, port, time.monotonic())
@@ -323,8 +342,7 @@ class Worker:
         self.sel.unregister(conn)
         self.idle.pop(conn, None)
         conn.setblocking(True)
-        self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst)
-
+        self._guard(conn, self._serve_http, conn, idle.parser, idle.remote, idle.port, idle.lst)
 
     def _serve_http_request(self, conn, req, remote, port, lst) -> bool:
         start = time.time()
@@ -343,6 +361,8 @@ class Worker:
             "SERVER_PORT": self._server_port(lst),
         }
         for name, value in req.headers:
+            if b"_" in name:       # X_Forwarded_For would shadow X-Forwarded-For: dropped
+                continue
             key = name.decode("latin-1").upper().replace("-", "_")
             val = value.decode("latin-1")
             if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
@@ -393,7 +413,7 @@ class Worker:
         method = env.setdefault("REQUEST_METHOD", "GET")
         uri = env.get("REQUEST_URI") or env["PATH_INFO"]
         self.slot.begin(start, f"{method} {uri}".encode("latin-1", "replace"))
-        call = wsgi.Call(conn, framing, method)
+        call = wsgi.Call(conn, framing, method, self.cfg.socket_timeout or 4)
         status = 500
         failed = False
         usable = True
@@ -429,7 +449,7 @@ class Worker:
         log(f"[pid: {self.pid}|app: 0|req: {self.requests}/{total}] "
             f"{env.get('REMOTE_ADDR', '')} ({env.get('REMOTE_USER', '')}) "
             f"{{{nvars * 2} vars in {pktsize} bytes}} [{time.ctime(start)}] "
-            f"{env['REQUEST_METHOD']} {env.get('REQUEST_URI') or env.get('PATH_INFO', '')} "
+            f"{env.get('REQUEST_METHOD', '')} {env.get('REQUEST_URI') or env.get('PATH_INFO', '')} "
             f"=> generated {call.tx} bytes in {int(elapsed * 1000)} msecs "
             f"({protocol or ''} {status}) {call.header_count} headers in {call.head_bytes} bytes "
             f"(1 switches on core 0)")
@@ -437,7 +457,7 @@ class Worker:
     def _instance_requests(self) -> int:
         total = 0
         mm = self.scoreboard.mm
-        for i in range(self.scoreboard.slots):
+        for i in range(self.scoreboard.highest or self.scoreboard.slots):
             total += sb.HEAD.unpack_from(mm, i * sb.SLOT_SIZE)[2]
         return total
 

@@ -56,6 +56,7 @@ class RequestParser:
         self._head_bytes = 0
         self._url = b""
         self.headers_complete = False
+        self.error: HttpError | None = None   # set when requests before it completed
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
@@ -114,17 +115,15 @@ class RequestParser:
             raise HttpError(431, f"request head over {self.max_head} bytes (--buffer-size)")
 
     def feed(self, data: bytes) -> list[Request]:
+        """Finished requests; a malformed one raises HttpError, or, when requests before it
+        in the same bytes completed, is kept in `self.error` for after they are served."""
         try:
             self._parser.feed_data(data)
-        except HttpError:
-            raise
-        except httptools.HttpParserUpgrade:
-            raise HttpError(501, "protocol upgrade is not supported")
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause
-            raise HttpError(400, str(exc) or "malformed request")
+        except (HttpError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            error = _as_http_error(exc)
+            if not self._done:
+                raise error from None
+            self.error = error
         done, self._done = self._done, []
         return done
 
@@ -133,9 +132,14 @@ class RequestParser:
         return self._current is not None
 
 
-def status_code(status: str) -> int:
-    """The integer of a WSGI status line such as '200 OK'."""
-    return int(status[:3])
+def _as_http_error(exc: Exception) -> HttpError:
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return HttpError(501, "protocol upgrade is not supported")
+    if isinstance(exc.__context__, HttpError):
+        return exc.__context__
+    return HttpError(400, str(exc) or "malformed request")
 
 
 def error_response(status: int, detail: str = "") -> bytes:
@@ -164,8 +168,10 @@ class HttpFraming:
             lname = name.lower()
             if lname == "content-length":
                 has_length = True
-            elif lname == "connection" and value.lower() == "close":
-                self.keep_alive = False
+            elif lname == "connection":
+                if value.lower() == "close":
+                    self.keep_alive = False
+                continue            # hop-by-hop: the server says it below
             elif lname == "transfer-encoding":
                 continue            # hop-by-hop: the server frames the body
             parts.append(f"{name}: {value}\r\n")

@@ -111,6 +111,8 @@ def content_length(value: str | None) -> int:
             digits += 1
         else:
             break
+    if digits > 18:                      # more than any body could be; int() would also balk
+        raise UwsgiError(f"Invalid (too big) CONTENT_LENGTH ({digits} digits). skip.")
     return int(value[:digits]) if digits else 0
 
 
@@ -167,19 +169,23 @@ class BodyReader:
 
     def __init__(self, recv, length: int, already: bytes = b""):
         self._recv = recv
-        self._left = length
-        self._buf = already[:length]
-        self._left -= len(self._buf)
+        self._buf = bytearray(already[:length])
+        self._left = length - len(self._buf)
 
     def _fill(self, want: int) -> bool:
         if self._left <= 0:
             return False
-        chunk = self._recv(min(max(want, 65536), self._left))
+        chunk = self._recv(min(max(want, 65536), self._left, 1 << 20))
         if not chunk:
             raise UwsgiError(f"client closed the connection with {self._left} body bytes missing")
         self._left -= len(chunk)
         self._buf += chunk
         return True
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -188,18 +194,20 @@ class BodyReader:
             size = len(self._buf)
         while len(self._buf) < size and self._fill(size - len(self._buf)):
             pass
-        data, self._buf = self._buf[:size], self._buf[size:]
-        return data
+        return self._take(size)
 
     def readline(self, size: int = -1) -> bytes:
+        limit = size if size is not None and size >= 0 else None
+        start = 0
         while True:
-            pos = self._buf.find(b"\n")
-            if pos >= 0 and (size is None or size < 0 or pos < size):
-                return self.read(pos + 1)
-            if size is not None and 0 <= size <= len(self._buf):
-                return self.read(size)
+            pos = self._buf.find(b"\n", start)
+            if pos >= 0 and (limit is None or pos < limit):
+                return self._take(pos + 1)
+            if limit is not None and limit <= len(self._buf):
+                return self._take(limit)
+            start = len(self._buf)
             if not self._fill(65536):
-                return self.read(len(self._buf))
+                return self._take(len(self._buf))
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines, total = [], 0

@@ -101,7 +101,7 @@ class ClientSession(asyncio.Protocol):
             return
         size = HEADER.unpack_from(self.buf)[1]
         if len(self.buf) < 4 + size:
-            return
+            return                           # at most 4 + 65535 bytes: size is 16-bit
         try:
             self.key = route_key(memoryview(self.buf)[4:4 + size])
         except UwsgiError as exc:
@@ -109,6 +109,7 @@ class ClientSession(asyncio.Protocol):
             self.transport.close()
             return
         self.routing = True
+        self.transport.pause_reading()       # nothing more from the client until a node is there
         self.loop.create_task(self.route())
 
     def eof_received(self) -> bool:
@@ -157,6 +158,7 @@ class ClientSession(asyncio.Protocol):
             self.buf = self.pending = None
             node.tx += len(first)
             side.transport.write(first)
+            self.transport.resume_reading()
             return
         if failures:
             log(f"[uwsgi-fastrouter] no node for key \"{self.key}\" accepted the connection "

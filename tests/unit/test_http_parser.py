@@ -30,9 +30,19 @@ def test_request_split_across_feeds():
     (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 501),
 ])
 def test_bad_requests_map_to_statuses(raw, status):
-    with pytest.raises(HttpError) as info:
-        RequestParser(4096).feed(raw)
-    assert info.value.status == status
+    parser = RequestParser(4096)
+    try:
+        done = parser.feed(raw)
+    except HttpError as exc:
+        assert exc.status == status
+    else:       # the upgrade request itself completed: it is served, then answered 501
+        assert done and parser.error is not None and parser.error.status == status
+
+
+def test_good_requests_before_a_bad_one_are_served_first():
+    parser = RequestParser(4096)
+    done = parser.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nBLAH\r\n\r\n")
+    assert [r.target for r in done] == ["/a"] and parser.error.status == 400
 
 
 def test_body_limits_give_413():

@@ -12,7 +12,7 @@ use warnings;
 use Errno qw(EINTR EAGAIN EWOULDBLOCK);
 use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 use POSIX ();
-use Socket qw(SOL_SOCKET SO_RCVTIMEO SO_SNDTIMEO IPPROTO_TCP TCP_NODELAY AF_INET AF_INET6
+use Socket qw(SOL_SOCKET SO_RCVTIMEO SO_SNDTIMEO IPPROTO_TCP TCP_NODELAY TCP_DEFER_ACCEPT AF_INET AF_INET6
               sockaddr_family unpack_sockaddr_in unpack_sockaddr_in6 inet_ntop);
 use Time::HiRes ();
 use Scalar::Util ();
@@ -114,6 +114,10 @@ sub _setup {
     # once here (every worker of the socket sets the same value; they only matter to a
     # blocking accept, and every worker accepts non-blocking), and check it in _accept.
     for my $l (@listen) {
+        # uwsgi over TCP: wake a worker only once the request has arrived, as uWSGI does by
+        # default (its --no-defer-accept turns that off); nginx sends it right after connect
+        setsockopt($l->{fh}, IPPROTO_TCP, TCP_DEFER_ACCEPT, $self->{timeout})
+            if $l->{tcp} && !$l->{http} && !$e->{PYMASTER_NO_DEFER_ACCEPT};
         $l->{timeouts} = setsockopt($l->{fh}, SOL_SOCKET, SO_RCVTIMEO, $self->{tv})
             && setsockopt($l->{fh}, SOL_SOCKET, SO_SNDTIMEO, $self->{tv}) ? -16 : 0;
     }
@@ -791,12 +795,10 @@ sub _no_body {
 # client and closes the connection for HTTP/1.0.
 sub _send_head {
     my ($self, $req, $status, $headers, $length, $body) = @_;
-    die "invalid status '" . (defined $status ? $status : 'undef') . "', expected an integer >= 100\n"
-        unless defined $status && $status =~ /^[1-9]\d\d$/;
+    my $reason = $REASON{$status // ''} // _reason($status);
     die "headers must be an array reference of an even number of elements\n"
         unless ref $headers eq 'ARRAY' && @$headers % 2 == 0;
     my $http = $req->{l}{http};
-    my $reason = $REASON{$status} //= (HTTP::Status::status_message($status) // '');
     my $out = "$req->{proto} $status $reason\r\n";
     my ($count, $has_length, $has_te) = (0, 0, 0);
     for (my $i = 0; $i < @$headers; $i += 2) {
@@ -847,12 +849,20 @@ sub _send_head {
     $req->{status} = $status;
     $req->{headers} = $count;
     $req->{head_bytes} = length $out;
-    if (defined $body && !_no_body($req, $status)) {
+    if (defined $body && !$no_body && !$req->{head}) {
         $out .= $body;
         $req->{tx} = length $body;
     }
     $req->{sent} = 1;
     _write_all($req->{c}, $out);
+}
+
+# The reason phrase of a checked status (remembered, so only valid statuses are in %REASON).
+sub _reason {
+    my $status = shift;
+    die "invalid status '" . (defined $status ? $status : 'undef') . "', expected an integer >= 100\n"
+        unless defined $status && $status =~ /^[1-9]\d\d$/;
+    return $REASON{$status} = HTTP::Status::status_message($status) // '';
 }
 
 # A checked header name, lowercased (remembered: apps send the same few names every time).
@@ -868,18 +878,9 @@ sub _respond_full {
     my ($self, $req, $res) = @_;
     my ($status, $headers, $body) = @$res;
     if (ref $body eq 'ARRAY') {
-        my $data = '';
-        for my $chunk (@$body) {
-            next unless defined $chunk;
-            if (utf8::is_utf8($chunk)) {
-                my $copy = $chunk;
-                die "wide character in the response body\n" unless utf8::downgrade($copy, 1);
-                $data .= $copy;
-            }
-            else {
-                $data .= $chunk;
-            }
-        }
+        my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
+        die "wide character in the response body\n"
+            if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
         return $self->_send_head($req, $status, $headers, length $data, $data);
     }
     die "the response body is neither an array nor a handle\n" unless Scalar::Util::blessed($body)
