@@ -86,6 +86,15 @@ my %routes = (
          Plack::Util::inline_object(getline => sub { shift @parts }, close => sub { 1 })];
     },
     '/nocontent' => sub { [204, [], ['should not be sent']] },
+    '/shortbody' => sub { [200, ['Content-Type' => 'text/plain', 'Content-Length' => 100], ['short']] },
+    '/longbody' => sub { [200, ['Content-Type' => 'text/plain', 'Content-Length' => 3], ['toolong']] },
+    '/shortstream' => sub {
+        return sub {
+            my $w = shift->([200, ['Content-Type' => 'text/plain', 'Content-Length' => 50]]);
+            $w->write('only this');
+            $w->close;
+        };
+    },
     '/harakiri' => sub {
         my $env = shift;
         $env->{'psgix.harakiri.commit'} = 1 if $env->{'psgix.harakiri'};
@@ -739,3 +748,14 @@ def test_sighup_answers_a_request_waiting_on_an_idle_connection(worker, client):
     assert headers["connection"] == "close" and waiting.closed_by_server()
     assert other.closed_by_server()                             # idle, nothing asked: closed
     assert worker.wait() == 0
+
+
+def test_wrong_app_content_length_keeps_the_connection_framed(worker, client):
+    conn = client(worker)
+    status, headers, body, _ = conn.send(_request("/longbody")).response()
+    assert headers["content-length"] == "3" and body == b"too"       # cut to what it said
+    assert conn.send(_request()).response()[2] == f"hello {worker.pid}".encode()
+    for path, body in (("/shortbody", b"short"), ("/shortstream", b"only this")):
+        conn = client(worker).send(_request(path))
+        raw = conn.file.read()                  # short: the server closes after the body
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"\r\n\r\n" + body)

@@ -716,6 +716,9 @@ sub _dispatch {
     if ($req->{chunked} && !$failed) {
         eval { _finish($req); 1 } or $failed = 1;
     }
+    # a streamed body that does not match the app's Content-Length: the connection is unframed
+    $req->{keep} = 0 if defined $req->{clen} && !$req->{head} && $req->{tx} ne $req->{clen}
+        && !($req->{status} < 200 || $NO_BODY{$req->{status}});
     my $keep = $req->{keep} && !$failed;
     close $req->{c} unless $keep;              # the client sees the end of the response now
     my $now = $self->{now} = Time::HiRes::time();
@@ -810,7 +813,10 @@ sub _send_head {
             $req->{keep} = 0 if $v =~ /\bclose\b/i;
             next;
         }
-        $has_length = 1 if $lk eq 'content-length';
+        if ($lk eq 'content-length') {
+            $has_length = 1;
+            $req->{clen} = $v;
+        }
         $has_te = 1 if $lk eq 'transfer-encoding';
         $out .= "$k: $v\r\n";
         $count++;
@@ -822,6 +828,13 @@ sub _send_head {
         $has_length = 1;
     }
     if ($http) {
+        my $clen = $req->{clen};
+        if (defined $clen && defined $body && $clen ne length $body && !$no_body) {
+            # the app's Content-Length is wrong: send no more than it says, and close when
+            # the body is shorter, so the next response on the connection stays framed
+            if ($clen =~ /^\d+$/ && $clen < length $body) { $body = substr $body, 0, $clen }
+            else { $req->{keep} = 0 }
+        }
         if ($no_body || $has_length || $req->{head}) {
             # framed: the connection may stay open
         }
