@@ -37,11 +37,13 @@ my $HAVE_MAP = !$ENV{PYMASTER_NO_FILE_MAP} && eval { require File::Map; 1 };
 my $SLOT_HEAD = 'VVQ<d<Q<Q<d<d<d<';      # pymaster/master/scoreboard.py HEAD ("<IIQdQQddd")
 my $SLOT_REQ = 'a' . REQ_SIZE;              # at offset 64, after the head
 my %NO_BODY = map { $_ => 1 } 204, 304;
-my %SYS = (   # prctl, sendfile
-    x86_64  => [157, 40],
-    aarch64 => [167, 71],
+my %SYS = (   # prctl, sendfile, accept4, dup3
+    x86_64  => [157, 40, 288, 292],
+    aarch64 => [167, 71, 242, 24],
 );
-my ($SYS_PRCTL, $SYS_SENDFILE) = $^O eq 'linux' ? @{ $SYS{(POSIX::uname())[4]} || [] } : ();
+my ($SYS_PRCTL, $SYS_SENDFILE, $SYS_ACCEPT4, $SYS_DUP3)
+    = $^O eq 'linux' ? @{ $SYS{(POSIX::uname())[4]} || [] } : ();
+use constant CLOEXEC => 0x80000;    # O_CLOEXEC == SOCK_CLOEXEC on Linux x86_64 and aarch64
 my (%REASON, %HEADER);
 
 our $STOPPING = 0;
@@ -122,6 +124,17 @@ sub _setup {
             && setsockopt($l->{fh}, SOL_SOCKET, SO_SNDTIMEO, $self->{tv}) ? -16 : 0;
     }
     $self->_scoreboard_open($e->{PYMASTER_SCOREBOARD_FD});
+    $self->_conn_slot_open if $SYS_ACCEPT4 && !$e->{PYMASTER_NO_FAST_ACCEPT};
+}
+
+# uwsgi connections are one at a time and never seen by the app: instead of a new Perl handle
+# per connection (accept makes two PerlIO handles: 6 extra syscalls and their teardown), the
+# connection is dup3'ed onto the fd of one handle opened once, and "closed" by dup3'ing
+# /dev/null over it, so that fd number stays taken between requests.
+sub _conn_slot_open {
+    my $self = shift;
+    open(my $slot, '+<', '/dev/null') && open(my $null, '+<', '/dev/null') or return;
+    @$self{qw(cslot cfd nullfd null)} = ($slot, fileno($slot) + 0, fileno($null) + 0, $null);
 }
 
 sub _sockaddr {
@@ -298,7 +311,19 @@ sub run {
 
 sub _accept {
     my ($self, $l) = @_;
-    my $peer = accept(my $c, $l->{fh});
+    my ($c, $peer, $slot);
+    if ($self->{cslot} && !$l->{http}) {
+        my ($addr, $len) = ("\0" x 128, pack 'L', 128);
+        my $fd = syscall($SYS_ACCEPT4, $l->{fd} + 0, $addr, $len, CLOEXEC);
+        if ($fd >= 0) {
+            my $ok = syscall($SYS_DUP3, $fd, $self->{cfd}, CLOEXEC) >= 0;
+            POSIX::close($fd);
+            ($c, $peer, $slot) = ($self->{cslot}, substr($addr, 0, unpack 'L', $len), 1) if $ok;
+        }
+    }
+    else {
+        $peer = accept($c, $l->{fh});
+    }
     if (!$peer) {
         _log("accept(): $! [worker $self->{wid}]")
             unless $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
@@ -318,8 +343,15 @@ sub _accept {
         }
     }
     setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1) if $l->{http} && $l->{tcp};
-    $self->_serve({ c => $c, fd => fileno $c, l => $l, buf => '', peer => $peer });
+    $self->_serve({ c => $c, fd => fileno $c, l => $l, buf => '', peer => $peer, slot => $slot });
     return 1;
+}
+
+sub _close {
+    my ($self, $conn) = @_;
+    return if $conn->{closed}++;
+    if ($conn->{slot}) { syscall($SYS_DUP3, $self->{nullfd}, $self->{cfd}, CLOEXEC) }
+    else { close $conn->{c} }
 }
 
 # The client's address and port, decoded on first use (nginx sends REMOTE_ADDR itself).
@@ -359,7 +391,7 @@ sub _serve {
         $self->_park($conn);
     }
     else {
-        close $conn->{c};
+        $self->_close($conn);
     }
 }
 
@@ -720,7 +752,7 @@ sub _dispatch {
     $req->{keep} = 0 if defined $req->{clen} && !$req->{head} && $req->{tx} ne $req->{clen}
         && !($req->{status} < 200 || $NO_BODY{$req->{status}});
     my $keep = $req->{keep} && !$failed;
-    close $req->{c} unless $keep;              # the client sees the end of the response now
+    $self->_close($req->{conn}) unless $keep;   # the client sees the end of the response now
     my $now = $self->{now} = Time::HiRes::time();
     my $elapsed = $now - $req->{start};
     $self->{requests}++;
