@@ -15,7 +15,7 @@ from pymaster import __version__
 from pymaster import log as logmod
 from pymaster.log import log
 from pymaster.master import privileges, procname, sockets
-from pymaster.master.arbiter import EXIT_FAILED_APP, RELOADS_ENV, Arbiter
+from pymaster.master.arbiter import EXIT_FAILED_APP, RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.scoreboard import Scoreboard
 from pymaster.master.worker import Worker      # imported before fork (and before --uid)
 
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return _signal_pidfile(cfg.reload, signal.SIGHUP)
     if cfg.stop:
         return _signal_pidfile(cfg.stop, signal.SIGINT)
+    hold_signals()                  # until the handlers are in place (a re-exec arrives held)
     logmod.setup(cfg.logto)
     for warning in getattr(cfg, "warnings", []):
         log(warning)
@@ -183,7 +184,7 @@ def _run_single(cfg, listeners, app, scoreboard) -> int:
     if cfg.psgi:
         from pymaster.apps import psgi
         psgi.exec_worker(cfg, 1, [(lst.fd, lst.kind) for lst in app_listeners], scoreboard.fd, None)
-    Worker(1, cfg, app_listeners, app, scoreboard, None).run()
+    Worker(1, cfg, app_listeners, app, scoreboard, None).run()     # unblocks once it handles them
     return 0
 
 

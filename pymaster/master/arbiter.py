@@ -27,6 +27,18 @@ from pymaster.master.notify import Notifier
 
 HANDLED = ("SIGHUP", "SIGTERM", "SIGINT", "SIGQUIT", "SIGCHLD", "SIGTTIN", "SIGTTOU",
            "SIGUSR1", "SIGUSR2", "SIGTSTP", "SIGWINCH")
+HANDLED_SIGNALS = [getattr(signal, name) for name in HANDLED]
+
+
+def hold_signals() -> None:
+    """Block the master's signals until its handlers are in place: a SIGHUP or SIGTERM that
+    arrives during start-up (or across the re-exec, which keeps the mask) waits, instead of
+    killing the process with the default action."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+
+
+def release_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 EXIT_FAILED_APP = 22
 RELOADS_ENV = "UWSGI_RELOADS"          # as uWSGI: how many times this master re-exec'd
 
@@ -104,13 +116,14 @@ class Arbiter:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r = rfd
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        for name in HANDLED:
-            signal.signal(getattr(signal, name), self._enqueue)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._enqueue)
+        release_signals()                      # what arrived during start-up is handled now
 
     def reset_child_signals(self) -> None:
         signal.set_wakeup_fd(-1)
-        for name in HANDLED:
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         self.readers[fd] = callback
@@ -148,16 +161,18 @@ class Arbiter:
         child.cheaped = False
         if child.kind == "worker":
             self.scoreboard.slot(child.number - 1).reset(0, time.time())
+        hold_signals()       # a signal for the child between fork and its own handlers waits
         pid = os.fork()
         if pid == 0:
             try:
                 self.reset_child_signals()
                 os.close(self.wake_r)
-                child.target(child)
+                child.target(child)            # the target unblocks once it handles them
             except BaseException:
                 log(traceback.format_exc())
             finally:
                 os._exit(1)
+        release_signals()
         child.pid = pid
         child.spawned_at = time.time()
         self.children[pid] = child
@@ -590,4 +605,5 @@ class Arbiter:
         env[RELOADS_ENV] = str(int(env.get(RELOADS_ENV, "0")) + 1)
         argv = [sys.executable, "-m", "pymaster", *self.cfg.argv]
         log(f"running {sys.executable} -m pymaster")
+        hold_signals()                         # the mask survives exec: nothing is lost
         os.execve(sys.executable, argv, env)

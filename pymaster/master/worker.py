@@ -100,6 +100,7 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # what is this worker doing now: the stack, written by C code (async-signal-safe)
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])   # the master held them until now
 
     def run(self):
         if self.master_pid is not None:
