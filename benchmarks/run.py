@@ -180,20 +180,25 @@ def psgi_nginx_cases(opts) -> list[Case]:
     return nginx_cases_for("psgi-nginx", "psgi", PSGI_APPS, opts)
 
 @contextlib.contextmanager
-def fastrouter_topology(server: str, app: Path, workers: int) -> Iterator[Target]:
-    """nginx -> fastrouter (key "bench") -> one backend that subscribes to it; router and
-    backend are both uWSGI or both pymaster."""
+def fastrouter_topology(server: str, app: Path, workers: int, backends: int = 2) -> Iterator[Target]:
+    """nginx -> fastrouter (key "bench") -> `backends` backends that subscribe to it (the
+    workers split between them); router and backends are all uWSGI or all pymaster."""
     router_port, sub_port = free_port(), free_port()
     router_args = ["--fastrouter", f"127.0.0.1:{router_port}",
                    "--fastrouter-subscription-server", f"127.0.0.1:{sub_port}", "-M"]
     router = (uwsgi_fastrouter(router_port, subscription_port=sub_port) if server == "uwsgi"
               else pymaster(router_args))
-    with router as rtr, \
-         app_server("wsgi", server, "uwsgi", app, workers,
-                    ["--subscribe-to", f"127.0.0.1:{sub_port}:bench"]) as srv, \
-         nginx(f"127.0.0.1:{router_port}", "uwsgi_pass", {"UWSGI_FASTROUTER_KEY": "bench"}) as front:
+    per_backend = max(1, workers // backends)
+    with contextlib.ExitStack() as stack:
+        rtr = stack.enter_context(router)
+        nodes = [stack.enter_context(app_server("wsgi", server, "uwsgi", app, per_backend,
+                                                ["--subscribe-to", f"127.0.0.1:{sub_port}:bench"]))
+                 for _ in range(backends)]
+        front = stack.enter_context(
+            nginx(f"127.0.0.1:{router_port}", "uwsgi_pass", {"UWSGI_FASTROUTER_KEY": "bench"}))
         wait_for_status(front.port, 200)
-        yield Target(front.port, srv, "nginx -> fastrouter", {"router": rtr})
+        also = {"router": rtr, **{f"backend{i + 2}": n for i, n in enumerate(nodes[1:])}}
+        yield Target(front.port, nodes[0], "nginx -> fastrouter", also)
 
 
 def wait_for_status(port: int, status: int, timeout: float = 15.0) -> None:
@@ -288,11 +293,17 @@ def run_case(case: Case, opts) -> dict:
             result["eof_framed"] = eof = eof_framed(page)
             if opts.warmup > 0:
                 run_wrk(target.port, opts.warmup, opts.connections, opts.threads, eof)
+            cpu_before = {name: tree_cpu(other.pid) for name, other in target.also.items()}
+            wall = time.monotonic()
             action = None
             if target.during:
                 action = threading.Thread(target=target.during, args=(opts.duration,), daemon=True)
                 action.start()
             result.update(run_wrk(target.port, opts.duration, opts.connections, opts.threads, eof))
+            wall = time.monotonic() - wall
+            for name, other in target.also.items():     # share of the machine's CPU time
+                used = tree_cpu(other.pid) - cpu_before[name]
+                result[f"{name}_cpu_share"] = used / (wall * (os.cpu_count() or 1))
             if action:
                 action.join()
                 time.sleep(1)  # let the last reload settle before memory is read
@@ -335,6 +346,16 @@ def add_ratios(results: list[dict]) -> None:
         r["ratios"][f"pymaster/{r['server']}"] = mine["rps"] / r["rps"]
 
 
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants."""
+    total = 0.0
+    for proc in [psutil.Process(pid), *descendants(pid)]:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| scenario | app | server | via | req/s | p99 ms | errors (sock+non2xx) "
              "| master RSS MB | worker USS MB | pymaster/this |",
@@ -350,6 +371,11 @@ def markdown(results: list[dict]) -> str:
             f"| {r['p99_ms']:.1f} | {r['socket_errors']}+{r['non_2xx']} "
             f"| {r['master_rss_mb']:.1f} | {_fmt(r['worker_uss_mb_mean'], '.1f')} "
             f"| {_fmt(ratio, '.2f')} |")
+    shares = [f"- {r['scenario']}/{r['app']}/{r['server']}: router {r['router_cpu_share']:.0%} of the "
+              f"machine's CPU, {r['router_rss_mb']:.1f} MB RSS" for r in results
+              if "router_cpu_share" in r]
+    if shares:
+        lines += ["", "Router CPU share during the measured run:", *shares]
     failures = [f"- {r['scenario']}/{r['app']}/{r['server']}: " + _shorten(r["error"])
                 for r in results if "error" in r]
     if failures:

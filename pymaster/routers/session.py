@@ -10,6 +10,7 @@ bodies; idle sessions are cut by the router's ticker after `--fastrouter-timeout
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 
 from pymaster.log import log
@@ -170,7 +171,7 @@ class ClientSession(asyncio.Protocol):
         self.transport.close()
 
     async def _connect(self, node) -> NodeSide:
-        family, where = connect_address(node.name)
+        family, where = _address(node.name)
         async with asyncio.timeout(self.router.timeout):
             if family == socket.AF_UNIX:
                 _t, side = await self.loop.create_unix_connection(lambda: NodeSide(self), where)
@@ -191,6 +192,12 @@ class ClientSession(asyncio.Protocol):
         self.transport.abort()
         if self.node_side is not None:
             self.node_side.transport.abort()
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(name: str):
+    """(family, sockaddr) of a node name, parsed once."""
+    return connect_address(name)
 
 
 def _reason(exc: BaseException) -> str:
