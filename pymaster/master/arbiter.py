@@ -101,6 +101,7 @@ class Arbiter:
         self.chain: list[Child] | None = None
         self.chain_new: Child | None = None
         self.chain_old: Child | None = None
+        self.chain_ready = False
         self.notifier = Notifier()
         self.ready_sent = False
         self.subscriber = None
@@ -322,11 +323,15 @@ class Arbiter:
         else:
             log(f"DAMN ! {child.title} (pid: {pid}) died :( trying respawn ...")
         if child is self.chain_new:
-            self.abort_chain(f"the new {child.title} exited before accepting")
-            if child not in self.slots:
-                return
+            if code == 0 and not child.cursed_at:
+                self.chain_ready = True        # it served and recycled itself: it accepted
+            else:
+                self.abort_chain(f"the new {child.title} exited before accepting")
+                if child not in self.slots:
+                    return
         if child.retiring:
-            self.slots.remove(child)
+            if child in self.slots:
+                self.slots.remove(child)
             return
         if child.cheaped:
             log(f"pymaster {child.title} cheaped.")
@@ -406,6 +411,8 @@ class Arbiter:
         candidates = [c for c in live if c not in chain] or live
         child = max(candidates, key=lambda c: c.number)
         if child in chain:
+            if child is self.chain_old:
+                self.chain_new = None          # its successor simply stays as a worker
             self.abort_chain(f"{child.title} was removed by a scale-down")
         child.retiring = True
         self.cheaper.maximum = max(floor, self.cheaper.maximum - 1)
@@ -514,13 +521,17 @@ class Arbiter:
             self.chain_new = self.chain_old = None
             return
         if self.chain_new is not None:
-            if not self.accepting(self.chain_new):
+            if not (self.chain_ready or self.accepting(self.chain_new)):
                 return
+            self.chain_ready = False
             log_verbose(f"chain: {self.chain_new.title} (pid: {self.chain_new.pid}) is accepting")
             old = self.chain_old
             old.retiring = True
-            log(f"Gracefully killing {old.title} (pid: {old.pid})...")
-            self.curse(old, signal.SIGHUP)
+            if old.pid:
+                log(f"Gracefully killing {old.title} (pid: {old.pid})...")
+                self.curse(old, signal.SIGHUP)
+            elif old in self.slots:            # between a recycle and its respawn
+                self.slots.remove(old)
             self.chain_new = self.chain_old = None
         if not self.chain:
             self.chain = None
@@ -539,10 +550,15 @@ class Arbiter:
 
     def abort_chain(self, why: str) -> None:
         log_verbose(f"chain reload aborted: {why}; the old workers keep serving")
-        if self.chain_new is not None and self.chain_new in self.slots:
-            self.slots.remove(self.chain_new)
+        new = self.chain_new
+        if new is not None and new.pid:        # still running: it leaves like a scaled-down one
+            new.retiring = True
+            self.curse(new, signal.SIGHUP)
+        elif new is not None and new in self.slots:
+            self.slots.remove(new)
         self.chain = None
         self.chain_new = self.chain_old = None
+        self.chain_ready = False
 
     # -- reload and shutdown --------------------------------------------------------------------
     def reload(self, graceful: bool) -> None:

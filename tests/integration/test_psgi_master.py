@@ -173,3 +173,24 @@ def test_seed_app_single_process_without_master(tmp_path):
         status, body = get(port)
         assert status.endswith("200 OK") and f"PID: {pm.pid}" in body
         assert pm.workers() == []
+
+
+def test_psgi_reloads_and_recycling_under_load_fail_nothing(tmp_path, test_app):
+    from tests.load import Load
+    port = free_port()
+    fifo = tmp_path / "fifo"
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--psgi", test_app, "-M", "-p", "2",
+                   "--master-fifo", fifo, "--max-requests", "40", "--min-worker-lifetime", "0"],
+                  tmp_path) as pm:
+        wait_port(port)
+        wait_idle_pids(pm, 2)
+        with Load(port, threads=6, path="/hello") as load:
+            load.wait_ok(100, timeout=20)
+            pm.signal(signal.SIGHUP)
+            pm.wait_log(r"gracefully \(RE\)spawned pymaster master process", timeout=20)
+            load.wait_ok(100, timeout=20)
+            fifo.write_bytes(b"c")                     # a Perl worker loads the app anew
+            pm.wait_log(r"chain reloading complete", timeout=30)
+            load.wait_ok(100, timeout=20)
+        assert load.failures == [] and load.ok >= 300
+        assert "killed successfully" in pm.log()       # max-requests recycled workers too
