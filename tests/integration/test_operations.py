@@ -404,3 +404,26 @@ def test_fastrouter_processes_under_the_master_share_one_table_and_serve_stats(t
             subs = doc["subscriptions"]
             assert subs[0]["key"] == "example.com"
             assert subs[0]["nodes"][0]["name"] == f"127.0.0.1:{bport}"
+
+
+def test_unix_socket_chmod_and_vacuum(tmp_path):
+    import stat as stat_mod
+    path = tmp_path / "app.sock"
+    with Pymaster(["-s", path, "--wsgi-file", APP, "-M", "--chmod-socket=660", "--vacuum"],
+                  tmp_path) as pm:
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pm.wait_workers(1)
+        assert stat_mod.S_IMODE(os.stat(path).st_mode) == 0o660
+        import socket as socket_mod
+        with socket_mod.socket(socket_mod.AF_UNIX) as s:
+            s.connect(str(path))
+            from pymaster.protocols import uwsgi as codec
+            s.sendall(codec.encode_packet(0, {"PATH_INFO": "/hello", "REQUEST_METHOD": "GET",
+                                              "SERVER_PROTOCOL": "HTTP/1.1"}))
+            assert s.recv(100).startswith(b"HTTP/1.1 200 OK")
+        pm.signal(signal.SIGINT)
+        assert pm.wait(10) == 0
+        assert not path.exists() and "VACUUM: unix socket" in pm.log()
