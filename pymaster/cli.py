@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import sys
 import time
 
@@ -138,7 +139,7 @@ def _needs_master(cfg, has_gateway: bool) -> bool:
 
 def run(cfg) -> int:
     reloaded = RELOADS_ENV in os.environ
-    log(f"*** Starting pymaster {__version__} ({8 * 8}bit) on [{time.ctime()}] ***")
+    log(f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***")
     for path in getattr(cfg, "ini_files", []) or []:
         log(f"[pymaster] getting INI configuration from {path}")
     start_cwd = os.getcwd()
@@ -150,7 +151,7 @@ def run(cfg) -> int:
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError("The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
                            "or --fastrouter ADDR")
-    if has_app and not (cfg.wsgi_file or cfg.module or cfg.psgi):
+    if has_app and not app_configured:
         raise StartupError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] "
                            "or --psgi FILE")
     master = _needs_master(cfg, has_gateway)
