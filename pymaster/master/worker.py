@@ -306,9 +306,7 @@ class Worker:
             try:
                 requests = parser.feed(data)
             except http.HttpError as exc:
-                log(f"HTTP error from {remote}: {exc}")
-                self._send_quiet(conn, http.error_response(exc.status, exc.reason))
-                conn.close()
+                self._refuse(conn, remote, exc)
                 return
             if not requests and parser.headers_complete and parser.in_message:
                 self._maybe_continue(conn, parser)
@@ -318,9 +316,9 @@ class Worker:
                 if not self._serve_http_request(conn, req, remote, port, lst) or not req.keep_alive:
                     break
             if parser.error:                   # a bad request after good ones in the same bytes
-                log(f"HTTP error from {remote}: {parser.error}")
-                self._send_quiet(conn, http.error_response(parser.error.status, parser.error.reason))
-            if parser.error or any(not r.keep_alive for r in requests):
+                self._refuse(conn, remote, parser.error)
+                return
+            if any(not r.keep_alive for r in requests):
                 conn.close()
                 return
             if requests and not parser.in_message:
@@ -332,6 +330,21 @@ class Worker:
                     return
                 conn.close()
                 return
+
+    def _refuse(self, conn, remote: str, error) -> None:
+        """Answer a bad request, then close so that the answer is read, not reset: stop
+        writing, and drain what the client still sends for a short while."""
+        log(f"HTTP error from {remote}: {error}")
+        self._send_quiet(conn, http.error_response(error.status, error.reason))
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(0.2)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline and conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        conn.close()
 
     def _maybe_continue(self, conn, parser) -> None:
         req = parser._current
