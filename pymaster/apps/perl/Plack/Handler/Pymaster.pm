@@ -45,6 +45,7 @@ my ($SYS_PRCTL, $SYS_SENDFILE, $SYS_ACCEPT4, $SYS_DUP3)
     = $^O eq 'linux' ? @{ $SYS{(POSIX::uname())[4]} || [] } : ();
 use constant CLOEXEC => 0x80000;    # O_CLOEXEC == SOCK_CLOEXEC on Linux x86_64 and aarch64
 my (%REASON, %HEADER);
+my $FAST_OFF = $ENV{PYMASTER_NO_FAST_PATH};   # 1: every request through the general path
 
 our $STOPPING = 0;
 my $EMPTY_INPUT;
@@ -342,6 +343,7 @@ sub _accept {
             $l->{timeouts}++ if $t < 0;
         }
     }
+    return $self->_serve_uwsgi($l, $peer) if $slot && !$FAST_OFF;
     setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1) if $l->{http} && $l->{tcp};
     $self->_serve({ c => $c, fd => fileno $c, l => $l, buf => '', peer => $peer, slot => $slot });
     return 1;
@@ -458,7 +460,8 @@ sub _sysread_more {
 sub _read_uwsgi {
     my ($self, $req) = @_;
     my $c = $req->{c};
-    my $buf = '';
+    my $buf = $req->{conn}{buf};              # what the fast path already read
+    $req->{conn}{buf} = '';
     while (length $buf < 4) {
         my $r = _sysread_more($c, \$buf, BLOCK);
         return $self->_parser_error($r) unless $r;
@@ -715,6 +718,199 @@ my @PSGI_KEYS = ('psgi.errors', 'psgi.multithread', 'psgi.multiprocess', 'psgi.r
                  'psgi.nonblocking', 'psgi.streaming', 'psgix.input.buffered', 'psgix.harakiri',
                  'psgix.cleanup', 'psgix.logger', 'psgi.version', 'psgix.cleanup.handlers');
 my @PSGI_VALUES = (*STDERR, '', 1, '', '', 1, 1, 1, 1, $LOGGER);
+
+# -- the uwsgi fast path --------------------------------------------------------------------
+# The common uwsgi request (what nginx sends: the whole packet in one read, no body or a body
+# that came with it, an array response with an array body) is handled here in one sub,
+# without the per-request hashes, method calls and closures of the general path. Anything
+# else (short reads, bad packets, repeated or empty vars, a body still to read, streaming,
+# handles, delayed responses) goes to the general path with what was read so far, and
+# behaves exactly as there.
+my @FAST_KEYS = (@PSGI_KEYS, 'psgi.url_scheme', 'psgi.input');
+my $SLOT_ALL = $SLOT_HEAD . 'Z' . REQ_SIZE;        # the whole slot: head + "METHOD URI\0"
+
+sub _serve_uwsgi {
+    my ($self, $l, $peer) = @_;
+    my $c = $self->{cslot};
+    my $start = Time::HiRes::time();
+    my $buf = '';
+    my $r = sysread $c, $buf, BLOCK;
+    my ($size, $len, %env) = (0, 0);
+    my @kv;
+    if ($r && $r >= 4) {
+        my $m1;
+        ($m1, $size) = unpack 'Cv', $buf;
+        @kv = eval { unpack '(v/a v/a)*', substr($buf, 4, $size) }
+            if $size <= $self->{buffer_size} && $r >= 4 + $size && ($m1 == 5 || $m1 == 0);
+    }
+    if (@kv && !(@kv % 2) && length(join '', @kv) + 2 * @kv == $size) {
+        %env = @kv;
+        my $cl = $env{CONTENT_LENGTH};
+        ($len) = $cl =~ /^(\d+)/ if defined $cl && length $cl;
+        $len ||= 0;
+        undef @kv if keys(%env) * 2 != @kv || exists $env{''} || $len > $r - 4 - $size;
+    }
+    else { undef @kv }
+    unless (@kv) {
+        $self->_serve({ c => $c, fd => $self->{cfd}, l => $l, buf => $buf, peer => $peer, slot => 1 });
+        return 1;
+    }
+
+    # the env, as _read_uwsgi + _read_body + _dispatch make it
+    delete @env{'HTTP_CONTENT_LENGTH', 'HTTP_CONTENT_TYPE'};
+    delete $env{CONTENT_LENGTH} if defined $env{CONTENT_LENGTH} && $env{CONTENT_LENGTH} eq '';
+    delete $env{CONTENT_TYPE} if defined $env{CONTENT_TYPE} && $env{CONTENT_TYPE} eq '';
+    $env{SERVER_NAME} = $l->{name} unless defined $env{SERVER_NAME} && length $env{SERVER_NAME};
+    $env{SERVER_PORT} = $l->{port} unless defined $env{SERVER_PORT} && length $env{SERVER_PORT};
+    unless (defined $env{REMOTE_ADDR} && defined $env{REMOTE_PORT}) {
+        my ($addr, $port) = _sockaddr($peer);
+        $env{REMOTE_ADDR} = $addr // '' unless defined $env{REMOTE_ADDR};
+        $env{REMOTE_PORT} = $port // '' unless defined $env{REMOTE_PORT};
+    }
+    if (!defined $env{PATH_INFO}) {
+        my ($path) = split /\?/, (defined $env{REQUEST_URI} ? $env{REQUEST_URI} : ''), 2;
+        ($env{PATH_INFO} = $path) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/eg;
+    }
+    $env{QUERY_STRING} = '' unless defined $env{QUERY_STRING};
+    $env{REQUEST_URI} = length $env{QUERY_STRING} ? "$env{PATH_INFO}?$env{QUERY_STRING}"
+                                                  : $env{PATH_INFO}
+        unless defined $env{REQUEST_URI};
+    my $scheme = $env{UWSGI_SCHEME};
+    $scheme = (lc($env{HTTPS} || '') eq 'on' || ($env{HTTPS} || '') eq '1') ? 'https' : 'http'
+        unless defined $scheme && ($scheme eq 'http' || $scheme eq 'https');
+    $env{SCRIPT_NAME} = '' if !defined $env{SCRIPT_NAME} || $env{SCRIPT_NAME} eq '/';
+    $env{REQUEST_METHOD} = 'GET' unless defined $env{REQUEST_METHOD} && length $env{REQUEST_METHOD};
+    my $input;
+    if ($len) {
+        my $body = substr $buf, 4 + $size, $len;
+        open $input, '<', \$body;
+    }
+    else {
+        $input = $EMPTY_INPUT if $EMPTY_INPUT && tell($EMPTY_INPUT) == 0 && eof($EMPTY_INPUT);
+        open $input, '<', \'' or die "cannot open an empty psgi.input: $!\n" unless $input;
+        $EMPTY_INPUT = $input;
+    }
+    @env{@FAST_KEYS} = (@PSGI_VALUES, [1, 1], [], $scheme, $input);
+
+    my $method = $env{REQUEST_METHOD};
+    my $uri = $env{REQUEST_URI};
+    my $slot = $self->{slot};
+    if ($self->{sb}) {
+        my $what = "$method $uri";
+        utf8::encode($what) if utf8::is_utf8($what);
+        @$slot[1, 3] = (ST_BUSY, $start);
+        if (my $map = $self->{map}) { substr($$map, $self->{sb_off}, SLOT_SIZE, pack $SLOT_ALL, @$slot, $what) }
+        else { $self->_slot_write(pack $SLOT_REQ, substr($what, 0, REQ_SIZE - 1)) }
+    }
+    my $proto = $env{SERVER_PROTOCOL} || 'HTTP/1.0';
+    my $head_only = $method eq 'HEAD';
+    my ($status, $headers, $head_bytes, $tx, $failed, $sent, $req) = (500, 0, 0, 0, 0, 0);
+    my $ok = eval {
+        my $res = $self->{app}->(\%env);
+        my ($st, $h, $body) = ref $res eq 'ARRAY' && @$res == 3 ? @$res : ();
+        if (ref $body eq 'ARRAY' && ref $h eq 'ARRAY' && !(@$h % 2)) {
+            my $reason = $REASON{$st // ''} // _reason($st);
+            my $out = "$proto $st $reason\r\n";
+            my $has_len;
+            for (my $i = 0; $i < @$h; $i += 2) {
+                my ($k, $v) = @$h[$i, $i + 1];
+                my $lk = defined $k && $HEADER{$k} || _header_name($k);
+                die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
+                    unless defined $v && $v !~ /[\r\n\0]/;
+                $has_len = 1 if $lk eq 'content-length';
+                $out .= "$k: $v\r\n";
+            }
+            my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
+            die "wide character in the response body\n"
+                if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
+            my $n = @$h / 2;
+            my $no_body = $st < 200 || $NO_BODY{$st};
+            if (!$has_len && !$no_body) {
+                $out .= 'Content-Length: ' . length($data) . "\r\n";
+                $n++;
+            }
+            $out .= "\r\n";
+            die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
+            ($status, $headers, $head_bytes) = ($st, $n, length $out);
+            unless ($no_body || $head_only) {
+                $out .= $data;
+                $tx = length $data;
+            }
+            $sent = 1;
+            my $w = syswrite $c, $out;
+            _write_all($c, defined $w ? substr($out, $w) : $out) unless defined $w && $w == length $out;
+        }
+        else {
+            $req = _fast_req($c, $l, $peer, $start, $proto, $head_only);
+            $self->_respond($req, $res);
+        }
+        1;
+    };
+    if (!$ok) {
+        my $err = $@;
+        $failed = 1;
+        $req ||= do {
+            my $r = _fast_req($c, $l, $peer, $start, $proto, $head_only, $sent);
+            @$r{qw(status headers head_bytes tx)} = ($status, $headers, $head_bytes, $tx);
+            $r;
+        };
+        if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
+            _log("write error: $$err [$method $uri] (client gone)");
+        }
+        else {
+            $err = "$err";
+            $err =~ s/\s+\z//;
+            _log("[pymaster-perl error] $method $uri: $err");
+            $self->_send_500($req) unless $req->{sent};
+        }
+    }
+    syscall($SYS_DUP3, $self->{nullfd}, $self->{cfd}, CLOEXEC);   # the connection is closed
+    my $now = $self->{now} = Time::HiRes::time();
+    my $elapsed = $now - $start;
+    $self->{requests}++;
+    ($status, $headers, $head_bytes, $tx) = @$req{qw(status headers head_bytes tx)} if $req;
+    if ($self->{sb}) {
+        my $n = ++$slot->[2];
+        @$slot[1, 3] = (ST_IDLE, 0.0);
+        $slot->[4]++ if $failed;
+        $slot->[5] += $tx;
+        $slot->[6] += $elapsed;
+        $slot->[7] = $n == 1 ? $elapsed : $slot->[7] + ($elapsed - $slot->[7]) / ($n < 100 ? $n : 100);
+        if (my $map = $self->{map}) { substr($$map, $self->{sb_off}, 64, pack $SLOT_HEAD, @$slot) }
+        else { $self->_slot_write }
+    }
+    if ($self->{log}) {
+        $req ||= {};
+        @$req{qw(status headers head_bytes tx nvars pktsize start)}
+            = ($status, $headers, $head_bytes, $tx, @kv / 2, $size, $start);
+        $self->_log_request($req, \%env, $elapsed);
+    }
+    if (my $handlers = $env{'psgix.cleanup.handlers'}) {
+        for my $handler (@$handlers) {
+            eval { $handler->(\%env); 1 } or do {
+                (my $err = "$@") =~ s/\s+\z//;
+                _log("[pymaster-perl error] cleanup handler for $method $uri: $err");
+            };
+        }
+    }
+    if ($env{'psgix.harakiri.commit'}) {
+        _log("psgix.harakiri.commit requested: worker $self->{wid} (pid: $$) exits");
+        $STOPPING = 1;
+    }
+    if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
+        _log("...The work of process $$ is done. Seeya!");
+        $STOPPING = 1;
+    }
+    return 1;
+}
+
+# The general path's request state, for what the fast path hands over to it.
+sub _fast_req {
+    my ($c, $l, $peer, $start, $proto, $head, $sent) = @_;
+    return { c => $c, l => $l, start => $start, proto => $proto, head => $head, sent => $sent,
+             tx => 0, headers => 0, head_bytes => 0, status => 500,
+             conn => { c => $c, l => $l, buf => '', peer => $peer, slot => 1, closed => 1 } };
+}
 
 sub _dispatch {
     my ($self, $req, $env) = @_;
