@@ -264,6 +264,7 @@ sub run {
     $self->{app} = $app;
     $self->_slot_state(ST_IDLE);
     my $listen = $self->{listen};
+    $_->{fast} = $self->{cslot} && !$_->{http} && !$FAST_OFF for @$listen;
     my $idle = $self->{idle};
     $self->{rin} = '';
     vec($self->{rin}, $_->{fd}, 1) = 1 for @$listen;
@@ -278,8 +279,15 @@ sub run {
             for my $l (@$listen) {
                 next unless vec($rout, $l->{fd}, 1);
                 # under load the backlog is rarely empty: accept again before the next select
-                for (1 .. ACCEPT_BATCH) {
-                    last unless $self->_accept($l) && !$STOPPING;
+                if ($l->{fast}) {
+                    for (1 .. ACCEPT_BATCH) {
+                        last unless $self->_serve_uwsgi($l) && !$STOPPING;
+                    }
+                }
+                else {
+                    for (1 .. ACCEPT_BATCH) {
+                        last unless $self->_accept($l) && !$STOPPING;
+                    }
                 }
                 last if $STOPPING;
             }
@@ -330,23 +338,25 @@ sub _accept {
             unless $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
         return 0;
     }
-    my $t = $l->{timeouts};                  # 1 inherited, 0 never, -N: N more looks
-    if ($t != 1) {
-        # Inherited from the listener (see _setup)? A connection queued before the listener
-        # got them has none, so look at a few before giving up on inheritance.
-        if ($t < 0 && (getsockopt($c, SOL_SOCKET, SO_RCVTIMEO) // '') eq $self->{tv}) {
-            $l->{timeouts} = 1;
-        }
-        else {
-            setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
-            setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
-            $l->{timeouts}++ if $t < 0;
-        }
-    }
-    return $self->_serve_uwsgi($l, $peer) if $slot && !$FAST_OFF;
+    $self->_timeouts($l, $c) if $l->{timeouts} != 1;
     setsockopt($c, IPPROTO_TCP, TCP_NODELAY, 1) if $l->{http} && $l->{tcp};
     $self->_serve({ c => $c, fd => fileno $c, l => $l, buf => '', peer => $peer, slot => $slot });
     return 1;
+}
+
+sub _timeouts {
+    my ($self, $l, $c) = @_;
+    my $t = $l->{timeouts};                  # 1 inherited, 0 never, -N: N more looks
+    # Inherited from the listener (see _setup)? A connection queued before the listener
+    # got them has none, so look at a few before giving up on inheritance.
+    if ($t < 0 && (getsockopt($c, SOL_SOCKET, SO_RCVTIMEO) // '') eq $self->{tv}) {
+        $l->{timeouts} = 1;
+    }
+    else {
+        setsockopt($c, SOL_SOCKET, SO_RCVTIMEO, $self->{tv});
+        setsockopt($c, SOL_SOCKET, SO_SNDTIMEO, $self->{tv});
+        $l->{timeouts}++ if $t < 0;
+    }
 }
 
 sub _close {
@@ -730,8 +740,22 @@ my @FAST_KEYS = (@PSGI_KEYS, 'psgi.url_scheme', 'psgi.input');
 my $SLOT_ALL = $SLOT_HEAD . 'Z' . REQ_SIZE;        # the whole slot: head + "METHOD URI\0"
 
 sub _serve_uwsgi {
-    my ($self, $l, $peer) = @_;
+    my ($self, $l) = @_;
+    # accept4 without the peer address (nginx sends REMOTE_ADDR; getpeername when it does not)
+    my $fd = syscall($SYS_ACCEPT4, $l->{fd} + 0, 0, 0, CLOEXEC);
+    if ($fd < 0) {
+        _log("accept(): $! [worker $self->{wid}]")
+            unless $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+        return 0;
+    }
+    my $dup = syscall($SYS_DUP3, $fd, $self->{cfd}, CLOEXEC) >= 0;
+    POSIX::close($fd);
+    if (!$dup) {
+        _log("dup3(): $! [worker $self->{wid}]");
+        return 0;
+    }
     my $c = $self->{cslot};
+    $self->_timeouts($l, $c) if $l->{timeouts} != 1;
     my $start = Time::HiRes::time();
     my $buf = '';
     my $r = sysread $c, $buf, BLOCK;
@@ -752,7 +776,8 @@ sub _serve_uwsgi {
     }
     else { undef @kv }
     unless (@kv) {
-        $self->_serve({ c => $c, fd => $self->{cfd}, l => $l, buf => $buf, peer => $peer, slot => 1 });
+        $self->_serve({ c => $c, fd => $self->{cfd}, l => $l, buf => $buf, peer => getpeername($c),
+                        slot => 1 });
         return 1;
     }
 
@@ -763,7 +788,7 @@ sub _serve_uwsgi {
     $env{SERVER_NAME} = $l->{name} unless defined $env{SERVER_NAME} && length $env{SERVER_NAME};
     $env{SERVER_PORT} = $l->{port} unless defined $env{SERVER_PORT} && length $env{SERVER_PORT};
     unless (defined $env{REMOTE_ADDR} && defined $env{REMOTE_PORT}) {
-        my ($addr, $port) = _sockaddr($peer);
+        my ($addr, $port) = _sockaddr(getpeername($c));
         $env{REMOTE_ADDR} = $addr // '' unless defined $env{REMOTE_ADDR};
         $env{REMOTE_PORT} = $port // '' unless defined $env{REMOTE_PORT};
     }
@@ -796,8 +821,7 @@ sub _serve_uwsgi {
     my $uri = $env{REQUEST_URI};
     my $slot = $self->{slot};
     if ($self->{sb}) {
-        my $what = "$method $uri";
-        utf8::encode($what) if utf8::is_utf8($what);
+        my $what = "$method $uri";             # bytes: from the vars, as unpack gave them
         @$slot[1, 3] = (ST_BUSY, $start);
         if (my $map = $self->{map}) { substr($$map, $self->{sb_off}, SLOT_SIZE, pack $SLOT_ALL, @$slot, $what) }
         else { $self->_slot_write(pack $SLOT_REQ, substr($what, 0, REQ_SIZE - 1)) }
@@ -841,7 +865,7 @@ sub _serve_uwsgi {
             _write_all($c, defined $w ? substr($out, $w) : $out) unless defined $w && $w == length $out;
         }
         else {
-            $req = _fast_req($c, $l, $peer, $start, $proto, $head_only);
+            $req = _fast_req($c, $l, $start, $proto, $head_only);
             $self->_respond($req, $res);
         }
         1;
@@ -850,7 +874,7 @@ sub _serve_uwsgi {
         my $err = $@;
         $failed = 1;
         $req ||= do {
-            my $r = _fast_req($c, $l, $peer, $start, $proto, $head_only, $sent);
+            my $r = _fast_req($c, $l, $start, $proto, $head_only, $sent);
             @$r{qw(status headers head_bytes tx)} = ($status, $headers, $head_bytes, $tx);
             $r;
         };
@@ -906,10 +930,10 @@ sub _serve_uwsgi {
 
 # The general path's request state, for what the fast path hands over to it.
 sub _fast_req {
-    my ($c, $l, $peer, $start, $proto, $head, $sent) = @_;
+    my ($c, $l, $start, $proto, $head, $sent) = @_;
     return { c => $c, l => $l, start => $start, proto => $proto, head => $head, sent => $sent,
              tx => 0, headers => 0, head_bytes => 0, status => 500,
-             conn => { c => $c, l => $l, buf => '', peer => $peer, slot => 1, closed => 1 } };
+             conn => { c => $c, l => $l, buf => '', peer => getpeername($c), slot => 1, closed => 1 } };
 }
 
 sub _dispatch {
