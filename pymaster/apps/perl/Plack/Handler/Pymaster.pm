@@ -19,6 +19,7 @@ use Scalar::Util ();
 use HTTP::Status ();
 use Plack::HTTPParser ();
 use Plack::Util ();
+use PerlIO::scalar ();         # in-memory psgi.input: loaded now, not on the first request
 
 use constant {
     EXIT_OK => 0, EXIT_END => 30,
@@ -37,11 +38,11 @@ my $HAVE_MAP = !$ENV{PYMASTER_NO_FILE_MAP} && eval { require File::Map; 1 };
 my $SLOT_HEAD = 'VVQ<d<Q<Q<d<d<d<';      # pymaster/master/scoreboard.py HEAD ("<IIQdQQddd")
 my $SLOT_REQ = 'a' . REQ_SIZE;              # at offset 64, after the head
 my %NO_BODY = map { $_ => 1 } 204, 304;
-my %SYS = (   # prctl, sendfile, accept4, dup3
-    x86_64  => [157, 40, 288, 292],
-    aarch64 => [167, 71, 242, 24],
+my %SYS = (   # prctl, sendfile, accept4, dup3, read, write, close
+    x86_64  => [157, 40, 288, 292, 0, 1, 3],
+    aarch64 => [167, 71, 242, 24, 63, 64, 57],
 );
-my ($SYS_PRCTL, $SYS_SENDFILE, $SYS_ACCEPT4, $SYS_DUP3)
+my ($SYS_PRCTL, $SYS_SENDFILE, $SYS_ACCEPT4, $SYS_DUP3, $SYS_READ, $SYS_WRITE, $SYS_CLOSE)
     = $^O eq 'linux' ? @{ $SYS{(POSIX::uname())[4]} || [] } : ();
 use constant CLOEXEC => 0x80000;    # O_CLOEXEC == SOCK_CLOEXEC on Linux x86_64 and aarch64
 my (%REASON, %HEADER);
@@ -264,7 +265,7 @@ sub run {
     $self->{app} = $app;
     $self->_slot_state(ST_IDLE);
     my $listen = $self->{listen};
-    $_->{fast} = $self->{cslot} && !$_->{http} && !$FAST_OFF for @$listen;
+    $_->{fast} = $self->{cslot} && defined $SYS_READ && !$_->{http} && !$FAST_OFF for @$listen;
     my $idle = $self->{idle};
     $self->{rin} = '';
     vec($self->{rin}, $_->{fd}, 1) = 1 for @$listen;
@@ -738,6 +739,7 @@ my @PSGI_VALUES = (*STDERR, '', 1, '', '', 1, 1, 1, 1, $LOGGER);
 # behaves exactly as there.
 my @FAST_KEYS = (@PSGI_KEYS, 'psgi.url_scheme', 'psgi.input');
 my $SLOT_ALL = $SLOT_HEAD . 'Z' . REQ_SIZE;        # the whole slot: head + "METHOD URI\0"
+my $RBUF = "\0" x BLOCK;                             # read(2) buffer: syscall needs it pre-sized
 
 sub _serve_uwsgi {
     my ($self, $l) = @_;
@@ -748,23 +750,25 @@ sub _serve_uwsgi {
             unless $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
         return 0;
     }
-    my $dup = syscall($SYS_DUP3, $fd, $self->{cfd}, CLOEXEC) >= 0;
-    POSIX::close($fd);
-    if (!$dup) {
-        _log("dup3(): $! [worker $self->{wid}]");
-        return 0;
-    }
-    my $c = $self->{cslot};
-    $self->_timeouts($l, $c) if $l->{timeouts} != 1;
+    # The connection is read and written with raw syscalls on its own fd, and closed with
+    # close(2); $c, the slot handle, only when the general path needs a Perl handle (_adopt).
+    my $c;
+    ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) if $l->{timeouts} != 1;
+    $self->_timeouts($l, $c) if $c;
     my $start = Time::HiRes::time();
-    my $buf = '';
-    my $r = sysread $c, $buf, BLOCK;
+    my $r;
+    do { $r = syscall($SYS_READ, $fd, $RBUF, BLOCK) } while $r < 0 && $! == EINTR;
+    if ($r <= 0) {
+        $self->_parser_error($r < 0 ? undef : 0);
+        if ($c) { syscall($SYS_DUP3, $self->{nullfd}, $fd, CLOEXEC) } else { syscall($SYS_CLOSE, $fd) }
+        return 1;
+    }
     my ($size, $len, %env) = (0, 0);
     my @kv;
-    if ($r && $r >= 4) {
+    if ($r >= 4) {
         my $m1;
-        ($m1, $size) = unpack 'Cv', $buf;
-        @kv = eval { unpack '(v/a v/a)*', substr($buf, 4, $size) }
+        ($m1, $size) = unpack 'Cv', $RBUF;
+        @kv = eval { unpack '(v/a v/a)*', substr($RBUF, 4, $size) }
             if $size <= $self->{buffer_size} && $r >= 4 + $size && ($m1 == 5 || $m1 == 0);
     }
     if (@kv && !(@kv % 2) && length(join '', @kv) + 2 * @kv == $size) {
@@ -776,8 +780,9 @@ sub _serve_uwsgi {
     }
     else { undef @kv }
     unless (@kv) {
-        $self->_serve({ c => $c, fd => $self->{cfd}, l => $l, buf => $buf, peer => getpeername($c),
-                        slot => 1 });
+        ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
+        $self->_serve({ c => $c, fd => $fd, l => $l, buf => substr($RBUF, 0, $r),
+                        peer => getpeername($c), slot => 1 });
         return 1;
     }
 
@@ -788,6 +793,7 @@ sub _serve_uwsgi {
     $env{SERVER_NAME} = $l->{name} unless defined $env{SERVER_NAME} && length $env{SERVER_NAME};
     $env{SERVER_PORT} = $l->{port} unless defined $env{SERVER_PORT} && length $env{SERVER_PORT};
     unless (defined $env{REMOTE_ADDR} && defined $env{REMOTE_PORT}) {
+        ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
         my ($addr, $port) = _sockaddr(getpeername($c));
         $env{REMOTE_ADDR} = $addr // '' unless defined $env{REMOTE_ADDR};
         $env{REMOTE_PORT} = $port // '' unless defined $env{REMOTE_PORT};
@@ -807,7 +813,7 @@ sub _serve_uwsgi {
     $env{REQUEST_METHOD} = 'GET' unless defined $env{REQUEST_METHOD} && length $env{REQUEST_METHOD};
     my $input;
     if ($len) {
-        my $body = substr $buf, 4 + $size, $len;
+        my $body = substr $RBUF, 4 + $size, $len;
         open $input, '<', \$body;
     }
     else {
@@ -861,10 +867,15 @@ sub _serve_uwsgi {
                 $tx = length $data;
             }
             $sent = 1;
-            my $w = syswrite $c, $out;
-            _write_all($c, defined $w ? substr($out, $w) : $out) unless defined $w && $w == length $out;
+            my $w = syscall($SYS_WRITE, $fd, $out, length $out);
+            if ($w != length $out) {                  # the rest through the general path's loop
+                die Plack::Handler::Pymaster::Gone->new("$!" || 'timeout') if $w < 0 && $! != EINTR;
+                ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
+                _write_all($c, $w > 0 ? substr($out, $w) : $out);
+            }
         }
         else {
+            ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
             $req = _fast_req($c, $l, $start, $proto, $head_only);
             $self->_respond($req, $res);
         }
@@ -874,6 +885,7 @@ sub _serve_uwsgi {
         my $err = $@;
         $failed = 1;
         $req ||= do {
+            ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
             my $r = _fast_req($c, $l, $start, $proto, $head_only, $sent);
             @$r{qw(status headers head_bytes tx)} = ($status, $headers, $head_bytes, $tx);
             $r;
@@ -888,7 +900,8 @@ sub _serve_uwsgi {
             $self->_send_500($req) unless $req->{sent};
         }
     }
-    syscall($SYS_DUP3, $self->{nullfd}, $self->{cfd}, CLOEXEC);   # the connection is closed
+    # the connection is closed
+    if ($c) { syscall($SYS_DUP3, $self->{nullfd}, $fd, CLOEXEC) } else { syscall($SYS_CLOSE, $fd) }
     my $now = $self->{now} = Time::HiRes::time();
     my $elapsed = $now - $start;
     $self->{requests}++;
@@ -926,6 +939,15 @@ sub _serve_uwsgi {
         $STOPPING = 1;
     }
     return 1;
+}
+
+# The connection (a raw fd) moved onto the slot handle's fd, for Perl I/O; returns the handle.
+sub _adopt {
+    my ($self, $fd) = @_;
+    syscall($SYS_DUP3, $fd, $self->{cfd}, CLOEXEC) >= 0
+        or _log("dup3(): $! [worker $self->{wid}]");
+    syscall($SYS_CLOSE, $fd);
+    return $self->{cslot};
 }
 
 # The general path's request state, for what the fast path hands over to it.
