@@ -318,6 +318,44 @@ def test_uwsgi_response_bytes_and_log_line(worker):
                     % worker.pid)
 
 
+def test_fast_path_and_general_path_answer_alike(launch, test_app):
+    """The uwsgi fast path (the default) and the general path it hands unusual requests to
+    (all requests with PYMASTER_NO_FAST_PATH=1) send the same bytes and log the same lines."""
+    fast = launch(test_app)
+    general = launch(test_app, env=["PYMASTER_NO_FAST_PATH=1"], worker_id=2)
+    requests = [dict(path="/hello?x=1"), dict(path="/hello", method="HEAD"), dict(path="/env"),
+                dict(path="/echo", method="POST", body=b"abc" * 1000),
+                dict(path="/echo", method="POST", body=b"x" * 200_000), dict(path="/stream"),
+                dict(path="/delayed"), dict(path="/getline"), dict(path="/never"),
+                dict(path="/die"), dict(path="/wide"), dict(path="/latin"),
+                dict(path="/badheader"), dict(path="/nocontent"), dict(path="/missing"),
+                dict(path="/hello", REMOTE_ADDR="", SERVER_NAME="", HTTP_CONTENT_TYPE="x"),
+                dict(path="/env", HTTPS="on", SCRIPT_NAME="/", CONTENT_LENGTH="0")]
+
+    no_peer = uwsgi_vars("/env")                     # REMOTE_ADDR from the socket
+    del no_peer["REMOTE_ADDR"], no_peer["REMOTE_PORT"]
+
+    def answers(worker):
+        out = []
+        for kw in requests + [no_peer]:
+            raw = (worker.uwsgi_raw(**kw) if "path" in kw else worker.send_raw(uwsgi_packet(kw)))
+            raw = raw.replace(str(worker.pid).encode(), b"PID")
+            out.append(re.sub(rb"REMOTE_PORT=\d*\n", b"", raw))
+        assert b"REMOTE_ADDR=127.0.0.1" in out[-1]
+        return out
+
+    assert answers(fast) == answers(general)
+    fast.wait_log(r"req: %d/" % (len(requests) + 1))
+    general.wait_log(r"req: %d/" % (len(requests) + 1))
+
+    def lines(worker):
+        text = worker.log().replace(str(worker.pid), "PID")
+        return [re.sub(r"\[\w{3} \w{3} .*?\d{4}\]|in \d+ msecs", "", line)
+                for line in text.splitlines() if "PYMASTER" not in line]
+
+    assert lines(fast) == lines(general)
+
+
 def test_modifier1_zero_accepted_other_modifiers_closed(worker):
     assert worker.uwsgi(modifier1=0).status == 200
     assert worker.uwsgi_raw(modifier1=7) == b""
