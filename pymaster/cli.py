@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return _signal_pidfile(cfg.reload, signal.SIGHUP)
     if cfg.stop:
         return _signal_pidfile(cfg.stop, signal.SIGINT)
+    if cfg.daemonize and RELOADS_ENV not in os.environ and _daemonize():
+        return 0                    # the parent: the daemon goes on in the background
     hold_signals()                  # until the handlers are in place (a re-exec arrives held)
-    logmod.setup(cfg.logto)
+    logmod.setup(cfg.logto or cfg.daemonize)
     for warning in getattr(cfg, "warnings", []):
         log(warning)
     if cfg.show_config:
@@ -76,6 +78,36 @@ def main(argv: list[str] | None = None) -> int:
     except (sockets.SocketError, privileges.PrivilegeError) as exc:
         log(f"pymaster: {exc}")
         return 1
+
+
+def _daemonize() -> bool:
+    """--daemonize LOGFILE: detach (fork, setsid); True in the parent, which just exits."""
+    if os.fork():
+        return True
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    return False
+
+
+# uWSGI options pymaster takes so that configs keep working, but that change nothing here
+INERT = ("post-buffering", "reload-mercy", "fastrouter-events", "thunder-lock", "max-vars",
+         "single-interpreter", "enable-threads", "plugin-dir", "http-timeout", "http-processes")
+# uWSGI features a config may ask for that pymaster does not have: refuse rather than ignore
+NOT_BUILT = {"http": "uWSGI's HTTP router", "http-to": "uWSGI's HTTP router",
+             "static-map": "uWSGI's static file mapping"}
+
+
+def _check_unsupported(cfg) -> None:
+    for name, what in NOT_BUILT.items():
+        if cfg.is_set(name):
+            raise StartupError(f"--{name}: {what} is not part of pymaster; put nginx (or the "
+                               f"seed's Plack frontend) in front, or serve with --http-socket")
+    for name in INERT:
+        if cfg.is_set(name):
+            log(f"option --{name} is accepted for uWSGI compatibility and has no effect")
 
 
 def _apply_environment(cfg) -> None:
@@ -143,6 +175,7 @@ def run(cfg) -> int:
     for path in getattr(cfg, "ini_files", []) or []:
         log(f"[pymaster] getting INI configuration from {path}")
     start_cwd = os.getcwd()
+    _check_unsupported(cfg)
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
     app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)

@@ -89,7 +89,7 @@ SOCKETS = _section(
         "(pymaster default; 0 disables keep-alive)"),
     opt("limit-post", "size", 0, "largest request body accepted, in bytes (0 = no limit)"),
     opt("post-buffering", "size", 0, "accepted for compatibility; bodies are read on demand"),
-    opt("max-vars/-v", "int", 64, "largest number of variables in a uwsgi request"),
+    opt("max-vars/-v", "int", 64, "accepted for compatibility; no effect (vars are bounded by --buffer-size)"),
     opt("thunder-lock", "bool", help="accepted for compatibility; no effect"),
 )
 
@@ -113,7 +113,7 @@ APPLICATIONS = _section(
     opt("lazy-apps", "bool", help="load the app in each worker after fork"),
     opt("lazy", "bool", help="like lazy-apps, and SIGHUP reloads only the workers"),
     opt("need-app", "bool", help="exit with code 22 when no app could be loaded"),
-    opt("enable-threads/-T", "bool", help="allow the app to start threads"),
+    opt("enable-threads/-T", "bool", help="accepted for compatibility; Python threads always work"),
     opt("single-interpreter/-i", "bool", help="accepted for compatibility; there is one "
         "interpreter"),
 )
@@ -125,7 +125,7 @@ MASTER = _section(
     opt("pidfile", "str", help="write the master pid to this file", metavar="FILE"),
     opt("vacuum", "bool", help="remove the pidfile and UNIX sockets at exit"),
     opt("die-on-term", "bool", help="SIGTERM shuts down (pymaster does this anyway)"),
-    opt("daemonize/-d", "str", help="accepted and stored; run pymaster under systemd instead",
+    opt("daemonize/-d", "str", help="detach from the terminal and log to LOGFILE (under systemd, don't)",
         metavar="LOGFILE"),
     opt("harakiri/-t", "int", 0, "kill a worker whose request runs longer than N seconds"),
     opt("max-requests/-R", "int", 0, "recycle a worker after N requests"),
@@ -134,7 +134,7 @@ MASTER = _section(
     opt("max-worker-lifetime", "int", 0, "recycle a worker after N seconds"),
     opt("max-worker-lifetime-delta", "int", 0, "add worker id * N to max-worker-lifetime"),
     opt("worker-reload-mercy", "int", 60, "seconds a worker gets to finish before it is killed"),
-    opt("reload-mercy", "int", help="seconds a reload may take (default: worker-reload-mercy)"),
+    opt("reload-mercy", "int", help="accepted for compatibility; no effect (see --worker-reload-mercy)"),
     opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS"),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
     opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
@@ -235,12 +235,12 @@ FASTROUTER = _section(
 
 HTTP_ROUTER = _section(
     "HTTP router",
-    opt("http", "list", help="run an HTTP router on this address", force_master=True,
+    opt("http", "list", help="uWSGI's HTTP router: not in pymaster, refused with an error (use nginx or --http-socket)", force_master=True,
         metavar="ADDR"),
-    opt("http-to", "list", help="backend node of the HTTP router", metavar="ADDR"),
-    opt("http-timeout", "int", 60, "seconds before a client or backend is dropped"),
-    opt("http-processes/http-workers", "int", 1, "number of HTTP router processes"),
-    opt("static-map", "list", help="serve files, `MOUNTPOINT=DIR`", metavar="MOUNT=DIR"),
+    opt("http-to", "list", help="uWSGI's HTTP router backend: not in pymaster, refused with an error", metavar="ADDR"),
+    opt("http-timeout", "int", 60, "uWSGI's HTTP router: accepted, no effect (no HTTP router in pymaster)"),
+    opt("http-processes/http-workers", "int", 1, "uWSGI's HTTP router: accepted, no effect"),
+    opt("static-map", "list", help="uWSGI's static mapping: not in pymaster, refused with an error", metavar="MOUNT=DIR"),
 )
 
 OPTIONS: list[Option] = (CONFIGURATION + SOCKETS + APPLICATIONS + MASTER + CHEAPER + LOGGING

@@ -8,11 +8,13 @@ How the head is framed (raw uwsgi answer or HTTP/1.1 keep-alive) is the `framing
 
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.machinery
 import importlib.util
 import os
 import re
+import site
 import stat
 import sys
 import traceback
@@ -45,8 +47,22 @@ def _load_file(path: str):
     return module
 
 
+def _use_virtualenv(home: str) -> None:
+    """--home/--virtualenv: the environment's site-packages come first on sys.path."""
+    pattern = os.path.join(home, "lib", "python*", "site-packages")
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise AppLoadError(f"--home '{home}': no lib/python*/site-packages in it, expected a virtualenv")
+    for path in found:
+        site.addsitedir(path)
+        sys.path.remove(path)
+        sys.path.insert(0, path)
+
+
 def load_app(cfg):
     """Import and return the WSGI callable; AppLoadError with the cause on any failure."""
+    if getattr(cfg, "home", None):
+        _use_virtualenv(cfg.home)
     for path in reversed(cfg.pythonpath or []):
         if path not in sys.path:
             sys.path.insert(0, path)

@@ -24,6 +24,7 @@ from pymaster.apps import wsgi
 from pymaster.log import log
 from pymaster.master import scoreboard as sb
 from pymaster.master.poller import Poller
+from pymaster.master.reqlog import Record, RequestLog
 from pymaster.protocols import http, uwsgi
 
 EXIT_OK, EXIT_FAILED_APP, EXIT_END = 0, 22, 30
@@ -70,7 +71,7 @@ class Worker:
         self.requests = 0
         self.spawned = time.time()
         self.buffer_size = cfg.buffer_size
-        self.log_requests = not cfg.disable_logging
+        self.reqlog = RequestLog(cfg)
         self.timeout = _timeval(cfg.socket_timeout or 4)
         self.keepalive = getattr(cfg, "http_keepalive", 5) or 0
         self.max_requests = (cfg.max_requests or 0) and \
@@ -454,19 +455,13 @@ class Worker:
         elapsed = time.time() - start
         self.slot.end(elapsed, call.tx, failed)
         self._after_request()
-        if self.log_requests:
-            self._log_request(env, start, elapsed, call, status, nvars, pktsize, protocol)
+        if self.reqlog.wanted(status, elapsed):
+            self.reqlog.emit(Record(env=env, start=start, elapsed=elapsed, status=status,
+                                    tx=call.tx, headers=call.header_count, hsize=call.head_bytes,
+                                    nvars=nvars, pktsize=pktsize, protocol=protocol,
+                                    requests=self.requests, total=self._instance_requests(),
+                                    pid=self.pid, wid=self.wid))
         return usable
-
-    def _log_request(self, env, start, elapsed, call, status, nvars, pktsize, protocol):
-        total = self._instance_requests()
-        log(f"[pid: {self.pid}|app: 0|req: {self.requests}/{total}] "
-            f"{env.get('REMOTE_ADDR', '')} ({env.get('REMOTE_USER', '')}) "
-            f"{{{nvars * 2} vars in {pktsize} bytes}} [{time.ctime(start)}] "
-            f"{env.get('REQUEST_METHOD', '')} {env.get('REQUEST_URI') or env.get('PATH_INFO', '')} "
-            f"=> generated {call.tx} bytes in {int(elapsed * 1000)} msecs "
-            f"({protocol or ''} {status}) {call.header_count} headers in {call.head_bytes} bytes "
-            f"(1 switches on core 0)")
 
     def _instance_requests(self) -> int:
         total = 0

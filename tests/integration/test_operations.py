@@ -427,3 +427,72 @@ def test_unix_socket_chmod_and_vacuum(tmp_path):
         pm.signal(signal.SIGINT)
         assert pm.wait(10) == 0
         assert not path.exists() and "VACUUM: unix socket" in pm.log()
+
+
+def test_logging_options(tmp_path):
+    port = free_port()
+    fmt = "CUSTOM %(method) %(uri) %(status) %(addr) %(var.HTTP_X_TAG) %(micros)us"
+    with start(tmp_path, "--logformat", fmt, "--log-x-forwarded-for", processes=1) as pm:
+        from tests.pm import uwsgi_get
+        uwsgi_get(pm.port, "/hello", HTTP_X_FORWARDED_FOR="9.9.9.9", HTTP_X_TAG="t1")
+        pm.wait_log(r"CUSTOM GET /hello 200 9\.9\.9\.9 t1 \d+us")
+    with start(tmp_path, "-L", "--log-4xx", "--log-slow", "300", "--log-micros", processes=1) as pm:
+        one_uwsgi(pm.port, "/hello")
+        from tests.pm import uwsgi_get
+        uwsgi_get(pm.port, "/nope")
+        one_uwsgi(pm.port, "/sleep?s=0.5")
+        pm.wait_log(r"GET /nope => generated \d+ bytes in \d+ micros \(HTTP/1\.1 404\)")
+        pm.wait_log(r"GET /sleep\?s=0\.5 => generated")
+        assert "GET /hello " not in pm.log()
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", APP, "--memory-report"], tmp_path) as pm:
+        wait_port(port)
+        one_uwsgi(port, "/hello")
+        pm.wait_log(r"\{address space usage: \d+ bytes/\d+MB\} \{rss usage: \d+ bytes/\d+MB\} \[pid")
+
+
+def test_virtualenv_home_and_unsupported_options(tmp_path):
+    import venv
+    home = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(home)
+    site_dirs = list(home.glob("lib/python*/site-packages"))
+    (site_dirs[0] / "venvmod.py").write_text("VALUE = b'from the venv'\n")
+    (tmp_path / "vapp.py").write_text(
+        "import venvmod\n"
+        "def application(e, s):\n    s('200 OK', [])\n    return [venvmod.VALUE]\n")
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", tmp_path / "vapp.py", "-H", home,
+                   "--thunder-lock"], tmp_path) as pm:
+        wait_port(port)
+        assert one_uwsgi(port, "/").endswith(b"from the venv")
+        assert "option --thunder-lock is accepted for uWSGI compatibility and has no effect" in pm.log()
+    pm = Pymaster(["--http", ":0", "-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP], tmp_path)
+    assert pm.wait(10) == 1
+    assert "--http: uWSGI's HTTP router is not part of pymaster" in pm.log()
+    pm.stop()
+
+
+def test_daemonize_detaches_and_logs_to_the_file(tmp_path):
+    import psutil
+    port = free_port()
+    logfile = tmp_path / "daemon.log"
+    pidfile = tmp_path / "pid"
+    proc = subprocess.run([sys.executable, "-m", "pymaster", "-s", f"127.0.0.1:{port}",
+                           "--wsgi-file", APP, "-M", "--daemonize", str(logfile),
+                           "--pidfile", str(pidfile)], cwd=ROOT, timeout=30)
+    assert proc.returncode == 0               # the parent returns at once
+    wait_port(port)
+    pid = int(pidfile.read_text())
+    try:
+        assert psutil.Process(pid).ppid() != os.getpid()
+        assert one_uwsgi(port, "/hello").startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 5
+        while "GET /hello" not in logfile.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -1,0 +1,111 @@
+"""The request log line: uWSGI's default format, or `--logformat` with its `%(var)` fields.
+
+`RequestLog.emit()` is called once per request by a worker. Whether a line is written
+follows `--disable-logging` with its exceptions (`--log-4xx`, `--log-5xx`, `--log-slow MS`);
+`--log-micros`, `--log-x-forwarded-for` and `--memory-report` change what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from pymaster.log import log
+
+_FIELD = re.compile(r"%\(([^)]+)\)")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory() -> tuple[int, int]:
+    """(address space, rss) in bytes, from /proc/self/statm (one small read)."""
+    with open("/proc/self/statm", "rb") as fh:
+        size, rss = fh.read().split()[:2]
+    return int(size) * _PAGE, int(rss) * _PAGE
+
+
+class Record:
+    """What one request did, as the log line needs it."""
+
+    __slots__ = ("env", "start", "elapsed", "status", "tx", "headers", "hsize", "nvars",
+                 "pktsize", "protocol", "requests", "total", "pid", "wid")
+
+    def __init__(self, **kw):
+        for key, value in kw.items():
+            setattr(self, key, value)
+
+
+class RequestLog:
+    def __init__(self, cfg):
+        self.enabled = not cfg.disable_logging
+        self.log_4xx = bool(getattr(cfg, "log_4xx", False))
+        self.log_5xx = bool(getattr(cfg, "log_5xx", False))
+        self.slow_ms = getattr(cfg, "log_slow", 0) or 0
+        self.micros = bool(getattr(cfg, "log_micros", False))
+        self.forwarded = bool(getattr(cfg, "log_x_forwarded_for", False))
+        self.memory = bool(getattr(cfg, "memory_report", False))
+        self.format = getattr(cfg, "logformat", None) or None
+
+    def wanted(self, status: int, elapsed: float) -> bool:
+        if self.enabled:
+            return True
+        return ((self.log_4xx and 400 <= status < 500) or (self.log_5xx and status >= 500)
+                or bool(self.slow_ms and elapsed * 1000 > self.slow_ms))
+
+    def emit(self, r: Record) -> None:
+        log(self.custom(r) if self.format else self.default(r))
+
+    def _addr(self, env) -> str:
+        if self.forwarded and env.get("HTTP_X_FORWARDED_FOR"):
+            return env["HTTP_X_FORWARDED_FOR"]
+        return env.get("REMOTE_ADDR", "")
+
+    def _time(self, elapsed: float) -> str:
+        return f"{int(elapsed * 1e6)} micros" if self.micros else f"{int(elapsed * 1000)} msecs"
+
+    def default(self, r: Record) -> str:
+        env = r.env
+        prefix = ""
+        if self.memory:
+            vsz, rss = _memory()
+            prefix = f"{{address space usage: {vsz} bytes/{vsz >> 20}MB}} {{rss usage: {rss} bytes/{rss >> 20}MB}} "
+        return (f"{prefix}[pid: {r.pid}|app: 0|req: {r.requests}/{r.total}] {self._addr(env)} "
+                f"({env.get('REMOTE_USER', '')}) {{{r.nvars * 2} vars in {r.pktsize} bytes}} "
+                f"[{time.ctime(r.start)}] {env.get('REQUEST_METHOD', '')} "
+                f"{env.get('REQUEST_URI') or env.get('PATH_INFO', '')} => generated {r.tx} bytes "
+                f"in {self._time(r.elapsed)} ({r.protocol or ''} {r.status}) {r.headers} headers "
+                f"in {r.hsize} bytes (1 switches on core 0)")
+
+    def custom(self, r: Record) -> str:
+        env = r.env
+
+        def field(match) -> str:
+            name = match.group(1)
+            if name.startswith("var."):
+                return str(env.get(name[4:], "-"))
+            value = self._field(name, r, env)
+            return "-" if value is None else str(value)
+        return _FIELD.sub(field, self.format)
+
+    def _field(self, name: str, r: Record, env):
+        simple = {
+            "uri": env.get("REQUEST_URI") or env.get("PATH_INFO", ""),
+            "method": env.get("REQUEST_METHOD", ""), "user": env.get("REMOTE_USER", "-"),
+            "addr": self._addr(env), "host": env.get("HTTP_HOST", ""),
+            "proto": env.get("SERVER_PROTOCOL", ""), "uagent": env.get("HTTP_USER_AGENT", ""),
+            "referer": env.get("HTTP_REFERER", ""), "status": r.status, "rsize": r.tx,
+            "hsize": r.hsize, "size": r.tx + r.hsize, "cl": env.get("CONTENT_LENGTH", "0") or "0",
+            "micros": int(r.elapsed * 1e6), "msecs": int(r.elapsed * 1000),
+            "secs": f"{r.elapsed:.6f}", "time": int(r.start), "epoch": int(time.time()),
+            "ctime": time.ctime(r.start),
+            "ltime": time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(r.start)),
+            "pid": r.pid, "wid": r.wid, "switches": 1, "vars": r.nvars * 2, "core": 0,
+            "pktsize": r.pktsize, "headers": r.headers,
+        }
+        if name in simple:
+            return simple[name]
+        if name in ("rss", "vsz", "rssM", "vszM"):
+            vsz, rss = _memory()
+            value = rss if name.startswith("rss") else vsz
+            return value >> 20 if name.endswith("M") else value
+        return None
