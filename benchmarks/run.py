@@ -52,6 +52,7 @@ WSGI_APPS = {
 }
 PSGI_APPS = {
     "hello": (BENCH / "apps" / "hello.psgi", "Hello, World!"),
+    "seed": (BENCH / "apps" / "seed.psgi", "PID:"),     # Text::Xslate, as the seed
 }
 
 
