@@ -12,25 +12,46 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import struct
 
 from pymaster.log import log
 from pymaster.protocols.subscription import connect_address
-from pymaster.protocols.uwsgi import HEADER, UwsgiError, iter_vars
+from pymaster.protocols.uwsgi import HEADER, UwsgiError
 
 MAX_RETRIES = 3
 KEY_VARS = (b"UWSGI_FASTROUTER_KEY", b"HTTP_HOST", b"SERVER_NAME")
 
 
+_U16 = struct.Struct("<H").unpack_from
+_WANTED = {k: i for i, k in enumerate(KEY_VARS)}
+
+
 def route_key(block) -> str:
-    """UWSGI_FASTROUTER_KEY > HTTP_HOST > SERVER_NAME, from a vars block."""
-    found: dict[bytes, bytes] = {}
-    for k, v in iter_vars(block):          # malformed vars raise UwsgiError
-        if k in KEY_VARS and len(v) <= 255:
-            found[k] = v
-    for k in KEY_VARS:
-        if found.get(k):
-            return found[k].decode("latin-1")
-    return ""
+    """UWSGI_FASTROUTER_KEY > HTTP_HOST > SERVER_NAME, from a vars block (one tight pass with
+    the codec's bounds; malformed vars raise UwsgiError)."""
+    mv = memoryview(block)
+    end = len(mv)
+    pos = 0
+    best, rank = b"", len(KEY_VARS)
+    while pos < end:
+        if pos + 2 > end:
+            raise UwsgiError(f"invalid uwsgi request (current strsize: {end - pos}). skip.")
+        klen = _U16(mv, pos)[0]
+        kstart = pos + 2
+        if klen == 0:
+            raise UwsgiError("uwsgi key cannot be null. skip this var.")
+        if kstart + klen + 2 > end:
+            raise UwsgiError(f"invalid uwsgi request (current strsize: {klen}). skip.")
+        vlen = _U16(mv, kstart + klen)[0]
+        vstart = kstart + klen + 2
+        if vstart + vlen > end:
+            raise UwsgiError(f"invalid uwsgi request (current strsize: {vlen}). skip.")
+        if klen in (9, 11, 20):            # the only lengths of the three names
+            r = _WANTED.get(bytes(mv[kstart:kstart + klen]))
+            if r is not None and r < rank and 0 < vlen <= 255:
+                best, rank = bytes(mv[vstart:vstart + vlen]), r
+        pos = vstart + vlen
+    return best.decode("latin-1")
 
 
 class NodeSide(asyncio.Protocol):
@@ -81,6 +102,7 @@ class ClientSession(asyncio.Protocol):
         self.routing = False
         self.finished = False
         self.last = 0.0
+        self.task = None
 
     # -- client transport events ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -111,7 +133,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.routing = True
         self.transport.pause_reading()       # nothing more from the client until a node is there
-        self.loop.create_task(self.route())
+        self.task = self.loop.create_task(self.route())
 
     def eof_received(self) -> bool:
         # once a request is routed a client EOF is not passed on (keep answering); before
@@ -142,6 +164,11 @@ class ClientSession(asyncio.Protocol):
                 break
             try:
                 side = await self._connect(node)
+            except asyncio.CancelledError:       # cut by the ticker: the connect timed out
+                log(f"[uwsgi-fastrouter] unable to connect() to node \"{node.name}\" "
+                    f"({attempt} retries): timeout")
+                router.failed(self.key, node)
+                raise
             except (OSError, TimeoutError, ValueError) as exc:
                 log(f"[uwsgi-fastrouter] unable to connect() to node \"{node.name}\" "
                     f"({attempt} retries): {_reason(exc)}")
@@ -171,13 +198,14 @@ class ClientSession(asyncio.Protocol):
         self.transport.close()
 
     async def _connect(self, node) -> NodeSide:
+        """No timeout object per connect: a session that makes no progress for
+        --fastrouter-timeout is aborted by the router's ticker, which cancels this too."""
         family, where = _address(node.name)
-        async with asyncio.timeout(self.router.timeout):
-            if family == socket.AF_UNIX:
-                _t, side = await self.loop.create_unix_connection(lambda: NodeSide(self), where)
-            else:
-                _t, side = await self.loop.create_connection(lambda: NodeSide(self), where[0],
-                                                             where[1])
+        if family == socket.AF_UNIX:
+            _t, side = await self.loop.create_unix_connection(lambda: NodeSide(self), where)
+        else:
+            _t, side = await self.loop.create_connection(lambda: NodeSide(self), where[0],
+                                                         where[1])
         return side
 
     def finish(self) -> None:
@@ -189,6 +217,8 @@ class ClientSession(asyncio.Protocol):
             self.router.release(self.key, self.node)
 
     def abort(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()                 # still connecting: the node is marked failed
         self.transport.abort()
         if self.node_side is not None:
             self.node_side.transport.abort()
