@@ -103,6 +103,7 @@ class ClientSession(asyncio.Protocol):
         self.finished = False
         self.last = 0.0
         self.task = None
+        self.paused = False
 
     # -- client transport events ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -116,8 +117,10 @@ class ClientSession(asyncio.Protocol):
             self.node.tx += len(data)
             self.node_side.transport.write(data)
             return
-        if self.routing:
-            self.pending.append(data)
+        if self.routing:                     # body bytes while we connect: keep them, but stop
+            self.pending.append(data)        # reading more until a node is there
+            self.transport.pause_reading()
+            self.paused = True
             return
         self.buf += data
         if len(self.buf) < 4:
@@ -132,7 +135,6 @@ class ClientSession(asyncio.Protocol):
             self.transport.close()
             return
         self.routing = True
-        self.transport.pause_reading()       # nothing more from the client until a node is there
         self.task = self.loop.create_task(self.route())
 
     def eof_received(self) -> bool:
@@ -186,7 +188,9 @@ class ClientSession(asyncio.Protocol):
             self.buf = self.pending = None
             node.tx += len(first)
             side.transport.write(first)
-            self.transport.resume_reading()
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
             return
         if failures:
             log(f"[uwsgi-fastrouter] no node for key \"{self.key}\" accepted the connection "
