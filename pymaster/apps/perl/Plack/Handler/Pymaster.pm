@@ -520,19 +520,27 @@ sub _read_uwsgi {
         $env{REMOTE_ADDR} = $addr unless defined $env{REMOTE_ADDR};
         $env{REMOTE_PORT} = $port unless defined $env{REMOTE_PORT};
     }
-    if (!defined $env{PATH_INFO}) {
-        my ($path) = split /\?/, (defined $env{REQUEST_URI} ? $env{REQUEST_URI} : ''), 2;
-        ($env{PATH_INFO} = $path) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/eg;
-    }
-    $env{QUERY_STRING} = '' unless defined $env{QUERY_STRING};
-    $env{REQUEST_URI} = length $env{QUERY_STRING} ? "$env{PATH_INFO}?$env{QUERY_STRING}"
-                                                  : $env{PATH_INFO}
-        unless defined $env{REQUEST_URI};
-    my $scheme = $env{UWSGI_SCHEME};
-    $scheme = (lc($env{HTTPS} || '') eq 'on' || ($env{HTTPS} || '') eq '1') ? 'https' : 'http'
-        unless defined $scheme && ($scheme eq 'http' || $scheme eq 'https');
+    my $scheme = _complete_uwsgi_env(\%env);
     $env{'psgi.url_scheme'} = $scheme;
     return $self->_read_body($req, \%env);
+}
+
+# What nginx may leave out of a uwsgi request: PATH_INFO, QUERY_STRING, REQUEST_URI filled
+# from each other; returns the URL scheme (UWSGI_SCHEME, else HTTPS on/1, else http).
+sub _complete_uwsgi_env {
+    my ($env) = @_;
+    if (!defined $env->{PATH_INFO}) {
+        my ($path) = split /\?/, (defined $env->{REQUEST_URI} ? $env->{REQUEST_URI} : ''), 2;
+        ($env->{PATH_INFO} = $path) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/eg;
+    }
+    $env->{QUERY_STRING} = '' unless defined $env->{QUERY_STRING};
+    $env->{REQUEST_URI} = length $env->{QUERY_STRING} ? "$env->{PATH_INFO}?$env->{QUERY_STRING}"
+                                                      : $env->{PATH_INFO}
+        unless defined $env->{REQUEST_URI};
+    my $scheme = $env->{UWSGI_SCHEME};
+    return $scheme if defined $scheme && ($scheme eq 'http' || $scheme eq 'https');
+    my $https = $env->{HTTPS} || '';
+    return (lc($https) eq 'on' || $https eq '1') ? 'https' : 'http';
 }
 
 sub _parser_error {
@@ -798,17 +806,7 @@ sub _serve_uwsgi {
         $env{REMOTE_ADDR} = $addr // '' unless defined $env{REMOTE_ADDR};
         $env{REMOTE_PORT} = $port // '' unless defined $env{REMOTE_PORT};
     }
-    if (!defined $env{PATH_INFO}) {
-        my ($path) = split /\?/, (defined $env{REQUEST_URI} ? $env{REQUEST_URI} : ''), 2;
-        ($env{PATH_INFO} = $path) =~ s/%([0-9A-Fa-f]{2})/chr hex $1/eg;
-    }
-    $env{QUERY_STRING} = '' unless defined $env{QUERY_STRING};
-    $env{REQUEST_URI} = length $env{QUERY_STRING} ? "$env{PATH_INFO}?$env{QUERY_STRING}"
-                                                  : $env{PATH_INFO}
-        unless defined $env{REQUEST_URI};
-    my $scheme = $env{UWSGI_SCHEME};
-    $scheme = (lc($env{HTTPS} || '') eq 'on' || ($env{HTTPS} || '') eq '1') ? 'https' : 'http'
-        unless defined $scheme && ($scheme eq 'http' || $scheme eq 'https');
+    my $scheme = _complete_uwsgi_env(\%env);
     $env{SCRIPT_NAME} = '' if !defined $env{SCRIPT_NAME} || $env{SCRIPT_NAME} eq '/';
     $env{REQUEST_METHOD} = 'GET' unless defined $env{REQUEST_METHOD} && length $env{REQUEST_METHOD};
     my $input;
