@@ -152,3 +152,26 @@ def split_response(raw: bytes) -> tuple[str, dict, bytes]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
     return lines[0], headers, body
+
+
+class Background:
+    """Run `fn(*args)` in a thread (a request held open while a test signals the server);
+    `join()` returns its result, or raises what it raised."""
+
+    def __init__(self, fn, *args):
+        import threading
+        self.result = self.error = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self.result = fn(*args)
+        except Exception as exc:  # handed to join()
+            self.error = exc
+
+    def join(self, timeout: float = 30.0):
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result

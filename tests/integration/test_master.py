@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.pm import Pymaster, free_port, split_response, uwsgi_get, wait_port
+from tests.pm import Background, Pymaster, free_port, split_response, uwsgi_get, wait_port
 
 APP_SRC = textwrap.dedent('''
     import os
@@ -85,14 +85,10 @@ def test_sigterm_is_graceful_request_in_flight_completes(tmp_path):
                    "-p", "1"], tmp_path) as pm:
         wait_port(port)
         pm.wait_workers(1)
-        import threading
-        result = {}
-        t = threading.Thread(target=lambda: result.update(r=uwsgi_get(port, "/sleep?s=1.5")))
-        t.start()
+        request = Background(uwsgi_get, port, "/sleep?s=1.5")
         time.sleep(0.4)
         pm.signal(signal.SIGTERM)
-        t.join(10)
-        assert split_response(result["r"])[2] == b"slept 1.5"
+        assert split_response(request.join(10))[2] == b"slept 1.5"
         assert pm.wait() == 0
         assert "graceful shutdown triggered..." in pm.log()
 

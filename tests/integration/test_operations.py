@@ -7,13 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from tests.load import one_uwsgi
-from tests.pm import ROOT, Pymaster, free_port, wait_port
+from tests.pm import ROOT, Background, Pymaster, free_port, wait_port
 
 APP = "tests/apps/conformance.py"
 
@@ -36,17 +35,6 @@ def test_cheaper_spare_starts_with_initial_and_cheaps_idle_workers(tmp_path):
         assert one_uwsgi(pm.port, "/hello").startswith(b"HTTP/1.1 200")
 
 
-def test_cheaper_spawns_when_all_workers_are_busy(tmp_path):
-    with start(tmp_path, "--cheaper", "1", "--cheaper-overload", "1", processes=3, wait=1) as pm:
-        threads = [threading.Thread(target=lambda: one_uwsgi(pm.port, "/sleep?s=4"))
-                   for _ in range(2)]
-        for t in threads:
-            t.start()
-        pm.wait_workers(2, timeout=10)
-        for t in threads:
-            t.join(15)
-
-
 def test_cheaper_below_processes_is_required(tmp_path):
     pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP, "-M", "-p", "2",
                    "--cheaper", "2"], tmp_path)
@@ -59,14 +47,11 @@ def test_pause_holds_requests_and_resume_serves_them(tmp_path):
     with start(tmp_path) as pm:
         pm.signal(signal.SIGTSTP)
         pm.wait_log(r"\*\*\* PAUSE")
-        result = {}
-        t = threading.Thread(target=lambda: result.update(r=one_uwsgi(pm.port, "/hello")))
-        t.start()
+        request = Background(one_uwsgi, pm.port, "/hello")
         time.sleep(1.0)
-        assert "r" not in result
+        assert request.result is None and request.thread.is_alive()
         pm.signal(signal.SIGTSTP)
-        t.join(10)
-        assert result["r"].startswith(b"HTTP/1.1 200")
+        assert request.join(10).startswith(b"HTTP/1.1 200")
         pm.wait_log(r"resuming workers")
 
 
@@ -108,19 +93,11 @@ def test_max_worker_lifetime(tmp_path):
 
 def test_worker_reload_mercy_then_no_mercy(tmp_path):
     with start(tmp_path, "--worker-reload-mercy", "1", processes=1) as pm:
-        t = threading.Thread(target=lambda: _swallow(one_uwsgi, pm.port, "/sleep?s=20"), daemon=True)
-        t.start()
+        Background(one_uwsgi, pm.port, "/sleep?s=20")      # cut by the NO MERCY kill
         time.sleep(0.5)
         pm.signal(signal.SIGHUP)
         pm.wait_log(r"worker 1 \(pid: \d+\) is taking too much time to die\.\.\.NO MERCY !!!", timeout=10)
         pm.wait_log(r"gracefully \(RE\)spawned pymaster master process", timeout=10)
-
-
-def _swallow(fn, *args):
-    try:
-        fn(*args)
-    except Exception:
-        pass
 
 
 def test_stats_http_and_sigusr1_and_sigusr2(tmp_path):
@@ -135,12 +112,11 @@ def test_stats_http_and_sigusr1_and_sigusr2(tmp_path):
         pm.signal(signal.SIGUSR1)
         pm.wait_log(r"workers total requests: 1")
         pm.wait_log(r"worker 1 app 0 \[\] requests: 1 exceptions: 0")
-        t = threading.Thread(target=lambda: one_uwsgi(pm.port, "/sleep?s=1.5"))
-        t.start()
+        request = Background(one_uwsgi, pm.port, "/sleep?s=1.5")
         time.sleep(0.5)
         os.kill(pm.workers()[0], signal.SIGUSR2)
         pm.wait_log(r"in _sleep")
-        t.join(10)
+        request.join(10)
 
 
 def test_logto_and_fifo_reopen(tmp_path):
@@ -290,7 +266,7 @@ def test_http_limit_post_413_and_expect_continue(tmp_path):
     import socket
     hport = free_port()
     with Pymaster(["--http-socket", f"127.0.0.1:{hport}", "--wsgi-file", APP, "--limit-post", "100"],
-                  tmp_path) as pm:
+                  tmp_path):
         wait_port(hport)
         conn = http.client.HTTPConnection("127.0.0.1", hport, timeout=5)
         conn.request("POST", "/echo", body=b"x" * 500)
@@ -362,17 +338,14 @@ def test_full_reload_with_broken_code_exits_with_a_clear_error(tmp_path):
         assert log.count("binary reloading pymaster") == 1
 
 
-@pytest.mark.parametrize("algo", ["busyness", "backlog"])
+@pytest.mark.parametrize("algo", ["spare", "busyness", "backlog"])
 def test_cheaper_algorithms_scale_up_under_load(tmp_path, algo):
     with start(tmp_path, "--cheaper", "1", "--cheaper-algo", algo, "--cheaper-overload", "1",
                "--cheaper-busyness-max", "10", processes=3, wait=1) as pm:
-        threads = [threading.Thread(target=_swallow, args=(one_uwsgi, pm.port, "/sleep?s=0.5"))
-                   for _ in range(16)]
-        for t in threads:
-            t.start()
+        requests = [Background(one_uwsgi, pm.port, "/sleep?s=0.5") for _ in range(16)]
         pm.wait_workers(2, timeout=10)
-        for t in threads:
-            t.join(30)
+        for request in requests:
+            request.join(30)
 
 
 def test_fastrouter_processes_under_the_master_share_one_table_and_serve_stats(tmp_path):
@@ -387,7 +360,7 @@ def test_fastrouter_processes_under_the_master_share_one_table_and_serve_stats(t
         router.wait_log(r"the master process is enabled because of: fastrouter")
         assert len(router.wait_workers(2)) == 2
         with Pymaster(["-s", f"127.0.0.1:{bport}", "--wsgi-file", APP, "-M", "--subscribe-to",
-                       f"127.0.0.1:{sport}:example.com"], tmp_path) as backend:
+                       f"127.0.0.1:{sport}:example.com"], tmp_path):
             wait_port(bport)
             router.wait_log(r"example\.com => new node: 127\.0\.0\.1:%d" % bport, count=2)
             env = {"HTTP_HOST": "example.com", "PATH_INFO": "/hello", "REQUEST_METHOD": "GET",

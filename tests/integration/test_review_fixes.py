@@ -4,11 +4,10 @@ import os
 import signal
 import socket
 import textwrap
-import threading
 import time
 
 from tests.load import one_uwsgi
-from tests.pm import Pymaster, exchange, free_port, wait_port
+from tests.pm import Background, Pymaster, exchange, free_port, wait_port
 
 LIAR = textwrap.dedent('''
     import time
@@ -64,15 +63,12 @@ def test_pause_does_not_count_against_harakiri(tmp_path):
                    "--harakiri", "2"], tmp_path) as pm:
         wait_port(port)
         pm.wait_workers(1)
-        result = {}
-        t = threading.Thread(target=lambda: result.update(r=one_uwsgi(port, "/slow")))
-        t.start()
+        request = Background(one_uwsgi, port, "/slow")
         time.sleep(0.3)
         pm.signal(signal.SIGTSTP)
         time.sleep(3.0)
         pm.signal(signal.SIGTSTP)
-        t.join(10)
-        assert result["r"].endswith(b"ok")
+        assert request.join(10).endswith(b"ok")
         time.sleep(1.2)
         assert "HARAKIRI" not in pm.log()
 
