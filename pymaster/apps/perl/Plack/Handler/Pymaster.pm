@@ -525,6 +525,19 @@ sub _read_uwsgi {
     return $self->_read_body($req, \%env);
 }
 
+# An app that died (or a client gone mid-write): log it; answer 500 if nothing was sent yet.
+sub _app_failed {
+    my ($self, $req, $err, $method, $uri) = @_;
+    if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
+        _log("write error: $$err [$method $uri] (client gone)");
+        return;
+    }
+    $err = "$err";
+    $err =~ s/\s+\z//;
+    _log("[pymaster-perl error] $method $uri: $err");
+    $self->_send_500($req) unless $req->{sent};
+}
+
 # What nginx may leave out of a uwsgi request: PATH_INFO, QUERY_STRING, REQUEST_URI filled
 # from each other; returns the URL scheme (UWSGI_SCHEME, else HTTPS on/1, else http).
 sub _complete_uwsgi_env {
@@ -888,15 +901,7 @@ sub _serve_uwsgi {
             @$r{qw(status headers head_bytes tx)} = ($status, $headers, $head_bytes, $tx);
             $r;
         };
-        if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
-            _log("write error: $$err [$method $uri] (client gone)");
-        }
-        else {
-            $err = "$err";
-            $err =~ s/\s+\z//;
-            _log("[pymaster-perl error] $method $uri: $err");
-            $self->_send_500($req) unless $req->{sent};
-        }
+        $self->_app_failed($req, $err, $method, $uri);
     }
     # the connection is closed
     if ($c) { syscall($SYS_DUP3, $self->{nullfd}, $fd, CLOEXEC) } else { syscall($SYS_CLOSE, $fd) }
@@ -975,15 +980,7 @@ sub _dispatch {
     if (!$ok) {
         my $err = $@;
         $failed = 1;
-        if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
-            _log("write error: $$err [$method $uri] (client gone)");
-        }
-        else {
-            $err = "$err";
-            $err =~ s/\s+\z//;
-            _log("[pymaster-perl error] $method $uri: $err");
-            $self->_send_500($req) unless $req->{sent};
-        }
+        $self->_app_failed($req, $err, $method, $uri);
     }
     if ($req->{chunked} && !$failed) {
         eval { _finish($req); 1 } or $failed = 1;
