@@ -34,8 +34,6 @@ REQ_SIZE = SLOT_SIZE - REQ_OFFSET
 
 STARTING, IDLE, BUSY, STOPPING, PAUSED = range(5)
 MASTER_RUNNING, MASTER_RELOADING, MASTER_STOPPING = range(3)
-STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping",
-               PAUSED: "pause"}
 
 _STATE = struct.Struct("<I")
 _BEGIN = struct.Struct("<Id")          # state, req_start (offsets 4 and 16 are not contiguous)
