@@ -28,17 +28,30 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from tests.external import (EXAMPLES, Server, descendants, free_port, gunicorn, http_get,  # noqa: E402
-                            nginx, pymaster, starman, tree_memory, uwsgi, uwsgi_fastrouter)
+from tests.external import (  # noqa: E402
+    EXAMPLES,
+    Server,
+    descendants,
+    free_port,
+    gunicorn,
+    http_get,
+    nginx,
+    pymaster,
+    starman,
+    tree_memory,
+    uwsgi,
+    uwsgi_fastrouter,
+)
 
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"

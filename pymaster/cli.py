@@ -12,13 +12,14 @@ import struct
 import sys
 import time
 
-from pymaster import __version__
+from pymaster import __version__, procname
 from pymaster import log as logmod
 from pymaster.log import log
-from pymaster.master import privileges, procname, sockets
-from pymaster.master.arbiter import EXIT_FAILED_APP, RELOADS_ENV, Arbiter, hold_signals
-from pymaster.master.scoreboard import Scoreboard
-from pymaster.master.worker import Worker      # imported before fork (and before --uid)
+from pymaster.master import privileges, sockets
+from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
+from pymaster.workers.contract import EXIT_FAILED_APP
+from pymaster.workers.scoreboard import Scoreboard
+from pymaster.workers.wsgi.worker import Worker  # imported before fork (and before --uid)
 
 INTERNAL_ENV = (RELOADS_ENV, "UWSGI_ORIGINAL_PROC_NAME", "UWSGI_VASSALS_DIR")
 MIN_SLOTS = 64
@@ -44,7 +45,8 @@ def _signal_pidfile(path: str, sig: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pymaster import options
+    from pymaster.config import parse as options
+
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}
     try:
@@ -63,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.stop:
         return _signal_pidfile(cfg.stop, signal.SIGINT)
     if cfg.daemonize and RELOADS_ENV not in os.environ and _daemonize():
-        return 0                    # the parent: the daemon goes on in the background
-    hold_signals()                  # until the handlers are in place (a re-exec arrives held)
+        return 0  # the parent: the daemon goes on in the background
+    hold_signals()  # until the handlers are in place (a re-exec arrives held)
     logmod.setup(cfg.logto or cfg.daemonize)
     for warning in getattr(cfg, "warnings", []):
         log(warning)
@@ -93,18 +95,33 @@ def _daemonize() -> bool:
 
 
 # uWSGI options pymaster takes so that configs keep working, but that change nothing here
-INERT = ("post-buffering", "reload-mercy", "fastrouter-events", "thunder-lock", "max-vars",
-         "single-interpreter", "enable-threads", "plugin-dir", "http-timeout", "http-processes")
+INERT = (
+    "post-buffering",
+    "reload-mercy",
+    "fastrouter-events",
+    "thunder-lock",
+    "max-vars",
+    "single-interpreter",
+    "enable-threads",
+    "plugin-dir",
+    "http-timeout",
+    "http-processes",
+)
 # uWSGI features a config may ask for that pymaster does not have: refuse rather than ignore
-NOT_BUILT = {"http": "uWSGI's HTTP router", "http-to": "uWSGI's HTTP router",
-             "static-map": "uWSGI's static file mapping"}
+NOT_BUILT = {
+    "http": "uWSGI's HTTP router",
+    "http-to": "uWSGI's HTTP router",
+    "static-map": "uWSGI's static file mapping",
+}
 
 
 def _check_unsupported(cfg) -> None:
     for name, what in NOT_BUILT.items():
         if cfg.is_set(name):
-            raise StartupError(f"--{name}: {what} is not part of pymaster; put nginx (or the "
-                               f"seed's Plack frontend) in front, or serve with --http-socket")
+            raise StartupError(
+                f"--{name}: {what} is not part of pymaster; put nginx (or the "
+                f"seed's Plack frontend) in front, or serve with --http-socket"
+            )
     for name in INERT:
         if cfg.is_set(name):
             log(f"option --{name} is accepted for uWSGI compatibility and has no effect")
@@ -128,29 +145,37 @@ def _socket_specs(cfg) -> list[tuple[str, str]]:
     specs = [("uwsgi", s) for s in cfg.socket or []]
     specs += [("http", s) for s in cfg.http_socket or []]
     specs += [("fastrouter", s) for s in getattr(cfg, "fastrouter", None) or []]
-    specs += [("subscription", s) for s in getattr(cfg, "fastrouter_subscription_server", None) or []]
+    specs += [
+        ("subscription", s) for s in getattr(cfg, "fastrouter_subscription_server", None) or []
+    ]
     return specs
 
 
 def _load_app(cfg):
     """Preload the WSGI app (or check the PSGI side); StartupError on failure."""
     if cfg.psgi:
-        from pymaster.apps import psgi
+        from pymaster.workers.psgi import bridge as psgi
+
         try:
             psgi.preflight(cfg)
         except RuntimeError as exc:
-            raise StartupError(f"{exc}\n*** no app loaded. GAME OVER ***",
-                               EXIT_FAILED_APP if cfg.need_app else 1) from None
+            raise StartupError(
+                f"{exc}\n*** no app loaded. GAME OVER ***", EXIT_FAILED_APP if cfg.need_app else 1
+            ) from None
         return None
     from pymaster.apps import wsgi
+
     start = time.time()
     try:
         app = wsgi.load_app(cfg)
     except wsgi.AppLoadError as exc:
-        raise StartupError(f"{exc}\n*** no app loaded. GAME OVER ***",
-                           EXIT_FAILED_APP if cfg.need_app else 1) from None
-    log(f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
-        f"on interpreter pid: {os.getpid()} (default app)")
+        raise StartupError(
+            f"{exc}\n*** no app loaded. GAME OVER ***", EXIT_FAILED_APP if cfg.need_app else 1
+        ) from None
+    log(
+        f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+        f"on interpreter pid: {os.getpid()} (default app)"
+    )
     return app
 
 
@@ -171,7 +196,9 @@ def _needs_master(cfg, has_gateway: bool) -> bool:
 
 def run(cfg) -> int:
     reloaded = RELOADS_ENV in os.environ
-    log(f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***")
+    log(
+        f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
+    )
     for path in getattr(cfg, "ini_files", []) or []:
         log(f"[pymaster] getting INI configuration from {path}")
     start_cwd = os.getcwd()
@@ -182,15 +209,19 @@ def run(cfg) -> int:
     has_app = bool(cfg.socket or cfg.http_socket) or (app_configured and "LISTEN_FDS" in os.environ)
     has_gateway = bool(getattr(cfg, "fastrouter", None))
     if not specs and "LISTEN_FDS" not in os.environ:
-        raise StartupError("The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
-                           "or --fastrouter ADDR")
+        raise StartupError(
+            "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
+            "or --fastrouter ADDR"
+        )
     if has_app and not app_configured:
-        raise StartupError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] "
-                           "or --psgi FILE")
+        raise StartupError(
+            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
+        )
     master = _needs_master(cfg, has_gateway)
     privileges.check_backlog(cfg.listen or 100)
-    listeners = sockets.setup(specs, cfg.listen or 100, cfg.chmod_socket,
-                              adopt_unmatched=not reloaded)
+    listeners = sockets.setup(
+        specs, cfg.listen or 100, cfg.chmod_socket, adopt_unmatched=not reloaded
+    )
     log(f"your server socket listen backlog is limited to {cfg.listen or 100} connections")
     if cfg.pidfile and not reloaded:
         log(f"writing pidfile to {cfg.pidfile}")
@@ -216,9 +247,10 @@ def _run_single(cfg, listeners, app, scoreboard) -> int:
     procname.set_title(cfg, "worker 1")
     app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
     if cfg.psgi:
-        from pymaster.apps import psgi
+        from pymaster.workers.psgi import bridge as psgi
+
         psgi.exec_worker(cfg, 1, [(lst.fd, lst.kind) for lst in app_listeners], scoreboard.fd, None)
-    Worker(1, cfg, app_listeners, app, scoreboard, None).run()     # unblocks once it handles them
+    Worker(1, cfg, app_listeners, app, scoreboard, None).run()  # unblocks once it handles them
     return 0
 
 
@@ -231,10 +263,17 @@ def _worker_target(cfg, listeners, app, scoreboard, master_pid):
                 lst.sock.close()
         procname.set_title(cfg, child.title)
         if cfg.psgi:
-            from pymaster.apps import psgi
-            psgi.exec_worker(cfg, child.number, [(lst.fd, lst.kind) for lst in app_listeners],
-                             scoreboard.fd, master_pid)
+            from pymaster.workers.psgi import bridge as psgi
+
+            psgi.exec_worker(
+                cfg,
+                child.number,
+                [(lst.fd, lst.kind) for lst in app_listeners],
+                scoreboard.fd,
+                master_pid,
+            )
         Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
+
     return target
 
 
@@ -250,13 +289,22 @@ def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
         log(f"gracefully (RE)spawned pymaster master process (pid: {os.getpid()})")
     else:
         log(f"spawned pymaster master process (pid: {os.getpid()})")
-    log("*** Operational MODE: " + ("preforking ***" if processes > 1 else
-                                     "single process ***" if processes else "no-workers ***"))
+    log(
+        "*** Operational MODE: "
+        + (
+            "preforking ***"
+            if processes > 1
+            else "single process ***"
+            if processes
+            else "no-workers ***"
+        )
+    )
     arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
     for i in range(processes):
         child = arbiter.add("worker", arbiter.worker_target)
         child.cheaped = i >= arbiter.cheaper.initial
     from pymaster.master import gateways
+
     gateways.attach(arbiter, cfg, listeners)
     _attach_control(arbiter, cfg)
     try:
@@ -278,6 +326,7 @@ def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
 def _attach_control(arbiter, cfg) -> None:
     """Master FIFO, stats server and touch files, as configured."""
     from pymaster.master import checks, control
+
     arbiter.closers = []
     if cfg.master_fifo:
         fifo = control.MasterFifo(list(cfg.master_fifo), arbiter)
@@ -286,8 +335,9 @@ def _attach_control(arbiter, cfg) -> None:
         stats = control.StatsServer(cfg.stats, arbiter)
         arbiter.closers.append(stats.close)
     for paths, action, what in (
-            (cfg.touch_reload, arbiter.cmd_graceful_reload, "grace them all"),
-            (cfg.touch_workers_reload, arbiter.cmd_reload_workers, "workers reload"),
-            (cfg.touch_chain_reload, arbiter.cmd_chain_reload, "chain reload")):
+        (cfg.touch_reload, arbiter.cmd_graceful_reload, "grace them all"),
+        (cfg.touch_workers_reload, arbiter.cmd_reload_workers, "workers reload"),
+        (cfg.touch_chain_reload, arbiter.cmd_chain_reload, "chain reload"),
+    ):
         if paths:
             arbiter.on_tick.append(checks.TouchWatcher(list(paths), action, what))

@@ -20,7 +20,7 @@ def setup(logto: str | None = None) -> None:
     global _fd
     if logto:
         fd = os.open(logto, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        os.dup2(fd, 2)          # so tracebacks and child processes follow the log too
+        os.dup2(fd, 2)  # so tracebacks and child processes follow the log too
         os.close(fd)
     _fd = 2
     sys.stderr.flush()

@@ -52,7 +52,9 @@ def _use_virtualenv(home: str) -> None:
     pattern = os.path.join(home, "lib", "python*", "site-packages")
     found = sorted(glob.glob(pattern))
     if not found:
-        raise AppLoadError(f"--home '{home}': no lib/python*/site-packages in it, expected a virtualenv")
+        raise AppLoadError(
+            f"--home '{home}': no lib/python*/site-packages in it, expected a virtualenv"
+        )
     for path in found:
         site.addsitedir(path)
         sys.path.remove(path)
@@ -69,7 +71,9 @@ def load_app(cfg):
     callable_name = cfg.callable or "application"
     target = cfg.wsgi_file or cfg.module
     if not target:
-        raise AppLoadError("no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE")
+        raise AppLoadError(
+            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
+        )
     try:
         if cfg.wsgi_file:
             module = _load_file(cfg.wsgi_file)
@@ -86,7 +90,9 @@ def load_app(cfg):
         raise
     except BaseException as exc:  # the app's own import error, SyntaxError, SystemExit...
         tb = traceback.format_exc()
-        raise AppLoadError(f"unable to load app from '{target}': {exc.__class__.__name__}: {exc}\n{tb}") from exc
+        raise AppLoadError(
+            f"unable to load app from '{target}': {exc.__class__.__name__}: {exc}\n{tb}"
+        ) from exc
     app = getattr(module, callable_name, None)
     if app is None:
         raise AppLoadError(f"unable to find callable '{callable_name}' in '{target}'")
@@ -129,7 +135,9 @@ class ErrorStream:
     """wsgi.errors: lines go to the log."""
 
     def write(self, s):
-        _log.log(s.rstrip("\n") if isinstance(s, str) else s.decode("utf-8", "replace").rstrip("\n"))
+        _log.log(
+            s.rstrip("\n") if isinstance(s, str) else s.decode("utf-8", "replace").rstrip("\n")
+        )
 
     def writelines(self, seq):
         for s in seq:
@@ -167,8 +175,19 @@ class Call:
     bytes / framing.finish() -> bytes wrap body pieces (chunked encoding or identity).
     """
 
-    __slots__ = ("sock", "framing", "no_body", "status", "headers", "head_sent", "tx",
-                 "head_bytes", "header_count", "declared", "timeout")
+    __slots__ = (
+        "sock",
+        "framing",
+        "no_body",
+        "status",
+        "headers",
+        "head_sent",
+        "tx",
+        "head_bytes",
+        "header_count",
+        "declared",
+        "timeout",
+    )
 
     def __init__(self, sock, framing, method: str, timeout: float = 4.0):
         self.sock = sock
@@ -180,7 +199,7 @@ class Call:
         self.tx = 0
         self.head_bytes = 0
         self.header_count = 0
-        self.declared = None           # the app's own Content-Length, enforced
+        self.declared = None  # the app's own Content-Length, enforced
         self.timeout = timeout
 
     def start_response(self, status, headers, exc_info=None):
@@ -222,7 +241,7 @@ class Call:
         out = b"" if self.head_sent else self._head(None)
         if data and not self.no_body:
             if self.declared is not None and self.tx + len(data) > self.declared:
-                data = data[:self.declared - self.tx]      # never more than the app announced
+                data = data[: self.declared - self.tx]  # never more than the app announced
             if data:
                 out += self.framing.chunk(data)
                 self.tx += len(data)
@@ -242,11 +261,11 @@ class Call:
                 self._send_list(result)
                 return int(self.status[:3])
             for data in result:
-                if data or self.head_sent:     # no head before the first non-empty chunk
+                if data or self.head_sent:  # no head before the first non-empty chunk
                     self.write(data)
                 elif type(data) not in (bytes, bytearray):
                     raise WsgiError(f"the app's body must yield bytes, got {type(data).__name__}")
-            if not self.head_sent:                 # an empty body (HEAD: length unknown)
+            if not self.head_sent:  # an empty body (HEAD: length unknown)
                 self.sock.sendall(self._head(None if self.no_body else 0))
             elif not self.no_body:
                 tail = self.framing.finish()
@@ -270,7 +289,7 @@ class Call:
                 raise WsgiError(f"the app's body must yield bytes, got {type(data).__name__}")
         body = b"".join(chunks)
         if self.declared is not None:
-            body = body[:self.declared]
+            body = body[: self.declared]
         out = self._head(len(body))
         if not self.no_body:
             out += body
@@ -285,7 +304,7 @@ class Call:
         self.sock.sendall(self._head(count))
         if self.no_body or not count:
             return
-        self.sock.settimeout(self.timeout)   # sendfile() waits on EAGAIN: bound it
+        self.sock.settimeout(self.timeout)  # sendfile() waits on EAGAIN: bound it
         try:
             with os.fdopen(os.dup(fd), "rb") as f:
                 self.tx = self.sock.sendfile(f, offset, count)

@@ -16,17 +16,29 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pymaster import log as logmod
 from pymaster.log import log, log_verbose
-from pymaster.master import checks, cheaper, sockets
-from pymaster.master import scoreboard as sb
+from pymaster.master import cheaper, checks, sockets
 from pymaster.master.notify import Notifier
+from pymaster.workers import scoreboard as sb
+from pymaster.workers.contract import EXIT_FAILED_APP
 
-HANDLED = ("SIGHUP", "SIGTERM", "SIGINT", "SIGQUIT", "SIGCHLD", "SIGTTIN", "SIGTTOU",
-           "SIGUSR1", "SIGUSR2", "SIGTSTP", "SIGWINCH")
+HANDLED = (
+    "SIGHUP",
+    "SIGTERM",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGCHLD",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGTSTP",
+    "SIGWINCH",
+)
 HANDLED_SIGNALS = [getattr(signal, name) for name in HANDLED]
 
 
@@ -39,8 +51,9 @@ def hold_signals() -> None:
 
 def release_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-EXIT_FAILED_APP = 22
-RELOADS_ENV = "UWSGI_RELOADS"          # as uWSGI: how many times this master re-exec'd
+
+
+RELOADS_ENV = "UWSGI_RELOADS"  # as uWSGI: how many times this master re-exec'd
 
 
 @dataclass(eq=False)
@@ -49,14 +62,14 @@ class Child:
 
     kind: str
     number: int
-    target: Callable[["Child"], None]        # runs in the forked child, must not return
+    target: Callable[[Child], None]  # runs in the forked child, must not return
     pid: int = 0
     spawned_at: float = 0.0
     respawns: int = 0
-    cursed_at: float = 0.0                   # when we asked it to stop (mercy clock)
-    retiring: bool = False                   # stop it, then drop the slot (scale down)
-    cheaped: bool = False                    # stopped by the cheaper: no respawn until needed
-    next_spawn: float = 0.0                  # respawn delayed by the fork-bomb guard
+    cursed_at: float = 0.0  # when we asked it to stop (mercy clock)
+    retiring: bool = False  # stop it, then drop the slot (scale down)
+    cheaped: bool = False  # stopped by the cheaper: no respawn until needed
+    next_spawn: float = 0.0  # respawn delayed by the fork-bomb guard
     harakiri_count: int = 0
     label: str = ""
 
@@ -83,14 +96,14 @@ class Arbiter:
         self.listeners = listeners
         self.scoreboard = scoreboard
         self.pid = os.getpid()
-        self.children: dict[int, Child] = {}           # pid -> running child
-        self.slots: list[Child] = []                   # every child slot, running or not
+        self.children: dict[int, Child] = {}  # pid -> running child
+        self.slots: list[Child] = []  # every child slot, running or not
         self.queue: collections.deque[int] = collections.deque()
         self.readers: dict[int, Callable[[], None]] = {}
         self.state = State()
         self.on_tick: list[Callable[[float], None]] = []
-        self.on_stop: list[Callable[[bool], None]] = []       # arg: True for a graceful reload
-        self.on_pause: list[Callable[[bool], None]] = []      # arg: True when pausing
+        self.on_stop: list[Callable[[bool], None]] = []  # arg: True for a graceful reload
+        self.on_pause: list[Callable[[bool], None]] = []  # arg: True when pausing
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0
         self.mercy = cfg.worker_reload_mercy or 60
@@ -119,7 +132,7 @@ class Arbiter:
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, self._enqueue)
-        release_signals()                      # what arrived during start-up is handled now
+        release_signals()  # what arrived during start-up is handled now
 
     def reset_child_signals(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -162,13 +175,13 @@ class Arbiter:
         child.cheaped = False
         if child.kind == "worker":
             self.scoreboard.slot(child.number - 1).reset(0, time.time())
-        hold_signals()       # a signal for the child between fork and its own handlers waits
+        hold_signals()  # a signal for the child between fork and its own handlers waits
         pid = os.fork()
         if pid == 0:
             try:
                 self.reset_child_signals()
                 os.close(self.wake_r)
-                child.target(child)            # the target unblocks once it handles them
+                child.target(child)  # the target unblocks once it handles them
             except BaseException:
                 log(traceback.format_exc())
             finally:
@@ -178,7 +191,7 @@ class Arbiter:
         child.spawned_at = time.time()
         self.children[pid] = child
         if self.paused and child.kind == "worker":
-            self.kill(pid, signal.SIGSTOP)     # paused means every worker, new ones too
+            self.kill(pid, signal.SIGSTOP)  # paused means every worker, new ones too
         if child.respawns == 1:
             log(f"spawned pymaster {child.title} (pid: {pid}, cores: 1)")
         else:
@@ -210,8 +223,13 @@ class Arbiter:
                 self.spawn(child)
         next_tick = time.monotonic() + 1.0
         while True:
-            timeout = max(0.0, min(next_tick - time.monotonic(), 0.1 if self.chain is not None
-                                   or not self.ready_sent else 1.0))
+            timeout = max(
+                0.0,
+                min(
+                    next_tick - time.monotonic(),
+                    0.1 if self.chain is not None or not self.ready_sent else 1.0,
+                ),
+            )
             try:
                 ready, _, _ = select.select([self.wake_r, *self.readers], [], [], timeout)
             except InterruptedError:
@@ -239,8 +257,10 @@ class Arbiter:
         try:
             fn(*args)
         except Exception:
-            log(f"pymaster master: error in {getattr(fn, '__qualname__', fn)}:\n"
-                f"{traceback.format_exc().rstrip()}")
+            log(
+                f"pymaster master: error in {getattr(fn, '__qualname__', fn)}:\n"
+                f"{traceback.format_exc().rstrip()}"
+            )
 
     def _drain_wake(self) -> None:
         try:
@@ -291,9 +311,12 @@ class Arbiter:
             child = self.children.pop(pid, None)
             if child is not None:
                 self.child_exited(child, pid, status)
-            elif self.pid != 1:                # as PID 1 we reap strangers quietly
-                how = (f"by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-                       else f"with code {os.WEXITSTATUS(status)}")
+            elif self.pid != 1:  # as PID 1 we reap strangers quietly
+                how = (
+                    f"by signal {os.WTERMSIG(status)}"
+                    if os.WIFSIGNALED(status)
+                    else f"with code {os.WEXITSTATUS(status)}"
+                )
                 log(f"subprocess {pid} exited {how}")
 
     def child_exited(self, child: Child, pid: int, status: int) -> None:
@@ -302,7 +325,9 @@ class Arbiter:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         child.pid = 0
         if self.state.mode != "running":
-            log(f"{child.title} buried after {max(1, round(now - (child.cursed_at or now)))} seconds")
+            log(
+                f"{child.title} buried after {max(1, round(now - (child.cursed_at or now)))} seconds"
+            )
             return
         if code == EXIT_FAILED_APP:
             log(f"OOPS ! failed loading app in {child.title} (pid {pid}) :( trying again...")
@@ -315,16 +340,20 @@ class Arbiter:
                 return
         elif pid in self.harakiri_pids:
             self.harakiri_pids.discard(pid)
-            log(f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ...")
+            log(
+                f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ..."
+            )
         elif child.cursed_at or code == 0:
             log(f"{child.title} killed successfully (pid: {pid})")
         elif sig is not None:
-            log(f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ...")
+            log(
+                f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ..."
+            )
         else:
             log(f"DAMN ! {child.title} (pid: {pid}) died :( trying respawn ...")
         if child is self.chain_new:
             if code == 0 and not child.cursed_at:
-                self.chain_ready = True        # it served and recycled itself: it accepted
+                self.chain_ready = True  # it served and recycled itself: it accepted
             else:
                 self.abort_chain(f"the new {child.title} exited before accepting")
                 if child not in self.slots:
@@ -364,12 +393,14 @@ class Arbiter:
     def check_mercy(self, now: float) -> None:
         for child in list(self.children.values()):
             if child.cursed_at and now - child.cursed_at > self.mercy:
-                log(f"{child.title} (pid: {child.pid}) is taking too much time to die...NO MERCY !!!")
+                log(
+                    f"{child.title} (pid: {child.pid}) is taking too much time to die...NO MERCY !!!"
+                )
                 self.kill(child.pid, signal.SIGKILL)
 
     # -- signals (dispatched from the loop, never run inside the handler) ----------------
     def on_SIGCHLD(self) -> None:
-        pass                                   # the loop reaps after every wakeup
+        pass  # the loop reaps after every wakeup
 
     def on_SIGHUP(self) -> None:
         self.reload(graceful=True)
@@ -404,15 +435,17 @@ class Arbiter:
         live = self.workers()
         floor = max(1, self.cheaper.minimum)
         if len(live) <= floor:
-            log(f"not removing a worker: already at {len(live)} worker{'s' if len(live) > 1 else ''}"
-                f" (minimum {floor})")
+            log(
+                f"not removing a worker: already at {len(live)} worker{'s' if len(live) > 1 else ''}"
+                f" (minimum {floor})"
+            )
             return
         chain = (self.chain_new, self.chain_old)
         candidates = [c for c in live if c not in chain] or live
         child = max(candidates, key=lambda c: c.number)
         if child in chain:
             if child is self.chain_old:
-                self.chain_new = None          # its successor simply stays as a worker
+                self.chain_new = None  # its successor simply stays as a worker
             self.abort_chain(f"{child.title} was removed by a scale-down")
         child.retiring = True
         self.cheaper.maximum = max(floor, self.cheaper.maximum - 1)
@@ -429,8 +462,10 @@ class Arbiter:
             info = self.scoreboard.slot(child.number - 1).read()
             total += info["requests"]
             doing = f" busy with {info['request']}" if info["state"] == sb.BUSY else ""
-            lines.append(f"{child.title} app 0 [] requests: {info['requests']} "
-                         f"exceptions: {info['exceptions']}{doing}")
+            lines.append(
+                f"{child.title} app 0 [] requests: {info['requests']} "
+                f"exceptions: {info['exceptions']}{doing}"
+            )
         log(f"workers total requests: {total}")
         for line in lines:
             log(line)
@@ -442,11 +477,13 @@ class Arbiter:
         now = time.time()
         if self.paused:
             self.paused_at = now
-        else:                                  # stopped time does not count against harakiri
+        else:  # stopped time does not count against harakiri
             self.pauses.append((self.paused_at, now))
         sig = signal.SIGSTOP if self.paused else signal.SIGCONT
         if self.paused:
-            log_verbose("*** PAUSE (press start to resume, if you do not have a joypad send SIGTSTP) ***")
+            log_verbose(
+                "*** PAUSE (press start to resume, if you do not have a joypad send SIGTSTP) ***"
+            )
         else:
             log_verbose("*** (SIGTSTP received) resuming workers ***")
         for hook in self.on_pause:
@@ -530,7 +567,7 @@ class Arbiter:
             if old.pid:
                 log(f"Gracefully killing {old.title} (pid: {old.pid})...")
                 self.curse(old, signal.SIGHUP)
-            elif old in self.slots:            # between a recycle and its respawn
+            elif old in self.slots:  # between a recycle and its respawn
                 self.slots.remove(old)
             self.chain_new = self.chain_old = None
         if not self.chain:
@@ -551,7 +588,7 @@ class Arbiter:
     def abort_chain(self, why: str) -> None:
         log_verbose(f"chain reload aborted: {why}; the old workers keep serving")
         new = self.chain_new
-        if new is not None and new.pid:        # still running: it leaves like a scaled-down one
+        if new is not None and new.pid:  # still running: it leaves like a scaled-down one
             new.retiring = True
             self.curse(new, signal.SIGHUP)
         elif new is not None and new in self.slots:
@@ -578,8 +615,10 @@ class Arbiter:
             if child.kind == "worker" and graceful:
                 log(f"Gracefully killing {child.title} (pid: {child.pid})...")
         self.signal_children(signal.SIGHUP if graceful else signal.SIGINT)
-        self.signal_children(signal.SIGHUP if graceful else signal.SIGKILL,
-                             kinds=tuple({c.kind for c in self.slots} - {"worker"}))
+        self.signal_children(
+            signal.SIGHUP if graceful else signal.SIGKILL,
+            kinds=tuple({c.kind for c in self.slots} - {"worker"}),
+        )
 
     def shutdown(self, graceful: bool, code: int = 0) -> None:
         if self.state.mode == "stopping" and (graceful or not self.state.graceful):
@@ -599,10 +638,11 @@ class Arbiter:
             hook(False)
         if graceful:
             sockets.refuse_new_connections(self.listeners)
-        for lst in self.listeners:             # workers keep theirs to drain the backlog
+        for lst in self.listeners:  # workers keep theirs to drain the backlog
             lst.sock.close()
-        self.signal_children(signal.SIGHUP if graceful else signal.SIGINT,
-                             kinds=tuple({c.kind for c in self.slots}))
+        self.signal_children(
+            signal.SIGHUP if graceful else signal.SIGINT, kinds=tuple({c.kind for c in self.slots})
+        )
 
     def finish(self) -> int:
         if self.state.mode == "reloading":
@@ -621,5 +661,5 @@ class Arbiter:
         env[RELOADS_ENV] = str(int(env.get(RELOADS_ENV, "0")) + 1)
         argv = [sys.executable, "-m", "pymaster", *self.cfg.argv]
         log(f"running {sys.executable} -m pymaster")
-        hold_signals()                         # the mask survives exec: nothing is lost
+        hold_signals()  # the mask survives exec: nothing is lost
         os.execve(sys.executable, argv, env)

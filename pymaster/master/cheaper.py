@@ -11,7 +11,7 @@ import signal
 
 from pymaster.log import log
 from pymaster.master import control
-from pymaster.master import scoreboard as sb
+from pymaster.workers import scoreboard as sb
 
 
 class Cheaper:
@@ -21,7 +21,9 @@ class Cheaper:
         self.minimum = getattr(cfg, "cheaper", 0) or 0
         self.maximum = max(1, cfg.processes or 1)
         initial = getattr(cfg, "cheaper_initial", None) or self.minimum
-        self.initial = min(max(initial, self.minimum), self.maximum) if self.enabled else self.maximum
+        self.initial = (
+            min(max(initial, self.minimum), self.maximum) if self.enabled else self.maximum
+        )
         self.step_size = max(1, getattr(cfg, "cheaper_step", 1) or 1)
         self.overload = getattr(cfg, "cheaper_overload", 3) or 3
         self.algo = (getattr(cfg, "cheaper_algo", None) or "spare") if self.enabled else "none"
@@ -71,8 +73,12 @@ class Cheaper:
         return 0
 
     def _backlog(self, arbiter, live, now) -> int:
-        queue = sum(q for _, q in control.listen_queue(
-            [lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")]))
+        queue = sum(
+            q
+            for _, q in control.listen_queue(
+                [lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")]
+            )
+        )
         if queue > self.overload:
             return self.step_size
         if queue == 0:
@@ -101,7 +107,7 @@ class Cheaper:
             return self.step_size
         if average < self.busy_min:
             self.idle_cycles += 1
-            if self.idle_cycles * self.overload >= 10 * self.overload:    # multiplier 10
+            if self.idle_cycles * self.overload >= 10 * self.overload:  # multiplier 10
                 self.idle_cycles = 0
                 return -1
         else:

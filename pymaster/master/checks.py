@@ -13,7 +13,7 @@ import time
 import psutil
 
 from pymaster.log import log, log_verbose
-from pymaster.master import scoreboard as sb
+from pymaster.workers import scoreboard as sb
 
 
 def harakiri(arbiter, now: float) -> None:
@@ -29,8 +29,10 @@ def harakiri(arbiter, now: float) -> None:
         if now - info["req_start"] - arbiter.paused_since(info["req_start"]) <= limit:
             continue
         child.harakiri_count = getattr(child, "harakiri_count", 0) + 1
-        log_verbose(f"*** HARAKIRI ON WORKER {child.number} (pid: {child.pid}, "
-                    f"try: {child.harakiri_count}) ***")
+        log_verbose(
+            f"*** HARAKIRI ON WORKER {child.number} (pid: {child.pid}, "
+            f"try: {child.harakiri_count}) ***"
+        )
         log(f"HARAKIRI !!! worker {child.number} status !!!")
         log(f"HARAKIRI [core 0] {info['request']} since {int(info['req_start'])}")
         log(f"HARAKIRI !!! end of worker {child.number} status !!!")
@@ -50,7 +52,9 @@ def evil_rss(arbiter, now: float) -> None:
         except psutil.Error:
             continue
         if rss > limit:
-            log_verbose(f"*** EVIL RELOAD ON WORKER {child.number} RSS: {rss} (pid: {child.pid}) ***")
+            log_verbose(
+                f"*** EVIL RELOAD ON WORKER {child.number} RSS: {rss} (pid: {child.pid}) ***"
+            )
             child.cursed_at = child.cursed_at or time.time()
             arbiter.kill(child.pid, signal.SIGKILL)
 
@@ -67,7 +71,9 @@ def lifetime(arbiter, now: float) -> None:
         allowed = longest + delta * child.number
         lived = now - child.spawned_at
         if lived >= allowed:
-            log(f"worker {child.number} lifetime reached, it was running for {int(lived)} second(s)")
+            log(
+                f"worker {child.number} lifetime reached, it was running for {int(lived)} second(s)"
+            )
             child.cursed_at = now
             arbiter.kill(child.pid, signal.SIGHUP)
 
@@ -82,7 +88,9 @@ class TouchWatcher:
         for path in paths:
             self.mtimes[path] = self._mtime(path)
             if self.mtimes[path] is None:
-                log(f"unable to stat() {path}, events will be triggered as soon as the file is created")
+                log(
+                    f"unable to stat() {path}, events will be triggered as soon as the file is created"
+                )
 
     @staticmethod
     def _mtime(path: str):
@@ -99,4 +107,3 @@ class TouchWatcher:
                 log(f"*** {path} has been touched... {self.what} !!! ***")
                 self.action()
                 return
-

@@ -14,14 +14,23 @@ import psutil
 
 from pymaster import __version__
 from pymaster.log import log
-from pymaster.master import scoreboard as sb
 from pymaster.master import sockets
+from pymaster.workers import scoreboard as sb
 
 FIFO_COMMANDS = {
-    "r": "graceful_reload", "R": "brutal_reload", "w": "reload_workers",
-    "W": "brutal_reload_workers", "c": "chain_reload", "q": "graceful_shutdown",
-    "Q": "brutal_shutdown", "+": "add_worker", "-": "remove_worker", "s": "stats_to_log",
-    "l": "reopen_log", "p": "pause_toggle", "S": "subscriptions_toggle",
+    "r": "graceful_reload",
+    "R": "brutal_reload",
+    "w": "reload_workers",
+    "W": "brutal_reload_workers",
+    "c": "chain_reload",
+    "q": "graceful_shutdown",
+    "Q": "brutal_shutdown",
+    "+": "add_worker",
+    "-": "remove_worker",
+    "s": "stats_to_log",
+    "l": "reopen_log",
+    "p": "pause_toggle",
+    "S": "subscriptions_toggle",
 }
 
 
@@ -94,18 +103,48 @@ def _worker_stats(arbiter, child, now: float) -> dict:
     requests = info["requests"]
     busy = info["state"] == sb.BUSY
     return {
-        "id": child.number, "pid": child.pid, "accepting": int(info["state"] in (sb.IDLE, sb.BUSY)),
-        "requests": requests, "delta_requests": requests, "exceptions": info["exceptions"],
-        "harakiri_count": getattr(child, "harakiri_count", 0), "signals": 0, "signal_queue": 0,
-        "status": status, "rss": rss, "vsz": vsz,
-        "running_time": int(info["running_time"] * 1e6), "last_spawn": int(child.spawned_at),
-        "respawn_count": child.respawns, "tx": info["tx"], "avg_rt": int(info["avg_rt"] * 1e6),
-        "apps": [{"id": 0, "modifier1": 0, "mountpoint": "", "startup_time": 0,
-                  "requests": requests, "exceptions": info["exceptions"],
-                  "chdir": ""}],
-        "cores": [{"id": 0, "requests": requests, "static_requests": 0, "routed_requests": 0,
-                   "offloaded_requests": 0, "write_errors": 0, "read_errors": 0,
-                   "in_request": int(busy), "vars": [], "req_info": {}}],
+        "id": child.number,
+        "pid": child.pid,
+        "accepting": int(info["state"] in (sb.IDLE, sb.BUSY)),
+        "requests": requests,
+        "delta_requests": requests,
+        "exceptions": info["exceptions"],
+        "harakiri_count": getattr(child, "harakiri_count", 0),
+        "signals": 0,
+        "signal_queue": 0,
+        "status": status,
+        "rss": rss,
+        "vsz": vsz,
+        "running_time": int(info["running_time"] * 1e6),
+        "last_spawn": int(child.spawned_at),
+        "respawn_count": child.respawns,
+        "tx": info["tx"],
+        "avg_rt": int(info["avg_rt"] * 1e6),
+        "apps": [
+            {
+                "id": 0,
+                "modifier1": 0,
+                "mountpoint": "",
+                "startup_time": 0,
+                "requests": requests,
+                "exceptions": info["exceptions"],
+                "chdir": "",
+            }
+        ],
+        "cores": [
+            {
+                "id": 0,
+                "requests": requests,
+                "static_requests": 0,
+                "routed_requests": 0,
+                "offloaded_requests": 0,
+                "write_errors": 0,
+                "read_errors": 0,
+                "in_request": int(busy),
+                "vars": [],
+                "req_info": {},
+            }
+        ],
     }
 
 
@@ -117,7 +156,7 @@ def listen_queue(listeners) -> list[tuple[object, int]]:
         if lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram:
             try:
                 info = lst.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-                queue = int.from_bytes(info[24:28], "little")     # tcpi_unacked = backlog
+                queue = int.from_bytes(info[24:28], "little")  # tcpi_unacked = backlog
             except OSError:
                 queue = 0
         out.append((lst, queue))
@@ -137,11 +176,27 @@ def stats_document(arbiter) -> dict:
         "uid": os.getuid(),
         "gid": os.getgid(),
         "cwd": os.getcwd(),
-        "locks": [{"user 0": 0}, {"signal": 0}, {"filemon": 0}, {"timer": 0}, {"rbtimer": 0},
-                  {"cron": 0}, {"rpc": 0}, {"snmp": 0}],
-        "sockets": [{"name": lst.name, "proto": lst.kind, "queue": q,
-                     "max_queue": arbiter.cfg.listen or 100, "shared": 0, "can_offload": 0}
-                    for lst, q in queues],
+        "locks": [
+            {"user 0": 0},
+            {"signal": 0},
+            {"filemon": 0},
+            {"timer": 0},
+            {"rbtimer": 0},
+            {"cron": 0},
+            {"rpc": 0},
+            {"snmp": 0},
+        ],
+        "sockets": [
+            {
+                "name": lst.name,
+                "proto": lst.kind,
+                "queue": q,
+                "max_queue": arbiter.cfg.listen or 100,
+                "shared": 0,
+                "can_offload": 0,
+            }
+            for lst, q in queues
+        ],
         "workers": [_worker_stats(arbiter, c, now) for c in arbiter.slots if c.kind == "worker"],
     }
 
@@ -166,15 +221,20 @@ class StatsServer:
         with conn:
             cfg = self.arbiter.cfg
             doc = stats_document(self.arbiter)
-            body = json.dumps(doc, separators=(",", ":") if getattr(cfg, "stats_minified", False)
-                              else None, indent=None if getattr(cfg, "stats_minified", False) else 1)
+            body = json.dumps(
+                doc,
+                separators=(",", ":") if getattr(cfg, "stats_minified", False) else None,
+                indent=None if getattr(cfg, "stats_minified", False) else 1,
+            )
             data = body.encode()
             if getattr(cfg, "stats_http", False):
-                data = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n" % len(data)) + data
-            conn.setblocking(False)            # the master hardly waits on a stats reader:
-            try:                               # what the socket buffer takes at once, then
-                sent = conn.send(data)         # at most 0.2 s for a large document
+                data = (
+                    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n" % len(data)
+                ) + data
+            conn.setblocking(False)  # the master hardly waits on a stats reader:
+            try:  # what the socket buffer takes at once, then
+                sent = conn.send(data)  # at most 0.2 s for a large document
                 if sent < len(data):
                     conn.settimeout(0.2)
                     conn.sendall(data[sent:])

@@ -19,7 +19,9 @@ class Notifier:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         usec = environ.get("WATCHDOG_USEC", "")
         wpid = environ.get("WATCHDOG_PID", "")
-        self.watchdog = int(usec) / 1e6 / 2 if usec.isdigit() and wpid in ("", str(os.getpid())) else 0
+        self.watchdog = (
+            int(usec) / 1e6 / 2 if usec.isdigit() and wpid in ("", str(os.getpid())) else 0
+        )
         self.last_watchdog = 0.0
 
     def send(self, *fields: str) -> None:
@@ -34,8 +36,11 @@ class Notifier:
         self.send(f"STATUS={status}", "READY=1", f"MAINPID={os.getpid()}")
 
     def reloading(self) -> None:
-        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
-                  "STATUS=reloading")
+        self.send(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+            "STATUS=reloading",
+        )
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")

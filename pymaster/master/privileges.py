@@ -19,7 +19,9 @@ def _resolve(value: str, kind: str) -> int:
     try:
         return pwd.getpwnam(value).pw_uid if kind == "user" else grp.getgrnam(value).gr_gid
     except KeyError:
-        raise PrivilegeError(f"unknown {kind} '{value}' (--{'uid' if kind == 'user' else 'gid'})") from None
+        raise PrivilegeError(
+            f"unknown {kind} '{value}' (--{'uid' if kind == 'user' else 'gid'})"
+        ) from None
 
 
 def drop(uid: str | None, gid: str | None) -> None:
@@ -58,5 +60,7 @@ def check_backlog(listen: int) -> None:
     except (OSError, ValueError):
         return
     if listen > limit:
-        raise PrivilegeError(f"Listen queue size is greater than the system max net.core.somaxconn "
-                             f"({limit}): lower --listen or raise the sysctl")
+        raise PrivilegeError(
+            f"Listen queue size is greater than the system max net.core.somaxconn "
+            f"({limit}): lower --listen or raise the sysctl"
+        )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pymaster.log import log
 
 SD_LISTEN_FDS_START = 3
-ACTIVATED = "sd-"                    # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
+ACTIVATED = "sd-"  # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
 
 
 class SocketError(Exception):
@@ -57,12 +57,12 @@ class Listener:
     """One configured listening socket: its name as given, kind and the bound socket."""
 
     name: str
-    kind: str                 # "uwsgi" | "http" | "fastrouter" | "subscription" | "stats"
+    kind: str  # "uwsgi" | "http" | "fastrouter" | "subscription" | "stats"
     family: int = socket.AF_INET
     address: object = None
     sock: socket.socket | None = None
     inherited: bool = False
-    activated: bool = False          # handed to us by systemd, not in the configuration
+    activated: bool = False  # handed to us by systemd, not in the configuration
 
     @property
     def fd(self) -> int:
@@ -89,11 +89,17 @@ class Listener:
             sock.bind(self.address)
             if not self.datagram:
                 sock.listen(backlog)
-            if chmod is not None and self.family == socket.AF_UNIX and not self.address.startswith("\0"):
+            if (
+                chmod is not None
+                and self.family == socket.AF_UNIX
+                and not self.address.startswith("\0")
+            ):
                 os.chmod(self.address, int(chmod or "666", 8))
         except OSError as exc:
             sock.close()
-            raise SocketError(f"cannot bind {self.kind} socket '{self.name}': {exc.strerror}") from None
+            raise SocketError(
+                f"cannot bind {self.kind} socket '{self.name}': {exc.strerror}"
+            ) from None
         sock.set_inheritable(True)
         self.sock = sock
 
@@ -106,15 +112,19 @@ def _inherited_fds(environ) -> list[tuple[int, str]]:
     except ValueError:
         return []
     names = environ.get("LISTEN_FDNAMES", "").split(":")
-    found = [(SD_LISTEN_FDS_START + i, names[i] if i < len(names) else "")
-             for i in range(count)]
+    found = [(SD_LISTEN_FDS_START + i, names[i] if i < len(names) else "") for i in range(count)]
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         environ.pop(key, None)
     return found
 
 
-def setup(specs: list[tuple[str, str]], backlog: int, chmod=None, environ=None,
-          adopt_unmatched: bool = True) -> list[Listener]:
+def setup(
+    specs: list[tuple[str, str]],
+    backlog: int,
+    chmod=None,
+    environ=None,
+    adopt_unmatched: bool = True,
+) -> list[Listener]:
     """Bind (or adopt from LISTEN_FDS) every (kind, address) in `specs`, in order.
 
     Inherited sockets that match no configured address are adopted as uwsgi (or, by their
@@ -172,7 +182,7 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
     # dup out of the way first (above any fd the targets could be), then down to 3..
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
     targets = range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + len(fds))
-    for fd in fds:                          # the originals must not survive the exec
+    for fd in fds:  # the originals must not survive the exec
         if fd not in targets:
             os.close(fd)
     for lst in listeners:
@@ -186,15 +196,19 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-_DROP_ALL = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))      # BPF_RET|BPF_K #0: drop
+_DROP_ALL = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))  # BPF_RET|BPF_K #0: drop
 SO_ATTACH_FILTER = 26
 
 

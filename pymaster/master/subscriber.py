@@ -15,10 +15,19 @@ import time
 from dataclasses import replace
 
 from pymaster.log import log, log_verbose
-from pymaster.protocols.subscription import (SUBSCRIBE, UNSUBSCRIBE, SubscriptionError, Target,
-                                             Throttle, build_packet, connect_address,
-                                             expand_keys_file,
-                                             parse_subscribe2, parse_subscribe_to, read_secret)
+from pymaster.protocols.subscription import (
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    SubscriptionError,
+    Target,
+    Throttle,
+    build_packet,
+    connect_address,
+    expand_keys_file,
+    parse_subscribe2,
+    parse_subscribe_to,
+    read_secret,
+)
 
 
 def _opt(cfg, name, default=None):
@@ -29,8 +38,7 @@ def _opt(cfg, name, default=None):
 class Subscriber:
     """Announces this instance to routers. Used by the master loop only."""
 
-    def __init__(self, cfg, default_address: str, cores: int,
-                 own_sockets: list[str] | None = None):
+    def __init__(self, cfg, default_address: str, cores: int, own_sockets: list[str] | None = None):
         self.cfg = cfg
         self.cores = max(1, int(cores or 1))
         self.load = 0
@@ -44,7 +52,7 @@ class Subscriber:
         self.secret = None
         secret_file = _opt(cfg, "subscriptions_sign_secret", None)
         if secret_file:
-            self.secret = read_secret(secret_file)   # a bad secret file is a startup error
+            self.secret = read_secret(secret_file)  # a bad secret file is a startup error
         self.targets: list[Target] = []
         for value in _opt(cfg, "subscribe_to", []) or []:
             self.targets.append(parse_subscribe_to(value, default_address, own_sockets))
@@ -70,8 +78,10 @@ class Subscriber:
             log_verbose(f"subscribing to {target.value}")
             log(f"subscription {target.value!r}: {target.describe()}")
             if target.rsa_sign:
-                log(f"subscription {target.value!r}: uWSGI RSA signing ({target.rsa_sign}) is "
-                    f"not supported; use --subscriptions-sign-secret FILE")
+                log(
+                    f"subscription {target.value!r}: uWSGI RSA signing ({target.rsa_sign}) is "
+                    f"not supported; use --subscriptions-sign-secret FILE"
+                )
         self._send_all(SUBSCRIBE, now)
         self.t0 = now
         self.next_due = now + 1
@@ -85,7 +95,7 @@ class Subscriber:
         self._send_all(SUBSCRIBE, now)
         periods = int((now - self.t0) // self.freq) + 1
         self.next_due = self.t0 + periods * self.freq
-        if self.next_due <= now:          # clock jumped: re-anchor
+        if self.next_due <= now:  # clock jumped: re-anchor
             self.t0, self.next_due = now, now + self.freq
 
     def unsubscribe(self, now: float | None = None) -> None:
@@ -122,14 +132,16 @@ class Subscriber:
         out = []
         for target in self.targets:
             if target.check and os.path.exists(target.check):
-                continue                  # subscribe2 check=FILE: skipped while it exists
+                continue  # subscribe2 check=FILE: skipped while it exists
             if target.keys_file:
                 try:
                     out += expand_keys_file(target)
                 except (OSError, SubscriptionError) as exc:
                     if self.errors.ok(("file", target.keys_file), now):
-                        log(f"subscription {target.value!r}: cannot read keys from "
-                            f"{target.keys_file}: {exc}")
+                        log(
+                            f"subscription {target.value!r}: cannot read keys from "
+                            f"{target.keys_file}: {exc}"
+                        )
             else:
                 out.append(target)
         return out
@@ -141,8 +153,20 @@ class Subscriber:
         for t in self._expanded(now):
             weight = self.weight if t.weight is None else t.weight
             try:
-                data = build_packet(cmd, t.key, t.address, t.modifier1, t.modifier2, self.cores,
-                                    self.load, weight, t.extra, self.notify, self.secret, now)
+                data = build_packet(
+                    cmd,
+                    t.key,
+                    t.address,
+                    t.modifier1,
+                    t.modifier2,
+                    self.cores,
+                    self.load,
+                    weight,
+                    t.extra,
+                    self.notify,
+                    self.secret,
+                    now,
+                )
             except SubscriptionError as exc:
                 if self.errors.ok(("build", t.value), now):
                     log(f"subscription {t.value!r}: {exc}")
@@ -176,5 +200,4 @@ class Subscriber:
             self._addr_cache.pop(server, None)
             if self.errors.ok(("send", server), now):
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                log(f"send_subscription()/sendto() to {server}: {reason} "
-                    f"(logged once a minute)")
+                log(f"send_subscription()/sendto() to {server}: {reason} (logged once a minute)")

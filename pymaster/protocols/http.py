@@ -13,11 +13,23 @@ from dataclasses import dataclass, field
 import httptools
 
 REASONS = {
-    100: "Continue", 200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently",
-    302: "Found", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
-    408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    100: "Continue",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    304: "Not Modified",
+    400: "Bad Request",
+    404: "Not Found",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
 }
 SPOOL_IN_MEMORY = 1 << 20
 
@@ -36,7 +48,7 @@ class Request:
     method: str = ""
     target: str = ""
     version: str = "1.1"
-    headers: list = field(default_factory=list)     # [(name bytes, value bytes)]
+    headers: list = field(default_factory=list)  # [(name bytes, value bytes)]
     head_size: int = 0
     body: tempfile.SpooledTemporaryFile | None = None
     body_size: int = 0
@@ -56,7 +68,7 @@ class RequestParser:
         self._head_bytes = 0
         self._url = b""
         self.headers_complete = False
-        self.error: HttpError | None = None   # set when requests before it completed
+        self.error: HttpError | None = None  # set when requests before it completed
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
@@ -145,10 +157,15 @@ def _as_http_error(exc: Exception) -> HttpError:
 def error_response(status: int, detail: str = "") -> bytes:
     """A complete small HTTP/1.1 response that closes the connection."""
     reason = REASONS.get(status, "Error")
-    body = f"{status} {reason}\n{detail}\n".encode("latin-1", "replace") if detail else \
-        f"{status} {reason}\n".encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    body = (
+        f"{status} {reason}\n{detail}\n".encode("latin-1", "replace")
+        if detail
+        else f"{status} {reason}\n".encode()
+    )
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 class HttpFraming:
@@ -171,9 +188,9 @@ class HttpFraming:
             elif lname == "connection":
                 if value.lower() == "close":
                     self.keep_alive = False
-                continue            # hop-by-hop: the server says it below
+                continue  # hop-by-hop: the server says it below
             elif lname == "transfer-encoding":
-                continue            # hop-by-hop: the server frames the body
+                continue  # hop-by-hop: the server frames the body
             parts.append(f"{name}: {value}\r\n")
         if not has_length and not no_body:
             if length is not None:
@@ -183,7 +200,9 @@ class HttpFraming:
                 parts.append("Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False
-        elif not has_length and no_body and length is not None and int(status[:3]) not in (204, 304):
+        elif (
+            not has_length and no_body and length is not None and int(status[:3]) not in (204, 304)
+        ):
             parts.append(f"Content-Length: {length}\r\n")
         if self.version == "1.1":
             if not self.keep_alive:

@@ -25,7 +25,7 @@ from pymaster.protocols.uwsgi import HEADER, UwsgiError, encode_vars, iter_vars
 MODIFIER1 = 224
 SUBSCRIBE = 0
 UNSUBSCRIBE = 1
-MAX_NAME = 255                      # key and address limit (uWSGI's)
+MAX_NAME = 255  # key and address limit (uWSGI's)
 SIGN_CONTEXT = b"pymaster-subscription-v1\0"
 _DIGITS = re.compile(r"[0-9]{1,3}\Z")
 
@@ -35,6 +35,7 @@ class SubscriptionError(ValueError):
 
 
 # --------------------------------------------------------------------------- addresses
+
 
 def split_address(addr: str):
     """'host:port' / ':port' / '[v6]:port' -> (AF_INET[6], (host, port)); a path (or
@@ -58,34 +59,38 @@ def connect_address(addr: str):
 
 # --------------------------------------------------------------------------- grammar
 
+
 @dataclass(frozen=True)
 class Target:
     """One subscription: where to announce, what key, which address and modifiers."""
 
-    server: str                      # 'host:port' (UDP) or a unix datagram path
+    server: str  # 'host:port' (UDP) or a unix datagram path
     key: str
     address: str
     modifier1: int = 0
     modifier2: int = 0
-    weight: int | None = None        # subscribe2 weight=; None = the instance's --weight
-    rsa_sign: str | None = None      # uWSGI's `DIGEST:keyfile` (not supported, warned)
-    check: str | None = None         # subscribe2 check=FILE: skip while FILE exists
-    extra: tuple[tuple[str, str], ...] = ()   # sni_key / sni_crt / sni_ca
-    keys_file: str | None = None     # SERVER:@FILE, expanded at each announcement
-    value: str = ""                  # the option value as given
+    weight: int | None = None  # subscribe2 weight=; None = the instance's --weight
+    rsa_sign: str | None = None  # uWSGI's `DIGEST:keyfile` (not supported, warned)
+    check: str | None = None  # subscribe2 check=FILE: skip while FILE exists
+    extra: tuple[tuple[str, str], ...] = ()  # sni_key / sni_crt / sni_ca
+    keys_file: str | None = None  # SERVER:@FILE, expanded at each announcement
+    value: str = ""  # the option value as given
 
     def describe(self) -> str:
         if self.keys_file:
             return f"server {self.server}, keys from file {self.keys_file}, address {self.address}"
-        text = (f"server {self.server}, key {self.key!r}, address {self.address}, "
-                f"modifier1 {self.modifier1}, modifier2 {self.modifier2}")
+        text = (
+            f"server {self.server}, key {self.key!r}, address {self.address}, "
+            f"modifier1 {self.modifier1}, modifier2 {self.modifier2}"
+        )
         return text + (f", weight {self.weight}" if self.weight is not None else "")
 
 
 def _small_int(text: str, what: str, value: str) -> int:
     if not _DIGITS.match(text) or int(text) > 255:
-        raise SubscriptionError(f"invalid {what} {text!r} in subscription '{value}' "
-                                f"(expected an integer 0-255)")
+        raise SubscriptionError(
+            f"invalid {what} {text!r} in subscription '{value}' (expected an integer 0-255)"
+        )
     return int(text)
 
 
@@ -97,12 +102,16 @@ def _split_server(rest: str, value: str) -> tuple[str, str]:
         host, sep1, after = rest.partition(":")
         port, sep, keypart = after.partition(":")
         if not sep1 or not port.isdigit() or not 0 < int(port) < 65536:
-            raise SubscriptionError(f"invalid subscription server in '{value}' "
-                                    f"(expected HOST:PORT:KEY or /unix/path:KEY)")
+            raise SubscriptionError(
+                f"invalid subscription server in '{value}' "
+                f"(expected HOST:PORT:KEY or /unix/path:KEY)"
+            )
         server = f"{host}:{port}"
     if not sep or not keypart:
-        raise SubscriptionError(f"missing key in subscription '{value}' "
-                                f"(expected SERVER:KEY[,MODIFIER1] or SERVER:KEY:MODIFIER1)")
+        raise SubscriptionError(
+            f"missing key in subscription '{value}' "
+            f"(expected SERVER:KEY[,MODIFIER1] or SERVER:KEY:MODIFIER1)"
+        )
     return server, keypart
 
 
@@ -124,8 +133,9 @@ def split_key(keypart: str, value: str = "") -> tuple[str, int, int, str | None]
     else:
         parts = keypart.split(":")
         mods: list[int] = []
-        while len(parts) > 1 and len(mods) < 2 and _DIGITS.match(parts[-1]) \
-                and int(parts[-1]) <= 255:
+        while (
+            len(parts) > 1 and len(mods) < 2 and _DIGITS.match(parts[-1]) and int(parts[-1]) <= 255
+        ):
             mods.insert(0, int(parts.pop()))
         key = ":".join(parts)
         m1, m2 = (mods + [0, 0])[:2]
@@ -137,8 +147,9 @@ def split_key(keypart: str, value: str = "") -> tuple[str, int, int, str | None]
     return key, m1, m2, sign
 
 
-def parse_subscribe_to(value: str, default_address: str,
-                       own_sockets: list[str] | None = None) -> Target:
+def parse_subscribe_to(
+    value: str, default_address: str, own_sockets: list[str] | None = None
+) -> Target:
     """Parse one `--subscribe-to` value.
 
     Forms: `[NAME=]SERVER:KEY[,MODIFIER1[,SIGN]]`, `=N=SERVER:KEY...` (address = own
@@ -166,12 +177,26 @@ def parse_subscribe_to(value: str, default_address: str,
     return Target(server, key, address, m1, m2, rsa_sign=sign, value=value)
 
 
-_SUBSCRIBE2_KEYS = {"server", "key", "addr", "address", "socket", "weight", "modifier1",
-                    "modifier2", "sign", "check", "sni_key", "sni_crt", "sni_ca"}
+_SUBSCRIBE2_KEYS = {
+    "server",
+    "key",
+    "addr",
+    "address",
+    "socket",
+    "weight",
+    "modifier1",
+    "modifier2",
+    "sign",
+    "check",
+    "sni_key",
+    "sni_crt",
+    "sni_ca",
+}
 
 
-def parse_subscribe2(value: str, default_address: str,
-                     own_sockets: list[str] | None = None) -> Target:
+def parse_subscribe2(
+    value: str, default_address: str, own_sockets: list[str] | None = None
+) -> Target:
     """Parse one `--subscribe2 server=..,key=..[,addr=..,socket=N,weight=..,modifier1=..,
     modifier2=..,sign=..,check=..,sni_key=..,sni_crt=..,sni_ca=..]` value."""
     items: dict[str, str] = {}
@@ -181,8 +206,10 @@ def parse_subscribe2(value: str, default_address: str,
         name, sep, val = part.partition("=")
         name = name.strip()
         if not sep or name not in _SUBSCRIBE2_KEYS:
-            raise SubscriptionError(f"invalid item {part!r} in --subscribe2 '{value}' "
-                                    f"(expected one of {', '.join(sorted(_SUBSCRIBE2_KEYS))})")
+            raise SubscriptionError(
+                f"invalid item {part!r} in --subscribe2 '{value}' "
+                f"(expected one of {', '.join(sorted(_SUBSCRIBE2_KEYS))})"
+            )
         items[name] = val.strip()
     for need in ("server", "key"):
         if not items.get(need):
@@ -205,8 +232,18 @@ def parse_subscribe2(value: str, default_address: str,
     server = items["server"]
     if len(items["key"].encode("latin-1", "replace")) > MAX_NAME:
         raise SubscriptionError(f"key longer than {MAX_NAME} bytes in --subscribe2 '{value}'")
-    return Target(server, items["key"], address, m1, m2, weight, items.get("sign") or None,
-                  items.get("check") or None, extra, value=value)
+    return Target(
+        server,
+        items["key"],
+        address,
+        m1,
+        m2,
+        weight,
+        items.get("sign") or None,
+        items.get("check") or None,
+        extra,
+        value=value,
+    )
 
 
 def expand_keys_file(target: Target) -> list[Target]:
@@ -221,12 +258,14 @@ def expand_keys_file(target: Target) -> list[Target]:
             if not line or line.startswith("#"):
                 continue
             key, m1, m2, sign = split_key(line, f"{target.value} ({target.keys_file}: {line})")
-            out.append(replace(target, key=key, modifier1=m1, modifier2=m2, rsa_sign=sign,
-                               keys_file=None))
+            out.append(
+                replace(target, key=key, modifier1=m1, modifier2=m2, rsa_sign=sign, keys_file=None)
+            )
     return out
 
 
 # --------------------------------------------------------------------------- packets
+
 
 def sign_digest(secret: bytes, cmd: int, signed_vars: bytes) -> str:
     """Hex HMAC-SHA256 over a context string, the command byte and the vars before `sign`."""
@@ -234,13 +273,30 @@ def sign_digest(secret: bytes, cmd: int, signed_vars: bytes) -> str:
     return mac.hexdigest()
 
 
-def build_packet(cmd: int, key: str, address: str, modifier1: int = 0, modifier2: int = 0,
-                 cores: int = 1, load: int = 0, weight: int = 0,
-                 extra: tuple[tuple[str, str], ...] | list = (), notify: str | None = None,
-                 secret: bytes | None = None, now: float | None = None) -> bytes:
+def build_packet(
+    cmd: int,
+    key: str,
+    address: str,
+    modifier1: int = 0,
+    modifier2: int = 0,
+    cores: int = 1,
+    load: int = 0,
+    weight: int = 0,
+    extra: tuple[tuple[str, str], ...] | list = (),
+    notify: str | None = None,
+    secret: bytes | None = None,
+    now: float | None = None,
+) -> bytes:
     """One subscription datagram, vars in uWSGI 2.0.21's order; signed when `secret`."""
-    pairs = [("key", key), ("address", address), ("modifier1", modifier1),
-             ("modifier2", modifier2), ("cores", cores), ("load", load), ("weight", weight)]
+    pairs = [
+        ("key", key),
+        ("address", address),
+        ("modifier1", modifier1),
+        ("modifier2", modifier2),
+        ("cores", cores),
+        ("load", load),
+        ("weight", weight),
+    ]
     pairs += list(extra)
     if notify:
         pairs.append(("notify", notify))
@@ -260,18 +316,18 @@ def build_packet(cmd: int, key: str, address: str, modifier1: int = 0, modifier2
 class Announcement(NamedTuple):
     """A parsed subscription datagram."""
 
-    cmd: int                    # 0 subscribe, anything else unsubscribe
+    cmd: int  # 0 subscribe, anything else unsubscribe
     key: str
     address: str
     modifier1: int
     modifier2: int
     cores: int
     load: int
-    weight: int                 # as sent (0 allowed; the pool reads 0 as 1)
+    weight: int  # as sent (0 allowed; the pool reads 0 as 1)
     notify: str | None
-    unix: float | None          # signing timestamp
+    unix: float | None  # signing timestamp
     sign: bytes | None
-    signed_part: bytes          # the vars bytes covered by `sign`
+    signed_part: bytes  # the vars bytes covered by `sign`
 
     @property
     def subscribe(self) -> bool:
@@ -305,32 +361,46 @@ def parse_packet(data: bytes) -> Announcement:
         raise SubscriptionError(f"malformed subscription datagram: {exc}") from None
     sign = found.get(b"sign")
     if sign is not None and signed_end + 8 + len(sign) != pos:
-        sign = b""          # vars after `sign` would be unsigned: never valid
+        sign = b""  # vars after `sign` would be unsigned: never valid
     key, address = found.get(b"key", b""), found.get(b"address", b"")
     if not 0 < len(key) <= MAX_NAME:
-        raise SubscriptionError(f"subscription datagram with a missing or too long key "
-                                f"({len(key)} bytes)")
+        raise SubscriptionError(
+            f"subscription datagram with a missing or too long key ({len(key)} bytes)"
+        )
     if not 0 < len(address) <= MAX_NAME:
-        raise SubscriptionError(f"subscription datagram for key {key.decode('latin-1')!r} "
-                                f"with a missing or too long address ({len(address)} bytes)")
+        raise SubscriptionError(
+            f"subscription datagram for key {key.decode('latin-1')!r} "
+            f"with a missing or too long address ({len(address)} bytes)"
+        )
     m1, m2 = _num(found.get(b"modifier1", b"")), _num(found.get(b"modifier2", b""))
     if m1 > 255 or m2 > 255:
-        raise SubscriptionError(f"subscription datagram for key {key.decode('latin-1')!r} "
-                                f"with modifier out of range ({m1}/{m2})")
+        raise SubscriptionError(
+            f"subscription datagram for key {key.decode('latin-1')!r} "
+            f"with modifier out of range ({m1}/{m2})"
+        )
     unix = None
     if b"unix" in found:
         try:
             unix = float(found[b"unix"].decode("ascii"))
         except (UnicodeError, ValueError):
             unix = None
-        if unix is not None and unix != unix:      # NaN
+        if unix is not None and unix != unix:  # NaN
             unix = None
     notify = found.get(b"notify")
-    return Announcement(cmd, key.decode("latin-1"), address.decode("latin-1"), m1, m2,
-                        _num(found.get(b"cores", b"")), _num(found.get(b"load", b"")),
-                        _num(found.get(b"weight", b"")),
-                        notify.decode("latin-1") if notify else None, unix,
-                        sign, bytes(block[:signed_end]) if signed_end else b"")
+    return Announcement(
+        cmd,
+        key.decode("latin-1"),
+        address.decode("latin-1"),
+        m1,
+        m2,
+        _num(found.get(b"cores", b"")),
+        _num(found.get(b"load", b"")),
+        _num(found.get(b"weight", b"")),
+        notify.decode("latin-1") if notify else None,
+        unix,
+        sign,
+        bytes(block[:signed_end]) if signed_end else b"",
+    )
 
 
 def verify(ann: Announcement, secret: bytes, now: float, tolerance: float) -> str | None:
@@ -350,12 +420,15 @@ def read_secret(path: str) -> bytes:
     with open(path, "rb") as fh:
         secret = fh.read().strip()
     if len(secret) < 16:
-        raise SubscriptionError(f"subscription secret in {path} is too short "
-                                f"({len(secret)} bytes, at least 16 expected)")
+        raise SubscriptionError(
+            f"subscription secret in {path} is too short "
+            f"({len(secret)} bytes, at least 16 expected)"
+        )
     return secret
 
 
 # --------------------------------------------------------------------------- log throttle
+
 
 @dataclass
 class Throttle:

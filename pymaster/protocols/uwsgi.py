@@ -7,7 +7,8 @@ raises `UwsgiError` whose message follows uWSGI 2.0's log wording.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 HEADER = struct.Struct("<BHB")
 _U16 = struct.Struct("<H")
@@ -47,8 +48,11 @@ def encode_vars(pairs: Iterable[tuple[bytes | str, bytes | str | int]]) -> bytes
 
 def encode_packet(modifier1: int, pairs, modifier2: int = 0) -> bytes:
     """A whole packet: header plus vars block (a body, if any, is sent after it)."""
-    block = pairs if isinstance(pairs, (bytes, bytearray)) else encode_vars(
-        pairs.items() if isinstance(pairs, dict) else pairs)
+    block = (
+        pairs
+        if isinstance(pairs, (bytes, bytearray))
+        else encode_vars(pairs.items() if isinstance(pairs, dict) else pairs)
+    )
     if len(block) > MAX_DATASIZE:
         raise UwsgiError(f"invalid request block size: {len(block)} (max {MAX_DATASIZE})...skip")
     return HEADER.pack(modifier1, len(block), modifier2) + block
@@ -70,19 +74,19 @@ def iter_vars(block: bytes | memoryview):
     while pos < end:
         if pos + 2 > end:
             raise UwsgiError(f"invalid uwsgi request (current strsize: {end - pos}). skip.")
-        klen, = unpack(mv, pos)
+        (klen,) = unpack(mv, pos)
         pos += 2
         if klen == 0:
             raise UwsgiError("uwsgi key cannot be null. skip this var.")
         if pos + klen + 2 > end:
             raise UwsgiError(f"invalid uwsgi request (current strsize: {klen}). skip.")
-        key = bytes(mv[pos:pos + klen])
+        key = bytes(mv[pos : pos + klen])
         pos += klen
-        vlen, = unpack(mv, pos)
+        (vlen,) = unpack(mv, pos)
         pos += 2
         if pos + vlen > end:
             raise UwsgiError(f"invalid uwsgi request (current strsize: {vlen}). skip.")
-        yield key, bytes(mv[pos:pos + vlen])
+        yield key, bytes(mv[pos : pos + vlen])
         pos += vlen
 
 
@@ -111,7 +115,7 @@ def content_length(value: str | None) -> int:
             digits += 1
         else:
             break
-    if digits > 18:                      # more than any body could be; int() would also balk
+    if digits > 18:  # more than any body could be; int() would also balk
         raise UwsgiError(f"Invalid (too big) CONTENT_LENGTH ({digits} digits). skip.")
     return int(value[:digits]) if digits else 0
 
@@ -125,8 +129,11 @@ def read_packet(recv_into_buf, buffer_size: int) -> tuple[Packet, bytes]:
     while len(buf) < 4:
         chunk = recv_into_buf(65536)
         if not chunk:
-            raise UwsgiError("uwsgi_proto_uwsgi_parser(): Success [proto/uwsgi.c line 40]"
-                             if not buf else "uwsgi_proto_uwsgi_parser(): truncated header")
+            raise UwsgiError(
+                "uwsgi_proto_uwsgi_parser(): Success [proto/uwsgi.c line 40]"
+                if not buf
+                else "uwsgi_proto_uwsgi_parser(): truncated header"
+            )
         buf += chunk
     modifier1, datasize, modifier2 = HEADER.unpack_from(buf, 0)
     if datasize > buffer_size:

@@ -35,8 +35,7 @@ import time
 from typing import NoReturn
 
 from pymaster.log import log
-from pymaster.protocols.subscription import (SubscriptionError, read_secret,
-                                             split_address)
+from pymaster.protocols.subscription import SubscriptionError, read_secret, split_address
 from pymaster.routers.pools import DEFAULT_TOLERANCE, StaticNodes, Table, parse_allow
 from pymaster.routers.session import ClientSession
 
@@ -50,6 +49,7 @@ def _opt(cfg, name, default=None):
 
 # --------------------------------------------------------------------------- addresses
 
+
 def _bind(addr: str, kind: int) -> socket.socket:
     family, where = split_address(addr)
     if family != socket.AF_UNIX and where[0] in ("", "*"):
@@ -57,8 +57,11 @@ def _bind(addr: str, kind: int) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         if family == socket.AF_UNIX:
-            if not where.startswith("\0") and os.path.exists(where) and \
-                    stat.S_ISSOCK(os.stat(where).st_mode):
+            if (
+                not where.startswith("\0")
+                and os.path.exists(where)
+                and stat.S_ISSOCK(os.stat(where).st_mode)
+            ):
                 os.unlink(where)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -95,8 +98,12 @@ def socket_name(sock: socket.socket) -> str:
 def state_dir(cfg, subscription_socks) -> str | None:
     """Private per-router directory for the relay sockets and the table snapshot, keyed by
     the subscription addresses; None when it cannot be made safe."""
-    base = (_opt(cfg, "runtime_dir") or os.environ.get("PYMASTER_RUNTIME_DIR")
-            or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    base = (
+        _opt(cfg, "runtime_dir")
+        or os.environ.get("PYMASTER_RUNTIME_DIR")
+        or os.environ.get("XDG_RUNTIME_DIR")
+        or tempfile.gettempdir()
+    )
     names = sorted(socket_name(s) for s in subscription_socks)
     digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
     path = os.path.join(base, f"pymaster-fastrouter-{os.getuid()}-{digest}")
@@ -104,8 +111,10 @@ def state_dir(cfg, subscription_socks) -> str | None:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            log(f"[uwsgi-fastrouter] state directory {path} is not a private directory of "
-                f"uid {os.getuid()}: pools are neither shared nor persisted")
+            log(
+                f"[uwsgi-fastrouter] state directory {path} is not a private directory of "
+                f"uid {os.getuid()}: pools are neither shared nor persisted"
+            )
             return None
     except OSError as exc:
         log(f"[uwsgi-fastrouter] cannot create state directory {path}: {exc.strerror}")
@@ -116,23 +125,30 @@ def state_dir(cfg, subscription_socks) -> str | None:
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 # --------------------------------------------------------------------------- the router
 
+
 def _503(key: str) -> bytes:
-    body = (f"503 Service Unavailable: no node available for key \"{key}\"\n"
-            .encode("latin-1", "replace"))
-    return (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    body = f'503 Service Unavailable: no node available for key "{key}"\n'.encode(
+        "latin-1", "replace"
+    )
+    return (
+        b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
 
 
 def _502(key: str) -> bytes:
-    body = (f"502 Bad Gateway: no node for key \"{key}\" accepted the connection\n"
-            .encode("latin-1", "replace"))
-    return (b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    body = f'502 Bad Gateway: no node for key "{key}" accepted the connection\n'.encode(
+        "latin-1", "replace"
+    )
+    return (
+        b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
 
 
 class Router:
@@ -146,12 +162,19 @@ class Router:
         self.stats_sock = stats_sock
         self.timeout = float(_opt(cfg, "fastrouter_timeout", 60) or 60)
         self.processes = max(1, int(_opt(cfg, "fastrouter_processes", 1) or 1))
-        tolerance = float(_opt(cfg, "subscription_tolerance", DEFAULT_TOLERANCE)
-                          or DEFAULT_TOLERANCE)
+        tolerance = float(
+            _opt(cfg, "subscription_tolerance", DEFAULT_TOLERANCE) or DEFAULT_TOLERANCE
+        )
         secret_file = _opt(cfg, "subscriptions_sign_secret")
         secret = read_secret(secret_file) if secret_file else None
-        self.table = Table(tolerance, secret, parse_allow(_opt(cfg, "subscription_allow", [])),
-                           self.pid, log, self._notify)
+        self.table = Table(
+            tolerance,
+            secret,
+            parse_allow(_opt(cfg, "subscription_allow", [])),
+            self.pid,
+            log,
+            self._notify,
+        )
         self.use_subscriptions = bool(self.sub_socks)
         self.static = StaticNodes(_opt(cfg, "fastrouter_to", []) or [])
         self.active = 0
@@ -179,9 +202,13 @@ class Router:
         for sock in self.listen_socks:
             sock.setblocking(False)
             # create_server listens again: keep the master's --listen backlog
-            self.servers.append(await loop.create_server(
-                lambda: ClientSession(self), sock=sock,
-                backlog=int(_opt(self.cfg, "listen", 100) or 100)))
+            self.servers.append(
+                await loop.create_server(
+                    lambda: ClientSession(self),
+                    sock=sock,
+                    backlog=int(_opt(self.cfg, "listen", 100) or 100),
+                )
+            )
         if self.stats_sock is not None:
             self.stats_sock.setblocking(False)
             self.servers.append(await asyncio.start_server(self.send_stats, sock=self.stats_sock))
@@ -203,8 +230,10 @@ class Router:
             if not self.done.done():
                 self.done.set_result(0)
         else:
-            log(f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}) stops accepting, "
-                f"waiting for {self.active} session(s)")
+            log(
+                f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}) stops accepting, "
+                f"waiting for {self.active} session(s)"
+            )
             asyncio.get_running_loop().call_later(self.timeout + 1, self.stop, False)
 
     async def _ticker(self) -> None:
@@ -215,8 +244,9 @@ class Router:
             self.cut_idle()
             self._dump(now=now)
             if os.getppid() != self.ppid:
-                log(f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}): master is gone, "
-                    f"exiting")
+                log(
+                    f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}): master is gone, exiting"
+                )
                 self.stop(False)
 
     # ------------------------------------------------------------------ subscriptions
@@ -294,16 +324,19 @@ class Router:
             return
         count = self.table.restore(doc)
         if count:
-            log(f"[uwsgi-subscription for pid {self.pid}] restored {count} node(s) in "
-                f"{len(self.table.pools)} pool(s) from {path}")
+            log(
+                f"[uwsgi-subscription for pid {self.pid}] restored {count} node(s) in "
+                f"{len(self.table.pools)} pool(s) from {path}"
+            )
 
     def _dump(self, now: float | None = None, force: bool = False) -> None:
         path = self._table_file()
         if path is None:
             return
         now = time.time() if now is None else now
-        if not force and (not self.table.dirty and now - self.last_dump < 5
-                          or now - self.last_dump < 1):
+        if not force and (
+            not self.table.dirty and now - self.last_dump < 5 or now - self.last_dump < 1
+        ):
             return
         tmp = f"{path}.{self.pid}.tmp"
         try:
@@ -311,8 +344,7 @@ class Router:
                 json.dump(self.table.dump(now), fh)
             os.replace(tmp, path)
         except OSError as exc:
-            log(f"[uwsgi-fastrouter] cannot save the subscription table to {path}: "
-                f"{exc.strerror}")
+            log(f"[uwsgi-fastrouter] cannot save the subscription table to {path}: {exc.strerror}")
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         self.table.dirty = False
@@ -321,9 +353,15 @@ class Router:
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict:
         names = [socket_name(s) for s in self.listen_socks + self.sub_socks]
-        doc = {"version": _version(), "pid": self.pid, "uid": os.getuid(),
-               "gid": os.getgid(), "cwd": os.getcwd(), "active_sessions": self.active,
-               "fastrouter": names}
+        doc = {
+            "version": _version(),
+            "pid": self.pid,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "cwd": os.getcwd(),
+            "active_sessions": self.active,
+            "fastrouter": names,
+        }
         if self.static.nodes:
             doc["static_nodes"] = self.static.snapshot()
         if self.use_subscriptions:
@@ -358,7 +396,7 @@ class Router:
         """Sessions with no traffic for --fastrouter-timeout seconds are aborted."""
         limit = self.loop.time() - self.timeout
         for session in [s for s in self.sessions if s.last < limit]:
-            log(f"[uwsgi-fastrouter] timeout on a session for key \"{session.key}\"")
+            log(f'[uwsgi-fastrouter] timeout on a session for key "{session.key}"')
             session.abort()
 
     @staticmethod
@@ -397,6 +435,7 @@ class Router:
 def _version() -> str:
     try:
         from importlib.metadata import version
+
         return f"pymaster-{version('pymaster')}"
     except Exception:
         return "pymaster"
@@ -405,13 +444,19 @@ def _version() -> str:
 def _new_loop():
     try:
         import uvloop
+
         return uvloop.new_event_loop()
     except ImportError:
         return asyncio.new_event_loop()
 
 
-def run(cfg, listen_socks: list[socket.socket], subscription_socks: list[socket.socket],
-        stats_sock: socket.socket | None, router_id: int) -> NoReturn:
+def run(
+    cfg,
+    listen_socks: list[socket.socket],
+    subscription_socks: list[socket.socket],
+    stats_sock: socket.socket | None,
+    router_id: int,
+) -> NoReturn:
     """Run router process `router_id` (1-based) on already bound, inherited sockets; never
     returns (exits 0 on SIGINT/SIGTERM/SIGQUIT, and on SIGHUP once in-flight sessions end)."""
     code = 1
@@ -419,8 +464,7 @@ def run(cfg, listen_socks: list[socket.socket], subscription_socks: list[socket.
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP,
-                    signal.SIGCHLD):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGTSTP):
             signal.signal(sig, signal.SIG_IGN)
@@ -428,7 +472,7 @@ def run(cfg, listen_socks: list[socket.socket], subscription_socks: list[socket.
         if stats_sock is None and router_id == 1 and _opt(cfg, "fastrouter_stats"):
             stats_sock = bind_listener(cfg.fastrouter_stats)
         elif router_id != 1 and stats_sock is not None:
-            stats_sock = None                      # served by the first router only
+            stats_sock = None  # served by the first router only
         router = Router(cfg, listen_socks, subscription_socks, stats_sock, router_id)
         loop = _new_loop()
         asyncio.set_event_loop(loop)
@@ -436,7 +480,7 @@ def run(cfg, listen_socks: list[socket.socket], subscription_socks: list[socket.
     except (OSError, SubscriptionError, ValueError) as exc:
         log(f"[uwsgi-fastrouter] router {router_id} cannot run: {exc}")
         code = 1
-    except BaseException as exc:                   # never return into the master's code
+    except BaseException as exc:  # never return into the master's code
         with contextlib.suppress(Exception):
             log(f"[uwsgi-fastrouter] router {router_id} crashed: {exc!r}")
         code = 1
@@ -449,11 +493,15 @@ def run(cfg, listen_socks: list[socket.socket], subscription_socks: list[socket.
 
 # --------------------------------------------------------------------------- dev entry point
 
+
 def _dev_args(argv):
     import argparse
     from types import SimpleNamespace
-    p = argparse.ArgumentParser(prog="python -m pymaster.routers.fastrouter",
-                                description="run a fastrouter without a pymaster master")
+
+    p = argparse.ArgumentParser(
+        prog="python -m pymaster.routers.fastrouter",
+        description="run a fastrouter without a pymaster master",
+    )
     p.add_argument("--fastrouter", action="append", required=True)
     p.add_argument("--fastrouter-subscription-server", action="append", default=[])
     p.add_argument("--fastrouter-to", action="append", default=[])

@@ -11,11 +11,16 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pymaster.log import log as _default_log
-from pymaster.protocols.subscription import (Announcement, SubscriptionError, Throttle,
-                                             parse_packet, verify)
+from pymaster.protocols.subscription import (
+    Announcement,
+    SubscriptionError,
+    Throttle,
+    parse_packet,
+    verify,
+)
 
 DEFAULT_TOLERANCE = 17
 STATIC_GRACETIME = 30
@@ -32,12 +37,36 @@ def djb33x_hash(key: str) -> int:
 class Node:
     """One backend address in a pool (or a static --fastrouter-to node)."""
 
-    __slots__ = ("name", "modifier1", "modifier2", "last_check", "requests", "last_requests",
-                 "tx", "rx", "cores", "load", "weight", "wrr", "ref", "failcnt", "death_mark",
-                 "notify", "grace_until")
+    __slots__ = (
+        "name",
+        "modifier1",
+        "modifier2",
+        "last_check",
+        "requests",
+        "last_requests",
+        "tx",
+        "rx",
+        "cores",
+        "load",
+        "weight",
+        "wrr",
+        "ref",
+        "failcnt",
+        "death_mark",
+        "notify",
+        "grace_until",
+    )
 
-    def __init__(self, name: str, modifier1: int = 0, modifier2: int = 0, now: float = 0.0,
-                 cores: int = 0, load: int = 0, weight: int = 1):
+    def __init__(
+        self,
+        name: str,
+        modifier1: int = 0,
+        modifier2: int = 0,
+        now: float = 0.0,
+        cores: int = 0,
+        load: int = 0,
+        weight: int = 1,
+    ):
         self.name = name
         self.modifier1 = modifier1
         self.modifier2 = modifier2
@@ -50,12 +79,26 @@ class Node:
         self.grace_until = 0.0
 
     def stats(self) -> dict:
-        return {"name": self.name, "modifier1": self.modifier1, "modifier2": self.modifier2,
-                "last_check": int(self.last_check), "pid": 0, "uid": 0, "gid": 0,
-                "requests": self.requests, "last_requests": self.last_requests,
-                "tx": self.tx, "rx": self.rx, "cores": self.cores, "load": self.load,
-                "weight": self.weight, "wrr": self.wrr, "ref": self.ref,
-                "failcnt": self.failcnt, "death_mark": self.death_mark}
+        return {
+            "name": self.name,
+            "modifier1": self.modifier1,
+            "modifier2": self.modifier2,
+            "last_check": int(self.last_check),
+            "pid": 0,
+            "uid": 0,
+            "gid": 0,
+            "requests": self.requests,
+            "last_requests": self.last_requests,
+            "tx": self.tx,
+            "rx": self.rx,
+            "cores": self.cores,
+            "load": self.load,
+            "weight": self.weight,
+            "wrr": self.wrr,
+            "ref": self.ref,
+            "failcnt": self.failcnt,
+            "death_mark": self.death_mark,
+        }
 
     def __repr__(self) -> str:
         return f"<Node {self.name} m1={self.modifier1} w={self.weight} dead={self.death_mark}>"
@@ -104,17 +147,25 @@ def parse_allow(entries) -> list:
             try:
                 nets.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise SubscriptionError(f"invalid --subscription-allow value {item!r} "
-                                        f"(expected an address or CIDR, e.g. 10.0.0.0/8)") from None
+                raise SubscriptionError(
+                    f"invalid --subscription-allow value {item!r} "
+                    f"(expected an address or CIDR, e.g. 10.0.0.0/8)"
+                ) from None
     return nets
 
 
 class Table:
     """key -> Pool, fed by subscription datagrams."""
 
-    def __init__(self, tolerance: float = DEFAULT_TOLERANCE, secret: bytes | None = None,
-                 allow=(), pid: int | None = None, log: Callable[[str], None] | None = None,
-                 notify_send: Callable[[str, bytes], None] | None = None):
+    def __init__(
+        self,
+        tolerance: float = DEFAULT_TOLERANCE,
+        secret: bytes | None = None,
+        allow=(),
+        pid: int | None = None,
+        log: Callable[[str], None] | None = None,
+        notify_send: Callable[[str, bytes], None] | None = None,
+    ):
         self.pools: dict[str, Pool] = {}
         self.tolerance = tolerance or DEFAULT_TOLERANCE
         self.secret = secret
@@ -135,12 +186,14 @@ class Table:
         self.rejected += 1
         who = source[0] if isinstance(source, tuple) else (source or "unix socket")
         if self.throttle.ok((who, kind), now):
-            self.log(f"{self._prefix()} rejected subscription datagram from {who}: {reason} "
-                     f"(logged once a minute per source)")
+            self.log(
+                f"{self._prefix()} rejected subscription datagram from {who}: {reason} "
+                f"(logged once a minute per source)"
+            )
 
     def source_allowed(self, source) -> bool:
         if not self.allow or not isinstance(source, tuple):
-            return True          # unix datagram sockets are guarded by file permissions
+            return True  # unix datagram sockets are guarded by file permissions
         try:
             ip = ipaddress.ip_address(source[0].split("%", 1)[0])
         except ValueError:
@@ -149,8 +202,9 @@ class Table:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self.allow)
 
-    def handle_datagram(self, data: bytes, source=None, now: float | None = None,
-                        check_source: bool = True) -> Announcement | None:
+    def handle_datagram(
+        self, data: bytes, source=None, now: float | None = None, check_source: bool = True
+    ) -> Announcement | None:
         """Apply one datagram; return it when accepted, None when dropped. Never raises."""
         now = time.time() if now is None else now
         try:
@@ -168,29 +222,51 @@ class Table:
                     else:
                         self.last_unix[ident] = (ann.unix, now)
                 if reason is not None:
-                    self._reject(source, f"invalid (sniffed ?) packet for slot {ann.key!r}: "
-                                 f"{reason}", now, reason.split(" (")[0])
+                    self._reject(
+                        source,
+                        f"invalid (sniffed ?) packet for slot {ann.key!r}: {reason}",
+                        now,
+                        reason.split(" (")[0],
+                    )
                     return None
             self.apply(ann, now)
             self.accepted += 1
             return ann
         except SubscriptionError as exc:
             self._reject(source, str(exc), now)
-        except Exception as exc:            # a bug must not kill the router
+        except Exception as exc:  # a bug must not kill the router
             self._reject(source, f"internal error {exc!r}", now)
         return None
 
     def apply(self, ann: Announcement, now: float) -> None:
         if ann.subscribe:
-            self.subscribe(ann.key, ann.address, ann.modifier1, ann.modifier2, ann.cores,
-                           ann.load, ann.weight, now, ann.notify)
+            self.subscribe(
+                ann.key,
+                ann.address,
+                ann.modifier1,
+                ann.modifier2,
+                ann.cores,
+                ann.load,
+                ann.weight,
+                now,
+                ann.notify,
+            )
         else:
             self.unsubscribe(ann.key, ann.address)
 
     # ------------------------------------------------------------------ membership
-    def subscribe(self, key: str, address: str, modifier1: int = 0, modifier2: int = 0,
-                  cores: int = 0, load: int = 0, weight: int = 0, now: float | None = None,
-                  notify: str | None = None) -> Node:
+    def subscribe(
+        self,
+        key: str,
+        address: str,
+        modifier1: int = 0,
+        modifier2: int = 0,
+        cores: int = 0,
+        load: int = 0,
+        weight: int = 0,
+        now: float | None = None,
+        notify: str | None = None,
+    ) -> Node:
         now = time.time() if now is None else now
         pool = self.pools.get(key)
         if pool is None:
@@ -204,8 +280,10 @@ class Table:
             self.dirty = True
             self.log(f"{self._prefix()} {key} => new node: {address}")
             if notify and self.notify_send is not None:
-                self.notify_send(notify, f"[subscription ack] {key} => new node: {address}"
-                                 .encode("latin-1", "replace"))
+                self.notify_send(
+                    notify,
+                    f"[subscription ack] {key} => new node: {address}".encode("latin-1", "replace"),
+                )
         else:
             node.death_mark = 0
             node.last_check = now
@@ -248,8 +326,9 @@ class Table:
         for pool in list(self.pools.values()):
             self._expire_pool(pool, now)
         if self.last_unix and len(self.last_unix) > 64:
-            self.last_unix = {k: v for k, v in self.last_unix.items()
-                              if now - v[1] <= 2 * self.tolerance}
+            self.last_unix = {
+                k: v for k, v in self.last_unix.items() if now - v[1] <= 2 * self.tolerance
+            }
 
     # ------------------------------------------------------------------ routing
     def pick(self, key: str, now: float | None = None) -> Node | None:
@@ -286,17 +365,45 @@ class Table:
 
     # ------------------------------------------------------------------ stats / persistence
     def snapshot(self) -> list[dict]:
-        return [{"key": p.key, "hash": p.hash, "hits": p.hits, "sni_enabled": 0,
-                 "nodes": [n.stats() for n in p.nodes]} for p in self.pools.values()]
+        return [
+            {
+                "key": p.key,
+                "hash": p.hash,
+                "hits": p.hits,
+                "sni_enabled": 0,
+                "nodes": [n.stats() for n in p.nodes],
+            }
+            for p in self.pools.values()
+        ]
 
     def dump(self, now: float | None = None) -> dict:
         now = time.time() if now is None else now
-        return {"format": "pymaster-subscriptions-1", "saved": now,
-                "pools": [{"key": p.key, "hits": p.hits, "nodes": [
-                    {"name": n.name, "modifier1": n.modifier1, "modifier2": n.modifier2,
-                     "last_check": n.last_check, "cores": n.cores, "load": n.load,
-                     "weight": n.weight, "requests": n.requests, "failcnt": n.failcnt}
-                    for n in p.nodes if not n.death_mark]} for p in self.pools.values()]}
+        return {
+            "format": "pymaster-subscriptions-1",
+            "saved": now,
+            "pools": [
+                {
+                    "key": p.key,
+                    "hits": p.hits,
+                    "nodes": [
+                        {
+                            "name": n.name,
+                            "modifier1": n.modifier1,
+                            "modifier2": n.modifier2,
+                            "last_check": n.last_check,
+                            "cores": n.cores,
+                            "load": n.load,
+                            "weight": n.weight,
+                            "requests": n.requests,
+                            "failcnt": n.failcnt,
+                        }
+                        for n in p.nodes
+                        if not n.death_mark
+                    ],
+                }
+                for p in self.pools.values()
+            ],
+        }
 
     def restore(self, doc: dict, now: float | None = None) -> int:
         """Load nodes from `dump()` output that are still within the tolerance."""
@@ -319,9 +426,15 @@ class Table:
                     if pool is None:
                         pool = self.pools[key] = Pool(key)
                         pool.hits = int(p.get("hits", 0))
-                    node = Node(str(n["name"]), int(n["modifier1"]) & 0xFF,
-                                int(n["modifier2"]) & 0xFF, last, int(n.get("cores", 0)),
-                                int(n.get("load", 0)), int(n.get("weight", 1)))
+                    node = Node(
+                        str(n["name"]),
+                        int(n["modifier1"]) & 0xFF,
+                        int(n["modifier2"]) & 0xFF,
+                        last,
+                        int(n.get("cores", 0)),
+                        int(n.get("load", 0)),
+                        int(n.get("weight", 1)),
+                    )
                     node.requests = int(n.get("requests", 0))
                     node.failcnt = int(n.get("failcnt", 0))
                     pool.nodes.append(node)
@@ -355,5 +468,7 @@ class StaticNodes:
 
     def snapshot(self) -> list[dict]:
         now = time.time()
-        return [{"name": n.name, "hits": n.requests,
-                 "grace": max(0, int(n.grace_until - now))} for n in self.nodes]
+        return [
+            {"name": n.name, "hits": n.requests, "grace": max(0, int(n.grace_until - now))}
+            for n in self.nodes
+        ]

@@ -46,10 +46,10 @@ def route_key(block) -> str:
         vstart = kstart + klen + 2
         if vstart + vlen > end:
             raise UwsgiError(f"invalid uwsgi request (current strsize: {vlen}). skip.")
-        if klen in (9, 11, 20):            # the only lengths of the three names
-            r = _WANTED.get(bytes(mv[kstart:kstart + klen]))
+        if klen in (9, 11, 20):  # the only lengths of the three names
+            r = _WANTED.get(bytes(mv[kstart : kstart + klen]))
             if r is not None and r < rank and 0 < vlen <= 255:
-                best, rank = bytes(mv[vstart:vstart + vlen]), r
+                best, rank = bytes(mv[vstart : vstart + vlen]), r
         pos = vstart + vlen
     return best.decode("latin-1")
 
@@ -59,7 +59,7 @@ class NodeSide(asyncio.Protocol):
 
     __slots__ = ("session", "transport")
 
-    def __init__(self, session: "ClientSession"):
+    def __init__(self, session: ClientSession):
         self.session = session
         self.transport = None
 
@@ -73,14 +73,14 @@ class NodeSide(asyncio.Protocol):
         s.transport.write(data)
 
     def eof_received(self) -> bool:
-        self.session.transport.close()       # flushes what is buffered first
+        self.session.transport.close()  # flushes what is buffered first
         return False
 
     def connection_lost(self, exc) -> None:
         self.session.transport.close()
         self.session.finish()
 
-    def pause_writing(self) -> None:         # the node does not keep up: stop reading the client
+    def pause_writing(self) -> None:  # the node does not keep up: stop reading the client
         self.session.transport.pause_reading()
 
     def resume_writing(self) -> None:
@@ -95,7 +95,7 @@ class ClientSession(asyncio.Protocol):
         self.loop = router.loop
         self.transport = None
         self.buf = bytearray()
-        self.pending: list[bytes] = []       # body bytes that arrive while connecting
+        self.pending: list[bytes] = []  # body bytes that arrive while connecting
         self.node = None
         self.node_side: NodeSide | None = None
         self.key = ""
@@ -117,8 +117,8 @@ class ClientSession(asyncio.Protocol):
             self.node.tx += len(data)
             self.node_side.transport.write(data)
             return
-        if self.routing:                     # body bytes while we connect: keep them, but stop
-            self.pending.append(data)        # reading more until a node is there
+        if self.routing:  # body bytes while we connect: keep them, but stop
+            self.pending.append(data)  # reading more until a node is there
             self.transport.pause_reading()
             self.paused = True
             return
@@ -127,9 +127,9 @@ class ClientSession(asyncio.Protocol):
             return
         size = HEADER.unpack_from(self.buf)[1]
         if len(self.buf) < 4 + size:
-            return                           # at most 4 + 65535 bytes: size is 16-bit
+            return  # at most 4 + 65535 bytes: size is 16-bit
         try:
-            self.key = route_key(memoryview(self.buf)[4:4 + size])
+            self.key = route_key(memoryview(self.buf)[4 : 4 + size])
         except UwsgiError as exc:
             log(f"[uwsgi-fastrouter] {exc}")
             self.transport.close()
@@ -142,7 +142,7 @@ class ClientSession(asyncio.Protocol):
         # that there is nothing to answer: close
         return self.routing
 
-    def pause_writing(self) -> None:         # the client does not keep up: stop reading the node
+    def pause_writing(self) -> None:  # the client does not keep up: stop reading the node
         if self.node_side is not None:
             self.node_side.transport.pause_reading()
 
@@ -166,14 +166,18 @@ class ClientSession(asyncio.Protocol):
                 break
             try:
                 side = await self._connect(node)
-            except asyncio.CancelledError:       # cut by the ticker: the connect timed out
-                log(f"[uwsgi-fastrouter] unable to connect() to node \"{node.name}\" "
-                    f"({attempt} retries): timeout")
+            except asyncio.CancelledError:  # cut by the ticker: the connect timed out
+                log(
+                    f'[uwsgi-fastrouter] unable to connect() to node "{node.name}" '
+                    f"({attempt} retries): timeout"
+                )
                 router.failed(self.key, node)
                 raise
             except (OSError, TimeoutError, ValueError) as exc:
-                log(f"[uwsgi-fastrouter] unable to connect() to node \"{node.name}\" "
-                    f"({attempt} retries): {_reason(exc)}")
+                log(
+                    f'[uwsgi-fastrouter] unable to connect() to node "{node.name}" '
+                    f"({attempt} retries): {_reason(exc)}"
+                )
                 failures += 1
                 router.failed(self.key, node)
                 continue
@@ -193,11 +197,13 @@ class ClientSession(asyncio.Protocol):
                 self.transport.resume_reading()
             return
         if failures:
-            log(f"[uwsgi-fastrouter] no node for key \"{self.key}\" accepted the connection "
-                f"after {failures} attempt(s)")
+            log(
+                f'[uwsgi-fastrouter] no node for key "{self.key}" accepted the connection '
+                f"after {failures} attempt(s)"
+            )
             self.transport.write(router.bad_gateway(self.key))
         else:
-            log(f"[uwsgi-fastrouter] no node available for key \"{self.key}\"")
+            log(f'[uwsgi-fastrouter] no node available for key "{self.key}"')
             self.transport.write(router.unavailable(self.key))
         self.transport.close()
 
@@ -208,8 +214,7 @@ class ClientSession(asyncio.Protocol):
         if family == socket.AF_UNIX:
             _t, side = await self.loop.create_unix_connection(lambda: NodeSide(self), where)
         else:
-            _t, side = await self.loop.create_connection(lambda: NodeSide(self), where[0],
-                                                         where[1])
+            _t, side = await self.loop.create_connection(lambda: NodeSide(self), where[0], where[1])
         return side
 
     def finish(self) -> None:
@@ -222,7 +227,7 @@ class ClientSession(asyncio.Protocol):
 
     def abort(self) -> None:
         if self.task is not None and not self.task.done():
-            self.task.cancel()                 # still connecting: the node is marked failed
+            self.task.cancel()  # still connecting: the node is marked failed
         self.transport.abort()
         if self.node_side is not None:
             self.node_side.transport.abort()
@@ -236,6 +241,7 @@ def _address(name: str):
 
 def _reason(exc: BaseException) -> str:
     import os
+
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, OSError) and exc.errno:

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from pymaster.protocols import uwsgi
 from tests.load import Load
 from tests.pm import Pymaster, free_port, uwsgi_request, wait_port
-from pymaster.protocols import uwsgi
 
 APP = textwrap.dedent('''
     import os, time

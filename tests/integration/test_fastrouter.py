@@ -21,8 +21,16 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from tests.external import (free_port, parse_http_response, run_server, tmpdir, uwsgi,
-                            uwsgi_plugin_available, uwsgi_request, uwsgi_vars)
+from tests.external import (
+    free_port,
+    parse_http_response,
+    run_server,
+    tmpdir,
+    uwsgi,
+    uwsgi_plugin_available,
+    uwsgi_request,
+    uwsgi_vars,
+)
 
 pytestmark = pytest.mark.skipif(not uwsgi_plugin_available("python3"),
                                 reason="uWSGI python3 plugin not installed")

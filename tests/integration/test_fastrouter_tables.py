@@ -11,11 +11,26 @@ import time
 
 import pytest
 
-from tests.external import (free_port, parse_http_response, uwsgi, uwsgi_plugin_available,
-                            uwsgi_request, uwsgi_vars)
-from tests.integration.test_fastrouter import (app_file, backend, pid_of, request, router,  # noqa: F401
-                                               stats, subscribe_once, wait_pids, wait_until,
-                                               worker_pids)
+from tests.external import (
+    free_port,
+    parse_http_response,
+    uwsgi,
+    uwsgi_plugin_available,
+    uwsgi_request,
+    uwsgi_vars,
+)
+from tests.integration.test_fastrouter import (  # noqa: F401
+    app_file,
+    backend,
+    pid_of,
+    request,
+    router,
+    stats,
+    subscribe_once,
+    wait_pids,
+    wait_until,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.skipif(not uwsgi_plugin_available("python3"),
                                 reason="uWSGI python3 plugin not installed")

@@ -183,9 +183,10 @@ def _python_usable_by_nobody() -> bool:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_uid_gid_drop_after_binding(tmp_path):
-    import psutil
     import tempfile
     from pathlib import Path
+
+    import psutil
     shared = Path(tempfile.mkdtemp(prefix="pymaster-uid-"))   # pytest's tmp is root-only
     shared.chmod(0o755)
     app = shared / "whoami.py"          # imports nothing new: the interpreter's own files may

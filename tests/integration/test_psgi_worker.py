@@ -11,15 +11,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 import types
 from pathlib import Path
 
 import pytest
 
-from pymaster.apps import psgi
-from pymaster.master.scoreboard import BUSY, IDLE, Scoreboard
+from pymaster.workers.psgi import bridge as psgi
+from pymaster.workers.scoreboard import BUSY, IDLE, Scoreboard
 from tests.external import parse_http_response, uwsgi_packet, uwsgi_vars
 
 pytestmark = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup (libplack-perl) missing")
@@ -169,7 +168,7 @@ class PerlWorker:
                 self.pid = self.proc.pid
         self.code = None
 
-    def wait_ready(self, timeout: float = 15.0) -> "PerlWorker":
+    def wait_ready(self, timeout: float = 15.0) -> PerlWorker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.slot.read()
@@ -611,7 +610,7 @@ class HttpClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.file = self.sock.makefile("rb")
 
-    def send(self, data: bytes) -> "HttpClient":
+    def send(self, data: bytes) -> HttpClient:
         self.sock.sendall(data)
         return self
 

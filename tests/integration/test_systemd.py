@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from tests.pm import ROOT, Pymaster, free_port, wait_port
 from tests.load import one_uwsgi
+from tests.pm import ROOT, Pymaster, free_port, wait_port
 
 APP = "tests/apps/conformance.py"
 
@@ -20,7 +20,7 @@ def collect(sock, until: bytes, timeout: float = 15.0) -> list[bytes]:
     while time.monotonic() < deadline:
         try:
             got.append(sock.recv(4096))
-        except socket.timeout:
+        except TimeoutError:
             continue
         if until in got[-1]:
             return got

@@ -2,7 +2,7 @@
 # Plack::Test::Suite (Plack's server conformance tests) against Plack::Handler::Pymaster, with
 # Plack::Middleware::Lint around every test app, as Plack runs it for its own handlers.
 #
-#   prove -I pymaster/apps/perl tests/interop/plack_suite.t        # the handler on HTTP
+#   prove -I pymaster/workers/psgi/perl tests/interop/plack_suite.t        # the handler on HTTP
 #
 # With PYMASTER_SUITE_SERVER_PORT=P PYMASTER_SUITE_HTTP_PORT=N the handler speaks the uwsgi
 # protocol on P and the client goes to N, where a front-end (nginx with uwsgi_pass to P,

@@ -4,8 +4,17 @@ the harness on its own, then pymaster serving the seed's examples/app.wsgi."""
 import psutil
 import pytest
 
-from tests.external import (EXAMPLES, free_port, have, http_get, nginx, pid_in_page, pymaster,
-                            uwsgi, uwsgi_plugin_available)
+from tests.external import (
+    EXAMPLES,
+    free_port,
+    have,
+    http_get,
+    nginx,
+    pid_in_page,
+    pymaster,
+    uwsgi,
+    uwsgi_plugin_available,
+)
 
 needs_nginx = pytest.mark.skipif(not have("nginx"), reason="nginx not installed")
 needs_uwsgi_python = pytest.mark.skipif(not uwsgi_plugin_available("python3"),

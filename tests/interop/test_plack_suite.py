@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pymaster.apps.psgi import PERL_DIR
+from pymaster.workers.psgi.bridge import PERL_DIR
 from tests.external import free_port, have, nginx
 
 DRIVER = Path(__file__).with_name("plack_suite.t")

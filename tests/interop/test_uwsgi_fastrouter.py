@@ -8,9 +8,21 @@ import time
 
 import pytest
 
-from tests.external import (EXAMPLES, free_port, have, http_get, nginx, parse_http_response,
-                            pid_in_page, pymaster, uwsgi, uwsgi_fastrouter, uwsgi_plugin_available,
-                            uwsgi_request, uwsgi_vars)
+from tests.external import (
+    EXAMPLES,
+    free_port,
+    have,
+    http_get,
+    nginx,
+    parse_http_response,
+    pid_in_page,
+    pymaster,
+    uwsgi,
+    uwsgi_fastrouter,
+    uwsgi_plugin_available,
+    uwsgi_request,
+    uwsgi_vars,
+)
 
 pytestmark = pytest.mark.skipif(not uwsgi_plugin_available("fastrouter"),
                                 reason="uWSGI fastrouter plugin not installed")

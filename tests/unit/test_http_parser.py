@@ -1,7 +1,8 @@
 """HTTP/1.1 request parsing and response framing for --http-socket."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pymaster.protocols.http import HttpError, HttpFraming, RequestParser, error_response
 

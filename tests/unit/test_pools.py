@@ -5,12 +5,12 @@ persistence, and hostile datagrams that must never raise."""
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pymaster.protocols.subscription import SubscriptionError, build_packet
 from pymaster.protocols.uwsgi import encode_vars
-from pymaster.routers.pools import (Node, StaticNodes, Table, djb33x_hash, parse_allow,
-                                    wrr_pick)
+from pymaster.routers.pools import Node, StaticNodes, Table, djb33x_hash, parse_allow, wrr_pick
 
 SECRET = b"0123456789abcdef-secret"
 T0 = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""pymaster.apps.psgi: plackup argv, worker environment, preflight messages."""
+"""pymaster.workers.psgi.bridge: plackup argv, worker environment, preflight messages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pymaster.apps import psgi
+from pymaster.workers.psgi import bridge as psgi
 
 needs_plackup = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup missing")
 

@@ -1,7 +1,8 @@
 """The fastrouter's key lookup over a raw vars block: precedence, bounds, hostile bytes."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pymaster.protocols.uwsgi import UwsgiError, decode_vars, encode_vars
 from pymaster.routers.session import route_key

@@ -6,12 +6,22 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pymaster.master.subscriber import Subscriber
-from pymaster.protocols.subscription import (SubscriptionError, Target, build_packet,
-                                             expand_keys_file, parse_packet, parse_subscribe2,
-                                             parse_subscribe_to, read_secret, split_key, verify)
+from pymaster.protocols.subscription import (
+    SubscriptionError,
+    Target,
+    build_packet,
+    expand_keys_file,
+    parse_packet,
+    parse_subscribe2,
+    parse_subscribe_to,
+    read_secret,
+    split_key,
+    verify,
+)
 from pymaster.protocols.uwsgi import encode_vars
 
 CAPTURED = bytes.fromhex(
@@ -215,7 +225,7 @@ def drain(sock):
     while True:
         try:
             out.append(parse_packet(sock.recv(65536)))
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return out
 
 

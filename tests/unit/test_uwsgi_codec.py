@@ -1,9 +1,9 @@
 """The uwsgi packet codec: captured bytes, round trips, and hostile input."""
 
-import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pymaster.protocols import uwsgi
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 try:
     from setproctitle import setproctitle
-except ImportError:                      # pragma: no cover - a declared dependency
+except ImportError:  # pragma: no cover - a declared dependency
+
     def setproctitle(title: str) -> None:
         pass
 

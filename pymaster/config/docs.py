@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from itertools import groupby
 
-from pymaster.option_table import OPTIONS, Option
+from pymaster.config.table import OPTIONS, Option
 
 METAVARS = {"int": "N", "size": "BYTES", "str": "VALUE", "list": "VALUE", "bool": ""}
 HELP_COLUMN = 34
@@ -20,8 +20,8 @@ others the last value wins."""
 MARKDOWN_INTRO = """\
 # pymaster options
 
-Generated from the option table (`pymaster/option_table.py`) by
-`python -m pymaster.options --markdown`; do not edit by hand.
+Generated from the option table (`pymaster/config/table.py`) by
+`python -m pymaster.config.parse --markdown`; do not edit by hand.
 
 ## How options are read
 

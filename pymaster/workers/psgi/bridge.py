@@ -1,7 +1,7 @@
 """The Python side of the PSGI bridge: check the Perl side, then exec plackup as a worker.
 
 A PSGI worker is `plackup -s Pymaster -L Pymaster -E deployment [--plackup-opt ...] app.psgi`
-with the Plack handler and loader shipped in `pymaster/apps/perl/` on its `-I` path. The
+with the Plack handler and loader shipped in `pymaster/workers/psgi/perl/` on its `-I` path. The
 master forks, then `exec_worker` replaces the child with plackup; the handler takes the
 listening sockets and the scoreboard from the inherited fds named in the environment
 (docs/worker-contract.md) and serves the uwsgi protocol (and HTTP) itself.
@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from pymaster.log import log
+from pymaster.workers.contract import EXIT_FAILED_APP, die_with_master
 
 PERL_DIR = str(Path(__file__).resolve().parent / "perl")
-EXIT_FAILED_APP = 22
 CHECK_TIMEOUT = 60
-PR_SET_PDEATHSIG = 1
 
 _MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
 
@@ -66,24 +65,32 @@ def _base_env(cfg) -> dict:
     return env
 
 
-def worker_env(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
-               master_pid: int | None) -> dict:
+def worker_env(
+    cfg,
+    worker_id: int,
+    listen_fds: list[tuple[int, str]],
+    scoreboard_fd: int,
+    master_pid: int | None,
+) -> dict:
     """The environment of worker `worker_id` (docs/worker-contract.md); `master_pid` None or
     0 when there is no master (single-process mode: no parent check)."""
-    from pymaster.master.procname import title_for
+    from pymaster.procname import title_for
+
     env = _base_env(cfg)
-    env.update({
-        "PYMASTER_LISTEN_FDS": ",".join(f"{fd}:{proto}" for fd, proto in listen_fds),
-        "PYMASTER_WORKER_ID": str(worker_id),
-        "PYMASTER_SCOREBOARD_FD": str(scoreboard_fd),
-        "PYMASTER_MASTER_PID": str(master_pid or 0),     # 0: no master (single process)
-        "PYMASTER_MAX_REQUESTS": str(getattr(cfg, "max_requests", 0) or 0),
-        "PYMASTER_BUFFER_SIZE": str(getattr(cfg, "buffer_size", 0) or 4096),
-        "PYMASTER_SOCKET_TIMEOUT": str(getattr(cfg, "socket_timeout", 0) or 4),
-        "PYMASTER_DISABLE_LOGGING": "1" if getattr(cfg, "disable_logging", False) else "0",
-        "PYMASTER_HTTP_KEEPALIVE": str(_keepalive(cfg)),   # idle seconds, 0: no keep-alive
-        "PYMASTER_PROCNAME": title_for(cfg, f"worker {worker_id}"),
-    })
+    env.update(
+        {
+            "PYMASTER_LISTEN_FDS": ",".join(f"{fd}:{proto}" for fd, proto in listen_fds),
+            "PYMASTER_WORKER_ID": str(worker_id),
+            "PYMASTER_SCOREBOARD_FD": str(scoreboard_fd),
+            "PYMASTER_MASTER_PID": str(master_pid or 0),  # 0: no master (single process)
+            "PYMASTER_MAX_REQUESTS": str(getattr(cfg, "max_requests", 0) or 0),
+            "PYMASTER_BUFFER_SIZE": str(getattr(cfg, "buffer_size", 0) or 4096),
+            "PYMASTER_SOCKET_TIMEOUT": str(getattr(cfg, "socket_timeout", 0) or 4),
+            "PYMASTER_DISABLE_LOGGING": "1" if getattr(cfg, "disable_logging", False) else "0",
+            "PYMASTER_HTTP_KEEPALIVE": str(_keepalive(cfg)),  # idle seconds, 0: no keep-alive
+            "PYMASTER_PROCNAME": title_for(cfg, f"worker {worker_id}"),
+        }
+    )
     return env
 
 
@@ -92,28 +99,34 @@ def _keepalive(cfg) -> int:
     return 5 if value is None else max(0, int(value))
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _reset_signals() -> None:
     """exec keeps ignored dispositions and the signal mask: give Perl a clean slate."""
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE,
-                    signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
+        for sig in (
+            signal.SIGHUP,
+            signal.SIGINT,
+            signal.SIGQUIT,
+            signal.SIGTERM,
+            signal.SIGPIPE,
+            signal.SIGCHLD,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGXFSZ,
+        ):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-    except (ValueError, OSError):      # not the main thread: exec resets handlers anyway
+    except (ValueError, OSError):  # not the main thread: exec resets handlers anyway
         pass
 
 
-def exec_worker(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboard_fd: int,
-                master_pid: int | None) -> NoReturn:
+def exec_worker(
+    cfg,
+    worker_id: int,
+    listen_fds: list[tuple[int, str]],
+    scoreboard_fd: int,
+    master_pid: int | None,
+) -> NoReturn:
     """In the forked child: replace this process with plackup serving worker `worker_id`."""
     try:
         argv = worker_argv(cfg)
@@ -122,11 +135,13 @@ def exec_worker(cfg, worker_id: int, listen_fds: list[tuple[int, str]], scoreboa
             os.set_inheritable(fd, True)
         os.set_inheritable(scoreboard_fd, True)
         _reset_signals()
-        _die_with_parent()
+        die_with_master()
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
-        log(f"cannot exec plackup for worker {worker_id}: {exc.strerror or exc} "
-            f"(install the Debian package libplack-perl)")
+        log(
+            f"cannot exec plackup for worker {worker_id}: {exc.strerror or exc} "
+            f"(install the Debian package libplack-perl)"
+        )
     except BaseException as exc:  # never return into the master's code in the child
         log(f"cannot start PSGI worker {worker_id}: {exc!r}")
     os._exit(EXIT_FAILED_APP)
@@ -144,18 +159,28 @@ def preflight(cfg) -> None:
     if not os.path.isfile(app):
         raise RuntimeError(f"PSGI app file '{app}' not found (cwd {os.getcwd()})")
     if not shutil.which("perl"):
-        raise RuntimeError("perl not found on PATH: the PSGI bridge needs perl (Debian package perl)")
+        raise RuntimeError(
+            "perl not found on PATH: the PSGI bridge needs perl (Debian package perl)"
+        )
     if not shutil.which("plackup"):
-        raise RuntimeError("plackup not found on PATH: install Plack (Debian package "
-                           "libplack-perl, or `cpanm Plack`)")
+        raise RuntimeError(
+            "plackup not found on PATH: install Plack (Debian package "
+            "libplack-perl, or `cpanm Plack`)"
+        )
     env = _base_env(cfg)
     env["PYMASTER_CHECK"] = "1"
     try:
-        proc = subprocess.run(worker_argv(cfg), env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=CHECK_TIMEOUT)
+        proc = subprocess.run(
+            worker_argv(cfg),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=CHECK_TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"PSGI app '{app}' did not finish loading within {CHECK_TIMEOUT} "
-                           "seconds") from None
+        raise RuntimeError(
+            f"PSGI app '{app}' did not finish loading within {CHECK_TIMEOUT} seconds"
+        ) from None
     out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
     if proc.returncode == 0 and "pymaster-psgi-check: ok" in out:
         return
@@ -163,11 +188,15 @@ def preflight(cfg) -> None:
     if missing:
         module = missing.group(1).replace("/", "::")
         if module.split("::")[0] == "Plack":
-            raise RuntimeError(f"Plack is not installed (perl cannot find {module}): install the "
-                               "Debian package libplack-perl, or `cpanm Plack`")
-        raise RuntimeError(f"PSGI app '{app}' needs the Perl module {module}, which is not "
-                           f"installed: apt-get install {_debian_name(module)} "
-                           f"(or `cpanm {module}`)")
+            raise RuntimeError(
+                f"Plack is not installed (perl cannot find {module}): install the "
+                "Debian package libplack-perl, or `cpanm Plack`"
+            )
+        raise RuntimeError(
+            f"PSGI app '{app}' needs the Perl module {module}, which is not "
+            f"installed: apt-get install {_debian_name(module)} "
+            f"(or `cpanm {module}`)"
+        )
     detail = out.strip()
     match = re.search(r"\*\*\* failed loading PSGI app .*?: (.*) \*\*\*", detail, re.S)
     if match:

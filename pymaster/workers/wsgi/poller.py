@@ -11,14 +11,14 @@ EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 class Poller:
     def __init__(self):
         self.ep = select.epoll()
-        self.items: dict[int, tuple[object, object]] = {}      # fd -> (fileobj, data)
+        self.items: dict[int, tuple[object, object]] = {}  # fd -> (fileobj, data)
 
     def register(self, fileobj, data, exclusive: bool = False) -> None:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         mask = select.EPOLLIN | (EXCLUSIVE if exclusive else 0)
         try:
             self.ep.register(fd, mask)
-        except OSError:                       # kernels before 4.5: plain registration
+        except OSError:  # kernels before 4.5: plain registration
             self.ep.register(fd, select.EPOLLIN)
         self.items[fd] = (fileobj, data)
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 KINDS = ("str", "int", "bool", "list", "size")
-PLUGINS = ("python", "python3", "python311", "python312", "python313", "psgi", "fastrouter",
-           "http", "corerouter", "logfile", "cheaper_busyness")
-DIRECTIVES = ("ini", "set", "set-placeholder")      # expanded while collecting, not applied
+PLUGINS = (
+    "python",
+    "python3",
+    "python311",
+    "python312",
+    "python313",
+    "psgi",
+    "fastrouter",
+    "http",
+    "corerouter",
+    "logfile",
+    "cheaper_busyness",
+)
+DIRECTIVES = ("ini", "set", "set-placeholder")  # expanded while collecting, not applied
 
 
 @dataclass(frozen=True)
@@ -22,8 +33,8 @@ class Option:
     force_master: bool = False
     section: str = ""
     choices: tuple[str, ...] | None = None
-    optional: bool = False          # the value may be left out on the command line
-    bare: str = ""                  # the value used when it is left out
+    optional: bool = False  # the value may be left out on the command line
+    bare: str = ""  # the value used when it is left out
     metavar: str = ""
 
     @property
@@ -61,43 +72,80 @@ def _section(title: str, *options: Option, force_master: bool = False) -> list[O
 
 CONFIGURATION = _section(
     "Configuration",
-    opt("ini", "list", help="load options from an INI file, `FILE[:SECTION]`; `:SECTION` reuses "
-        "the last file read", metavar="FILE[:SECTION]"),
+    opt(
+        "ini",
+        "list",
+        help="load options from an INI file, `FILE[:SECTION]`; `:SECTION` reuses "
+        "the last file read",
+        metavar="FILE[:SECTION]",
+    ),
     opt("strict", "bool", help="unknown keys in INI files and UWSGI_* variables are errors"),
     opt("show-config", "bool", help="log the effective configuration as INI at startup"),
     opt("help/-h", "bool", help="print this help and exit"),
     opt("version", "bool", help="print the version and exit"),
     opt("set/-S", "list", help="set an option or placeholder, `KEY=VALUE`", metavar="KEY=VALUE"),
-    opt("set-placeholder/set-ph", "list", help="set a placeholder (not an option), `KEY=VALUE`",
-        metavar="KEY=VALUE"),
+    opt(
+        "set-placeholder/set-ph",
+        "list",
+        help="set a placeholder (not an option), `KEY=VALUE`",
+        metavar="KEY=VALUE",
+    ),
 )
 
 SOCKETS = _section(
     "Sockets",
-    opt("socket/-s/uwsgi-socket", "list", help="bind a uwsgi-protocol socket (`host:port`, "
-        "`:port` or a UNIX path)", metavar="ADDR"),
+    opt(
+        "socket/-s/uwsgi-socket",
+        "list",
+        help="bind a uwsgi-protocol socket (`host:port`, `:port` or a UNIX path)",
+        metavar="ADDR",
+    ),
     opt("http-socket", "list", help="bind an HTTP socket served by the workers", metavar="ADDR"),
     opt("listen/-l", "int", 100, "listen queue (backlog) of the sockets"),
-    opt("buffer-size/-b", "size", 4096, "largest uwsgi request header accepted, in bytes "
-        "(at most 65535)"),
-    opt("chmod-socket/-C", "str", help="permissions of UNIX sockets (666 when no value is given)",
-        optional=True, bare="666", metavar="MODE"),
+    opt(
+        "buffer-size/-b",
+        "size",
+        4096,
+        "largest uwsgi request header accepted, in bytes (at most 65535)",
+    ),
+    opt(
+        "chmod-socket/-C",
+        "str",
+        help="permissions of UNIX sockets (666 when no value is given)",
+        optional=True,
+        bare="666",
+        metavar="MODE",
+    ),
     opt("socket-timeout/-z", "int", 4, "socket timeout in seconds"),
     opt("uid", "str", help="drop privileges to this user (name or id)"),
     opt("gid", "str", help="drop privileges to this group (name or id)"),
-    opt("http-keepalive", "int", 5, "idle seconds an HTTP keep-alive connection is kept "
-        "(pymaster default; 0 disables keep-alive)"),
+    opt(
+        "http-keepalive",
+        "int",
+        5,
+        "idle seconds an HTTP keep-alive connection is kept "
+        "(pymaster default; 0 disables keep-alive)",
+    ),
     opt("limit-post", "size", 0, "largest request body accepted, in bytes (0 = no limit)"),
     opt("post-buffering", "size", 0, "accepted for compatibility; bodies are read on demand"),
-    opt("max-vars/-v", "int", 64, "accepted for compatibility; no effect (vars are bounded by --buffer-size)"),
+    opt(
+        "max-vars/-v",
+        "int",
+        64,
+        "accepted for compatibility; no effect (vars are bounded by --buffer-size)",
+    ),
     opt("thunder-lock", "bool", help="accepted for compatibility; no effect"),
 )
 
 APPLICATIONS = _section(
     "Applications",
     opt("wsgi-file/file", "str", help="load a WSGI app from a Python file", metavar="FILE"),
-    opt("module/-w/wsgi", "str", help="load a WSGI app from a module, `MODULE[:CALLABLE]`",
-        metavar="MODULE"),
+    opt(
+        "module/-w/wsgi",
+        "str",
+        help="load a WSGI app from a module, `MODULE[:CALLABLE]`",
+        metavar="MODULE",
+    ),
     opt("callable", "str", "application", "name of the WSGI callable"),
     opt("pythonpath/python-path/pp", "list", help="add a directory to sys.path", metavar="DIR"),
     opt("home/virtualenv/venv/pyhome/-H", "str", help="Python virtualenv to use", metavar="DIR"),
@@ -106,16 +154,22 @@ APPLICATIONS = _section(
     opt("plackup-opt", "list", help="extra option handed to the PSGI loader"),
     opt("chdir", "str", help="change to this directory before loading the app", metavar="DIR"),
     opt("env", "list", help="set an environment variable, `NAME=VALUE`", metavar="NAME=VALUE"),
-    opt("plugins/plugin", "list", help="plugins to load (comma-separated allowed); built in, "
-        "names are checked", metavar="NAMES"),
-    opt("plugin-dir", "str", help="accepted for compatibility; plugins are built in",
-        metavar="DIR"),
+    opt(
+        "plugins/plugin",
+        "list",
+        help="plugins to load (comma-separated allowed); built in, names are checked",
+        metavar="NAMES",
+    ),
+    opt(
+        "plugin-dir", "str", help="accepted for compatibility; plugins are built in", metavar="DIR"
+    ),
     opt("lazy-apps", "bool", help="load the app in each worker after fork"),
     opt("lazy", "bool", help="like lazy-apps, and SIGHUP reloads only the workers"),
     opt("need-app", "bool", help="exit with code 22 when no app could be loaded"),
     opt("enable-threads/-T", "bool", help="accepted for compatibility; Python threads always work"),
-    opt("single-interpreter/-i", "bool", help="accepted for compatibility; there is one "
-        "interpreter"),
+    opt(
+        "single-interpreter/-i", "bool", help="accepted for compatibility; there is one interpreter"
+    ),
 )
 
 MASTER = _section(
@@ -125,8 +179,12 @@ MASTER = _section(
     opt("pidfile", "str", help="write the master pid to this file", metavar="FILE"),
     opt("vacuum", "bool", help="remove the pidfile and UNIX sockets at exit"),
     opt("die-on-term", "bool", help="SIGTERM shuts down (pymaster does this anyway)"),
-    opt("daemonize/-d", "str", help="detach from the terminal and log to LOGFILE (under systemd, don't)",
-        metavar="LOGFILE"),
+    opt(
+        "daemonize/-d",
+        "str",
+        help="detach from the terminal and log to LOGFILE (under systemd, don't)",
+        metavar="LOGFILE",
+    ),
     opt("harakiri/-t", "int", 0, "kill a worker whose request runs longer than N seconds"),
     opt("max-requests/-R", "int", 0, "recycle a worker after N requests"),
     opt("max-requests-delta", "int", 0, "add worker id * N to max-requests"),
@@ -134,34 +192,69 @@ MASTER = _section(
     opt("max-worker-lifetime", "int", 0, "recycle a worker after N seconds"),
     opt("max-worker-lifetime-delta", "int", 0, "add worker id * N to max-worker-lifetime"),
     opt("worker-reload-mercy", "int", 60, "seconds a worker gets to finish before it is killed"),
-    opt("reload-mercy", "int", help="accepted for compatibility; no effect (see --worker-reload-mercy)"),
+    opt(
+        "reload-mercy",
+        "int",
+        help="accepted for compatibility; no effect (see --worker-reload-mercy)",
+    ),
     opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS"),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
     opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
     opt("check-interval", "int", 1, "seconds between master checks"),
-    opt("master-fifo", "list", help="master FIFO for one-byte commands (repeatable: slots 0-9)",
-        force_master=True, metavar="PATH"),
-    opt("touch-reload", "list", help="gracefully reload when this file is touched",
-        force_master=True, metavar="FILE"),
-    opt("touch-workers-reload", "list", help="reload the workers when this file is touched",
-        force_master=True, metavar="FILE"),
-    opt("touch-chain-reload", "list", help="chain-reload the workers when this file is touched",
-        force_master=True, metavar="FILE"),
-    opt("reload", "str", help="send SIGHUP to the master in this pidfile and exit",
-        metavar="PIDFILE"),
-    opt("stop", "str", help="send SIGINT to the master in this pidfile and exit",
-        metavar="PIDFILE"),
+    opt(
+        "master-fifo",
+        "list",
+        help="master FIFO for one-byte commands (repeatable: slots 0-9)",
+        force_master=True,
+        metavar="PATH",
+    ),
+    opt(
+        "touch-reload",
+        "list",
+        help="gracefully reload when this file is touched",
+        force_master=True,
+        metavar="FILE",
+    ),
+    opt(
+        "touch-workers-reload",
+        "list",
+        help="reload the workers when this file is touched",
+        force_master=True,
+        metavar="FILE",
+    ),
+    opt(
+        "touch-chain-reload",
+        "list",
+        help="chain-reload the workers when this file is touched",
+        force_master=True,
+        metavar="FILE",
+    ),
+    opt(
+        "reload",
+        "str",
+        help="send SIGHUP to the master in this pidfile and exit",
+        metavar="PIDFILE",
+    ),
+    opt(
+        "stop", "str", help="send SIGINT to the master in this pidfile and exit", metavar="PIDFILE"
+    ),
 )
 
 CHEAPER = _section(
     "Cheaper (adaptive workers)",
-    opt("cheaper", "int", 0, "keep at least N workers and spawn more under load",
-        force_master=True),
+    opt(
+        "cheaper", "int", 0, "keep at least N workers and spawn more under load", force_master=True
+    ),
     opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
     opt("cheaper-step", "int", 1, "workers spawned at a time"),
     opt("cheaper-overload", "int", 3, "cycles of overload before spawning"),
-    opt("cheaper-algo", "str", "spare", "cheaper algorithm",
-        choices=("spare", "busyness", "backlog", "manual")),
+    opt(
+        "cheaper-algo",
+        "str",
+        "spare",
+        "cheaper algorithm",
+        choices=("spare", "busyness", "backlog", "manual"),
+    ),
     opt("cheaper-busyness-max", "int", 50, "busyness percentage above which workers are spawned"),
     opt("cheaper-busyness-min", "int", 25, "busyness percentage below which workers are cheaped"),
 )
@@ -176,8 +269,12 @@ LOGGING = _section(
     opt("log-4xx", "bool", help="log 4xx responses even when logging is disabled"),
     opt("log-5xx", "bool", help="log 5xx responses even when logging is disabled"),
     opt("log-slow", "int", 0, "log requests slower than N ms even when logging is disabled"),
-    opt("logformat/log-format", "str", help="request log format with `%(var)` fields",
-        metavar="FORMAT"),
+    opt(
+        "logformat/log-format",
+        "str",
+        help="request log format with `%(var)` fields",
+        metavar="FORMAT",
+    ),
 )
 
 PROCNAMES = _section(
@@ -192,18 +289,31 @@ PROCNAMES = _section(
 
 STATS = _section(
     "Stats",
-    opt("stats", "str", help="serve the stats JSON on this address", force_master=True,
-        metavar="ADDR"),
+    opt(
+        "stats",
+        "str",
+        help="serve the stats JSON on this address",
+        force_master=True,
+        metavar="ADDR",
+    ),
     opt("stats-http", "bool", help="prefix the stats JSON with an HTTP response header"),
     opt("stats-minified", "bool", help="stats JSON without whitespace"),
 )
 
 SUBSCRIPTIONS = _section(
     "Subscriptions",
-    opt("subscribe-to/st/subscribe", "list", help="subscribe to a router, "
-        "`SERVER:KEY[,MODIFIER1[,SIGN]]` (`SERVER:KEY:MODIFIER1` too)", metavar="SPEC"),
-    opt("subscribe2", "list", help="subscribe with `server=..,key=..[,addr=..,weight=..,"
-        "modifier1=..]`", metavar="SPEC"),
+    opt(
+        "subscribe-to/st/subscribe",
+        "list",
+        help="subscribe to a router, `SERVER:KEY[,MODIFIER1[,SIGN]]` (`SERVER:KEY:MODIFIER1` too)",
+        metavar="SPEC",
+    ),
+    opt(
+        "subscribe2",
+        "list",
+        help="subscribe with `server=..,key=..[,addr=..,weight=..,modifier1=..]`",
+        metavar="SPEC",
+    ),
     opt("subscribe-freq", "int", 10, "seconds between subscription heartbeats"),
     opt("subscription-tolerance", "int", 17, "seconds a router keeps a silent node"),
     opt("weight", "int", 0, "weight announced in subscriptions"),
@@ -211,40 +321,92 @@ SUBSCRIPTIONS = _section(
     opt("subscribe-with-modifier1", "int", help="force modifier1 in subscriptions"),
     opt("unsubscribe-on-graceful-reload", "bool", help="unsubscribe on graceful reloads too"),
     opt("start-unsubscribed", "bool", help="do not subscribe until the master FIFO says `S`"),
-    opt("subscription-notify-socket", "str", help="ask routers to acknowledge to this socket",
-        metavar="PATH"),
+    opt(
+        "subscription-notify-socket",
+        "str",
+        help="ask routers to acknowledge to this socket",
+        metavar="PATH",
+    ),
     opt("subscriptions-sign-secret", "str", help="secret used to sign subscriptions"),
-    opt("subscription-allow", "list", help="only accept subscription datagrams from this source (CIDR or address; repeatable)",
-        metavar="CIDR"),
+    opt(
+        "subscription-allow",
+        "list",
+        help="only accept subscription datagrams from this source (CIDR or address; repeatable)",
+        metavar="CIDR",
+    ),
     force_master=True,
 )
 
 FASTROUTER = _section(
     "Fastrouter",
-    opt("fastrouter", "list", help="run a fastrouter on this address", force_master=True,
-        metavar="ADDR"),
-    opt("fastrouter-subscription-server", "list", help="subscription server (UDP) of the "
-        "fastrouter", metavar="ADDR"),
+    opt(
+        "fastrouter",
+        "list",
+        help="run a fastrouter on this address",
+        force_master=True,
+        metavar="ADDR",
+    ),
+    opt(
+        "fastrouter-subscription-server",
+        "list",
+        help="subscription server (UDP) of the fastrouter",
+        metavar="ADDR",
+    ),
     opt("fastrouter-to", "list", help="static backend node (round robin)", metavar="ADDR"),
     opt("fastrouter-timeout", "int", 60, "seconds before a client or backend is dropped"),
     opt("fastrouter-processes/fastrouter-workers", "int", 1, "number of fastrouter processes"),
-    opt("fastrouter-stats/fastrouter-stats-server/fastrouter-ss", "str",
-        help="serve the fastrouter stats JSON on this address", metavar="ADDR"),
+    opt(
+        "fastrouter-stats/fastrouter-stats-server/fastrouter-ss",
+        "str",
+        help="serve the fastrouter stats JSON on this address",
+        metavar="ADDR",
+    ),
     opt("fastrouter-events", "int", 64, "accepted for compatibility; no effect"),
 )
 
 HTTP_ROUTER = _section(
     "HTTP router",
-    opt("http", "list", help="uWSGI's HTTP router: not in pymaster, refused with an error (use nginx or --http-socket)", force_master=True,
-        metavar="ADDR"),
-    opt("http-to", "list", help="uWSGI's HTTP router backend: not in pymaster, refused with an error", metavar="ADDR"),
-    opt("http-timeout", "int", 60, "uWSGI's HTTP router: accepted, no effect (no HTTP router in pymaster)"),
+    opt(
+        "http",
+        "list",
+        help="uWSGI's HTTP router: not in pymaster, refused with an error (use nginx or --http-socket)",
+        force_master=True,
+        metavar="ADDR",
+    ),
+    opt(
+        "http-to",
+        "list",
+        help="uWSGI's HTTP router backend: not in pymaster, refused with an error",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-timeout",
+        "int",
+        60,
+        "uWSGI's HTTP router: accepted, no effect (no HTTP router in pymaster)",
+    ),
     opt("http-processes/http-workers", "int", 1, "uWSGI's HTTP router: accepted, no effect"),
-    opt("static-map", "list", help="uWSGI's static mapping: not in pymaster, refused with an error", metavar="MOUNT=DIR"),
+    opt(
+        "static-map",
+        "list",
+        help="uWSGI's static mapping: not in pymaster, refused with an error",
+        metavar="MOUNT=DIR",
+    ),
 )
 
-OPTIONS: list[Option] = (CONFIGURATION + SOCKETS + APPLICATIONS + MASTER + CHEAPER + LOGGING
-                         + PROCNAMES + STATS + SUBSCRIPTIONS + FASTROUTER + HTTP_ROUTER)
+OPTIONS: list[Option] = (
+    CONFIGURATION
+    + SOCKETS
+    + APPLICATIONS
+    + MASTER
+    + CHEAPER
+    + LOGGING
+    + PROCNAMES
+    + STATS
+    + SUBSCRIPTIONS
+    + FASTROUTER
+    + HTTP_ROUTER
+)
 
 BY_FLAG: dict[str, Option] = {flag: o for o in OPTIONS for flag in o.flags}
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in o.long_names}

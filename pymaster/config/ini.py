@@ -36,7 +36,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     colon = spec.find(":", slash + 1)
     if colon < 0:
         return spec, None
-    return spec[:colon], spec[colon + 1:]
+    return spec[:colon], spec[colon + 1 :]
 
 
 def djb33x(text: str) -> int:
@@ -68,10 +68,16 @@ def file_magic(path: str, given: str, section: str) -> dict[str, str]:
     name = os.path.basename(path)
     stem, dot, ext = name.rpartition(".")
     table = {
-        "p": path, "d": directory.rstrip("/") + "/", "s": name,
-        "n": stem if dot else name, "e": ext if dot else "",
-        "c": os.path.basename(directory), "o": given, "x": section,
-        "j": f"{djb33x(path):08X}", "i": str(os.stat(path).st_ino),
+        "p": path,
+        "d": directory.rstrip("/") + "/",
+        "s": name,
+        "n": stem if dot else name,
+        "e": ext if dot else "",
+        "c": os.path.basename(directory),
+        "o": given,
+        "x": section,
+        "j": f"{djb33x(path):08X}",
+        "i": str(os.stat(path).st_ino),
     }
     parts = [part for part in directory.split("/") if part]
     table.update({str(n): (parts[n] if n < len(parts) else "") for n in range(10)})
@@ -82,11 +88,18 @@ def instance_magic() -> dict[str, str]:
     """The instance-wide magic variables (`%h %v %V %t %T %k %u %U %g %G %b %[`)."""
     now = time.time()
     return {
-        "h": socket.gethostname(), "v": os.getcwd(), "V": __version__,
-        "t": str(int(now)), "T": str(int(now * 1_000_000)), "k": str(os.cpu_count() or 1),
-        "u": str(os.getuid()), "U": _user_name(os.getuid()),
-        "g": str(os.getgid()), "G": _group_name(os.getgid()),
-        "b": os.path.abspath(sys.argv[0]), "[": "\x1b",
+        "h": socket.gethostname(),
+        "v": os.getcwd(),
+        "V": __version__,
+        "t": str(int(now)),
+        "T": str(int(now * 1_000_000)),
+        "k": str(os.cpu_count() or 1),
+        "u": str(os.getuid()),
+        "U": _user_name(os.getuid()),
+        "g": str(os.getgid()),
+        "G": _group_name(os.getgid()),
+        "b": os.path.abspath(sys.argv[0]),
+        "[": "\x1b",
     }
 
 
@@ -100,7 +113,7 @@ def magic_sub(text: str, table: dict[str, str]) -> str:
             out.append(char)
             i += 1
             continue
-        nxt = text[i + 1:i + 2]
+        nxt = text[i + 1 : i + 2]
         if nxt == "%":
             out.append("%")
         elif nxt == "(":
@@ -150,8 +163,9 @@ def _parse_lines(text: str, label: str, wanted: tuple[str, ...]) -> tuple[str | 
         key, _, value = line.partition("=")
         key = key.strip(" \t")
         if not _KEY.fullmatch(key):
-            raise ConfigError(f"{label} line {number}: expected 'key = value' or '[section]', "
-                              f"got '{line}'")
+            raise ConfigError(
+                f"{label} line {number}: expected 'key = value' or '[section]', got '{line}'"
+            )
         sections[current].append((key, value.strip(" \t\r")))
     found = next((name for name in wanted if name in sections), None)
     return found, sections.get(found, [])
@@ -178,6 +192,7 @@ def read_ini(spec: str, context: MagicContext) -> IniResult:
     found, pairs = _parse_lines(text, given, wanted)
     result = IniResult(path, pairs)
     if found is None:
-        result.warnings.append(f'*** WARNING: Can\'t find section "{wanted[0]}" '
-                               f"in INI configuration file {path} ***")
+        result.warnings.append(
+            f'*** WARNING: Can\'t find section "{wanted[0]}" in INI configuration file {path} ***'
+        )
     return result

@@ -27,8 +27,22 @@ def _memory() -> tuple[int, int]:
 class Record:
     """What one request did, as the log line needs it."""
 
-    __slots__ = ("env", "start", "elapsed", "status", "tx", "headers", "hsize", "nvars",
-                 "pktsize", "protocol", "requests", "total", "pid", "wid")
+    __slots__ = (
+        "env",
+        "start",
+        "elapsed",
+        "status",
+        "tx",
+        "headers",
+        "hsize",
+        "nvars",
+        "pktsize",
+        "protocol",
+        "requests",
+        "total",
+        "pid",
+        "wid",
+    )
 
     def __init__(self, **kw):
         for key, value in kw.items():
@@ -49,8 +63,11 @@ class RequestLog:
     def wanted(self, status: int, elapsed: float) -> bool:
         if self.enabled:
             return True
-        return ((self.log_4xx and 400 <= status < 500) or (self.log_5xx and status >= 500)
-                or bool(self.slow_ms and elapsed * 1000 > self.slow_ms))
+        return (
+            (self.log_4xx and 400 <= status < 500)
+            or (self.log_5xx and status >= 500)
+            or bool(self.slow_ms and elapsed * 1000 > self.slow_ms)
+        )
 
     def emit(self, r: Record) -> None:
         log(self.custom(r) if self.format else self.default(r))
@@ -69,12 +86,14 @@ class RequestLog:
         if self.memory:
             vsz, rss = _memory()
             prefix = f"{{address space usage: {vsz} bytes/{vsz >> 20}MB}} {{rss usage: {rss} bytes/{rss >> 20}MB}} "
-        return (f"{prefix}[pid: {r.pid}|app: 0|req: {r.requests}/{r.total}] {self._addr(env)} "
-                f"({env.get('REMOTE_USER', '')}) {{{r.nvars * 2} vars in {r.pktsize} bytes}} "
-                f"[{time.ctime(r.start)}] {env.get('REQUEST_METHOD', '')} "
-                f"{env.get('REQUEST_URI') or env.get('PATH_INFO', '')} => generated {r.tx} bytes "
-                f"in {self._time(r.elapsed)} ({r.protocol or ''} {r.status}) {r.headers} headers "
-                f"in {r.hsize} bytes (1 switches on core 0)")
+        return (
+            f"{prefix}[pid: {r.pid}|app: 0|req: {r.requests}/{r.total}] {self._addr(env)} "
+            f"({env.get('REMOTE_USER', '')}) {{{r.nvars * 2} vars in {r.pktsize} bytes}} "
+            f"[{time.ctime(r.start)}] {env.get('REQUEST_METHOD', '')} "
+            f"{env.get('REQUEST_URI') or env.get('PATH_INFO', '')} => generated {r.tx} bytes "
+            f"in {self._time(r.elapsed)} ({r.protocol or ''} {r.status}) {r.headers} headers "
+            f"in {r.hsize} bytes (1 switches on core 0)"
+        )
 
     def custom(self, r: Record) -> str:
         env = r.env
@@ -85,22 +104,38 @@ class RequestLog:
                 return str(env.get(name[4:], "-"))
             value = self._field(name, r, env)
             return "-" if value is None else str(value)
+
         return _FIELD.sub(field, self.format)
 
     def _field(self, name: str, r: Record, env):
         simple = {
             "uri": env.get("REQUEST_URI") or env.get("PATH_INFO", ""),
-            "method": env.get("REQUEST_METHOD", ""), "user": env.get("REMOTE_USER", "-"),
-            "addr": self._addr(env), "host": env.get("HTTP_HOST", ""),
-            "proto": env.get("SERVER_PROTOCOL", ""), "uagent": env.get("HTTP_USER_AGENT", ""),
-            "referer": env.get("HTTP_REFERER", ""), "status": r.status, "rsize": r.tx,
-            "hsize": r.hsize, "size": r.tx + r.hsize, "cl": env.get("CONTENT_LENGTH", "0") or "0",
-            "micros": int(r.elapsed * 1e6), "msecs": int(r.elapsed * 1000),
-            "secs": f"{r.elapsed:.6f}", "time": int(r.start), "epoch": int(time.time()),
+            "method": env.get("REQUEST_METHOD", ""),
+            "user": env.get("REMOTE_USER", "-"),
+            "addr": self._addr(env),
+            "host": env.get("HTTP_HOST", ""),
+            "proto": env.get("SERVER_PROTOCOL", ""),
+            "uagent": env.get("HTTP_USER_AGENT", ""),
+            "referer": env.get("HTTP_REFERER", ""),
+            "status": r.status,
+            "rsize": r.tx,
+            "hsize": r.hsize,
+            "size": r.tx + r.hsize,
+            "cl": env.get("CONTENT_LENGTH", "0") or "0",
+            "micros": int(r.elapsed * 1e6),
+            "msecs": int(r.elapsed * 1000),
+            "secs": f"{r.elapsed:.6f}",
+            "time": int(r.start),
+            "epoch": int(time.time()),
             "ctime": time.ctime(r.start),
             "ltime": time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(r.start)),
-            "pid": r.pid, "wid": r.wid, "switches": 1, "vars": r.nvars * 2, "core": 0,
-            "pktsize": r.pktsize, "headers": r.headers,
+            "pid": r.pid,
+            "wid": r.wid,
+            "switches": 1,
+            "vars": r.nvars * 2,
+            "core": 0,
+            "pktsize": r.pktsize,
+            "headers": r.headers,
         }
         if name in simple:
             return simple[name]

@@ -36,7 +36,7 @@ STARTING, IDLE, BUSY, STOPPING, PAUSED = range(5)
 MASTER_RUNNING, MASTER_RELOADING, MASTER_STOPPING = range(3)
 
 _STATE = struct.Struct("<I")
-_BEGIN = struct.Struct("<Id")          # state, req_start (offsets 4 and 16 are not contiguous)
+_BEGIN = struct.Struct("<Id")  # state, req_start (offsets 4 and 16 are not contiguous)
 _F64 = struct.Struct("<d")
 
 
@@ -52,35 +52,57 @@ class Slot:
     # -- writers (worker side) ------------------------------------------------------
     def reset(self, pid: int, now: float) -> None:
         HEAD.pack_into(self.mm, self.off, pid, STARTING, 0, 0.0, 0, 0, 0.0, 0.0, now)
-        self.mm[self.off + REQ_OFFSET:self.off + SLOT_SIZE] = b"\0" * REQ_SIZE
+        self.mm[self.off + REQ_OFFSET : self.off + SLOT_SIZE] = b"\0" * REQ_SIZE
 
     def set_state(self, state: int) -> None:
         _STATE.pack_into(self.mm, self.off + 4, state)
 
     def begin(self, now: float, what: bytes) -> None:
         off = self.off
-        what = what[:REQ_SIZE - 1]
-        self.mm[off + REQ_OFFSET:off + REQ_OFFSET + len(what) + 1] = what + b"\0"
+        what = what[: REQ_SIZE - 1]
+        self.mm[off + REQ_OFFSET : off + REQ_OFFSET + len(what) + 1] = what + b"\0"
         _F64.pack_into(self.mm, off + 16, now)
         _STATE.pack_into(self.mm, off + 4, BUSY)
 
     def end(self, elapsed: float, tx: int, exception: bool) -> None:
         off = self.off
         pid, _state, requests, _start, exc, total_tx, running, avg, spawn = HEAD.unpack_from(
-            self.mm, off)
+            self.mm, off
+        )
         requests += 1
         avg = elapsed if requests == 1 else avg + (elapsed - avg) / min(requests, 100)
-        HEAD.pack_into(self.mm, off, pid, IDLE, requests, 0.0, exc + (1 if exception else 0),
-                       total_tx + tx, running + elapsed, avg, spawn)
+        HEAD.pack_into(
+            self.mm,
+            off,
+            pid,
+            IDLE,
+            requests,
+            0.0,
+            exc + (1 if exception else 0),
+            total_tx + tx,
+            running + elapsed,
+            avg,
+            spawn,
+        )
 
     # -- readers (master side) ------------------------------------------------------
     def read(self) -> dict:
         pid, state, requests, start, exc, tx, running, avg, spawn = HEAD.unpack_from(
-            self.mm, self.off)
-        raw = self.mm[self.off + REQ_OFFSET:self.off + SLOT_SIZE]
-        return {"pid": pid, "state": state, "requests": requests, "req_start": start,
-                "exceptions": exc, "tx": tx, "running_time": running, "avg_rt": avg,
-                "last_spawn": spawn, "request": raw.split(b"\0", 1)[0].decode("latin-1")}
+            self.mm, self.off
+        )
+        raw = self.mm[self.off + REQ_OFFSET : self.off + SLOT_SIZE]
+        return {
+            "pid": pid,
+            "state": state,
+            "requests": requests,
+            "req_start": start,
+            "exceptions": exc,
+            "tx": tx,
+            "running_time": running,
+            "avg_rt": avg,
+            "last_spawn": spawn,
+            "request": raw.split(b"\0", 1)[0].decode("latin-1"),
+        }
 
 
 class Scoreboard:
@@ -88,7 +110,9 @@ class Scoreboard:
 
     def __init__(self, slots: int):
         self.slots = slots
-        self.fd = os.memfd_create("pymaster-scoreboard")  # CLOEXEC; exec'd workers get it made inheritable
+        self.fd = os.memfd_create(
+            "pymaster-scoreboard"
+        )  # CLOEXEC; exec'd workers get it made inheritable
         size = (max(1, slots) + 1) * SLOT_SIZE
         os.ftruncate(self.fd, size)
         self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)

@@ -7,7 +7,6 @@ SIGTERM end the process at once, as the worker contract says.
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import io
 import os
@@ -22,24 +21,15 @@ from urllib.parse import unquote_to_bytes
 
 from pymaster.apps import wsgi
 from pymaster.log import log
-from pymaster.master import scoreboard as sb
-from pymaster.master.poller import Poller
-from pymaster.master.reqlog import Record, RequestLog
 from pymaster.protocols import http, uwsgi
+from pymaster.workers import scoreboard as sb
+from pymaster.workers.contract import EXIT_FAILED_APP, EXIT_MASTER_GONE, EXIT_OK, die_with_master
+from pymaster.workers.wsgi.poller import Poller
+from pymaster.workers.wsgi.reqlog import Record, RequestLog
 
-EXIT_OK, EXIT_FAILED_APP, EXIT_END = 0, 22, 30
-PR_SET_PDEATHSIG = 1
+EXIT_END = EXIT_MASTER_GONE
 _EMPTY = b""
 _BODY_500 = b"Internal Server Error"
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when the master goes away (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _timeval(seconds: float) -> bytes:
@@ -74,8 +64,9 @@ class Worker:
         self.reqlog = RequestLog(cfg)
         self.timeout = _timeval(cfg.socket_timeout or 4)
         self.keepalive = getattr(cfg, "http_keepalive", 5) or 0
-        self.max_requests = (cfg.max_requests or 0) and \
-            cfg.max_requests + (getattr(cfg, "max_requests_delta", 0) or 0) * wid
+        self.max_requests = (cfg.max_requests or 0) and cfg.max_requests + (
+            getattr(cfg, "max_requests_delta", 0) or 0
+        ) * wid
         self.rss_limit = (getattr(cfg, "reload_on_rss", 0) or 0) * 1024 * 1024
         self.idle: dict[socket.socket, Idle] = {}
         self.sel = Poller()
@@ -95,17 +86,22 @@ class Worker:
         signal.signal(signal.SIGHUP, self._on_hup)
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
             signal.signal(sig, self._on_end)
-        for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1,
-                    signal.SIGWINCH):
+        for sig in (
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGTSTP,
+            signal.SIGUSR1,
+            signal.SIGWINCH,
+        ):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # what is this worker doing now: the stack, written by C code (async-signal-safe)
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])   # the master held them until now
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the master held them until now
 
     def run(self):
         if self.master_pid is not None:
-            die_with_parent()
+            die_with_master()
             if os.getppid() != self.master_pid:
                 os._exit(EXIT_END)
         self._setup_signals()
@@ -204,8 +200,10 @@ class Worker:
         if self.rss_limit and self._lived_enough():
             rss = _rss()
             if rss > self.rss_limit:
-                log(f"worker {self.wid} (pid: {self.pid}) RSS {rss} bytes over reload-on-rss "
-                    f"{self.rss_limit} bytes, recycling")
+                log(
+                    f"worker {self.wid} (pid: {self.pid}) RSS {rss} bytes over reload-on-rss "
+                    f"{self.rss_limit} bytes, recycling"
+                )
                 self.stopping = True
 
     def _lived_enough(self) -> bool:
@@ -244,8 +242,10 @@ class Worker:
         try:
             fn(*args)
         except Exception:
-            log(f"worker {self.wid}: error on a connection (closed):\n"
-                f"{traceback.format_exc().rstrip()}")
+            log(
+                f"worker {self.wid}: error on a connection (closed):\n"
+                f"{traceback.format_exc().rstrip()}"
+            )
             self.idle.pop(conn, None)
             self.sel.unregister(conn)
             conn.close()
@@ -255,8 +255,14 @@ class Worker:
         remote = addr[0] if isinstance(addr, tuple) else ""
         port = str(addr[1]) if isinstance(addr, tuple) else ""
         if lst.kind == "http":
-            self._serve_http(conn, http.RequestParser(self.buffer_size, self.cfg.limit_post or 0),
-                             remote, port, lst, keep)
+            self._serve_http(
+                conn,
+                http.RequestParser(self.buffer_size, self.cfg.limit_post or 0),
+                remote,
+                port,
+                lst,
+                keep,
+            )
         else:
             try:
                 self._serve_uwsgi(conn, remote, port, lst)
@@ -290,9 +296,17 @@ class Worker:
             script = env.get("SCRIPT_NAME", "")
             path = env.get("PATH_INFO", "")
             if script and path.startswith(script):
-                env["PATH_INFO"] = path[len(script):]
-        self._dispatch(conn, env, body, uwsgi.RawFraming(protocol), start,
-                       packet.nvars, packet.datasize, protocol)
+                env["PATH_INFO"] = path[len(script) :]
+        self._dispatch(
+            conn,
+            env,
+            body,
+            uwsgi.RawFraming(protocol),
+            start,
+            packet.nvars,
+            packet.datasize,
+            protocol,
+        )
 
     def _serve_http(self, conn, parser, remote, port, lst, keep: bool = True) -> None:
         """Serve requests on `conn` until it goes idle (kept) or must close."""
@@ -316,7 +330,7 @@ class Worker:
                     req.keep_alive = False
                 if not self._serve_http_request(conn, req, remote, port, lst) or not req.keep_alive:
                     break
-            if parser.error:                   # a bad request after good ones in the same bytes
+            if parser.error:  # a bad request after good ones in the same bytes
                 self._refuse(conn, remote, parser.error)
                 return
             if any(not r.keep_alive for r in requests):
@@ -376,7 +390,7 @@ class Worker:
             "SERVER_PORT": self._server_port(lst),
         }
         for name, value in req.headers:
-            if b"_" in name:       # X_Forwarded_For would shadow X-Forwarded-For: dropped
+            if b"_" in name:  # X_Forwarded_For would shadow X-Forwarded-For: dropped
                 continue
             key = name.decode("latin-1").upper().replace("-", "_")
             val = value.decode("latin-1")
@@ -397,8 +411,9 @@ class Worker:
         if host:
             env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         framing = http.HttpFraming(req.version, req.keep_alive)
-        ok = self._dispatch(conn, env, body, framing, start, len(env), req.head_size,
-                            env["SERVER_PROTOCOL"])
+        ok = self._dispatch(
+            conn, env, body, framing, start, len(env), req.head_size, env["SERVER_PROTOCOL"]
+        )
         return ok and framing.keep_alive
 
     @staticmethod
@@ -413,8 +428,11 @@ class Worker:
     def _dispatch(self, conn, env, body, framing, start, nvars, pktsize, protocol) -> bool:
         """Run the app for one request; True when the connection is still usable."""
         env["wsgi.version"] = (1, 0)
-        env["wsgi.url_scheme"] = "https" if env.get("HTTPS", "").lower() in ("on", "1") \
-            or env.get("UWSGI_SCHEME") == "https" else "http"
+        env["wsgi.url_scheme"] = (
+            "https"
+            if env.get("HTTPS", "").lower() in ("on", "1") or env.get("UWSGI_SCHEME") == "https"
+            else "http"
+        )
         env["wsgi.input"] = body
         env["wsgi.errors"] = wsgi.ERRORS
         env["wsgi.multithread"] = False
@@ -438,17 +456,23 @@ class Worker:
             failed = True
             usable = False
             if isinstance(exc, OSError) and call.head_sent:
-                log(f"uwsgi_response_write_body_do(): {exc.strerror or exc} "
-                    f"[{method} {uri}] (client gone)")
+                log(
+                    f"uwsgi_response_write_body_do(): {exc.strerror or exc} "
+                    f"[{method} {uri}] (client gone)"
+                )
             else:
-                log(f"Traceback of the exception in {method} {uri}:\n"
-                    f"{traceback.format_exc().rstrip()}")
+                log(
+                    f"Traceback of the exception in {method} {uri}:\n"
+                    f"{traceback.format_exc().rstrip()}"
+                )
             if not call.head_sent:
                 status = 500
-                head = framing.head("500 Internal Server Error",
-                                    [("Content-Type", "text/plain"),
-                                     ("Content-Length", str(len(_BODY_500)))],
-                                    len(_BODY_500), False)
+                head = framing.head(
+                    "500 Internal Server Error",
+                    [("Content-Type", "text/plain"), ("Content-Length", str(len(_BODY_500)))],
+                    len(_BODY_500),
+                    False,
+                )
                 self._send_quiet(conn, head + _BODY_500)
                 call.head_bytes, call.header_count = len(head), 2
                 call.tx = len(_BODY_500)
@@ -456,11 +480,24 @@ class Worker:
         self.slot.end(elapsed, call.tx, failed)
         self._after_request()
         if self.reqlog.wanted(status, elapsed):
-            self.reqlog.emit(Record(env=env, start=start, elapsed=elapsed, status=status,
-                                    tx=call.tx, headers=call.header_count, hsize=call.head_bytes,
-                                    nvars=nvars, pktsize=pktsize, protocol=protocol,
-                                    requests=self.requests, total=self._instance_requests(),
-                                    pid=self.pid, wid=self.wid))
+            self.reqlog.emit(
+                Record(
+                    env=env,
+                    start=start,
+                    elapsed=elapsed,
+                    status=status,
+                    tx=call.tx,
+                    headers=call.header_count,
+                    hsize=call.head_bytes,
+                    nvars=nvars,
+                    pktsize=pktsize,
+                    protocol=protocol,
+                    requests=self.requests,
+                    total=self._instance_requests(),
+                    pid=self.pid,
+                    wid=self.wid,
+                )
+            )
         return usable
 
     def _instance_requests(self) -> int:

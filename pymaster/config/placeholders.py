@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
-from pymaster.ini import ConfigError
+from pymaster.config.ini import ConfigError
 
 Lookup = Callable[[str], "str | None"]
 _C_INT = re.compile(r"\s*[+-]?\d+")
@@ -33,9 +33,9 @@ def substitute(text: str, symbol: str, resolve: Lookup) -> str:
         end = _closing(text, start + 1)
         if end < 0:
             break
-        value = resolve(text[start + 2:end])
+        value = resolve(text[start + 2 : end])
         out.append(text[pos:start])
-        out.append(text[start:end + 1] if value is None else value)
+        out.append(text[start : end + 1] if value is None else value)
         pos = end + 1
     out.append(text[pos:])
     return "".join(out)
@@ -94,8 +94,10 @@ def evaluate_math(expr: str, lookup: Lookup) -> str:
 
 def placeholder_resolver(lookup: Lookup) -> Lookup:
     """`%(NAME)`: the first value named NAME (None keeps it verbatim); with spaces, math."""
+
     def resolve(inner: str) -> str | None:
         if " " in inner:
             return evaluate_math(inner, lookup)
         return lookup(inner)
+
     return resolve

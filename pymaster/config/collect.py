@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 import configargparse
 
-from pymaster.ini import ConfigError, MagicContext, read_ini
-from pymaster.option_table import BY_FLAG, BY_KEY, OPTIONS, Option
+from pymaster.config.ini import ConfigError, MagicContext, read_ini
+from pymaster.config.table import BY_FLAG, BY_KEY, OPTIONS, Option
 
 ENV_PREFIXES = ("UWSGI_", "PYMASTER_")
-INTERNAL_ENV = frozenset({
-    "UWSGI_RELOADS", "UWSGI_VASSALS_DIR", "UWSGI_EMPEROR_FD", "UWSGI_BROODLORD_NUM",
-    "UWSGI_EMPEROR_FD_CONFIG", "UWSGI_EMPEROR_PROXY", "UWSGI_JAIL_PID",
-    "UWSGI_ORIGINAL_PROC_NAME",
-})
+INTERNAL_ENV = frozenset(
+    {
+        "UWSGI_RELOADS",
+        "UWSGI_VASSALS_DIR",
+        "UWSGI_EMPEROR_FD",
+        "UWSGI_BROODLORD_NUM",
+        "UWSGI_EMPEROR_FD_CONFIG",
+        "UWSGI_EMPEROR_PROXY",
+        "UWSGI_JAIL_PID",
+        "UWSGI_ORIGINAL_PROC_NAME",
+    }
+)
 MAX_INI_DEPTH = 32
 _INI_ARG = re.compile(r".*\.ini(:[^/]*)?")
 COMMAND_LINE = "command line"
@@ -33,7 +40,7 @@ class Entry:
     option: Option | None
     value: str | None
     origin: str
-    placeholder: bool = False       # from --set-placeholder: never an unknown directive
+    placeholder: bool = False  # from --set-placeholder: never an unknown directive
 
 
 def _split_assignment(value: str | None, option: Option) -> tuple[str, str]:
@@ -62,8 +69,9 @@ class Collector:
         elif option.name == "set-placeholder":
             name, text = _split_assignment(value, option)
             if name in BY_KEY:
-                raise ConfigError(f"you cannot use {name} as a placeholder, "
-                                  "it is already available as an option")
+                raise ConfigError(
+                    f"you cannot use {name} as a placeholder, it is already available as an option"
+                )
             self.entries.append(Entry(name, None, text, origin, placeholder=True))
 
     def add_key(self, key: str, value: str | None, origin: str) -> None:
@@ -76,8 +84,9 @@ class Collector:
 
     def load_ini(self, spec: str) -> None:
         if self.depth >= MAX_INI_DEPTH:
-            raise ConfigError(f"INI '{spec}' is nested {MAX_INI_DEPTH} levels deep: "
-                              "does a file include itself?")
+            raise ConfigError(
+                f"INI '{spec}' is nested {MAX_INI_DEPTH} levels deep: does a file include itself?"
+            )
         result = read_ini(spec, self.magic)
         self.ini_files.append(result.path)
         self.warnings.extend(result.warnings)
@@ -92,13 +101,14 @@ class Collector:
         for name, value in environ.items():
             prefix = next((p for p in ENV_PREFIXES if name.startswith(p)), None)
             if prefix and name not in INTERNAL_ENV and len(name) > len(prefix):
-                key = name[len(prefix):].lower().replace("_", "-")
+                key = name[len(prefix) :].lower().replace("_", "-")
                 if prefix == "PYMASTER_" and key not in BY_KEY:
-                    continue        # the worker contract's own variables, not options
+                    continue  # the worker contract's own variables, not options
                 self.add_key(key, value, f"environment variable {name}")
 
 
 # --- command line -------------------------------------------------------------------------
+
 
 class _Record(argparse.Action):
     """Appends (option, value) to the collector kept in the namespace, in command-line order."""
@@ -120,11 +130,18 @@ def _nargs(option: Option):
 
 @lru_cache(maxsize=1)
 def _parser() -> configargparse.ArgumentParser:
-    parser = configargparse.ArgumentParser(prog="pymaster", add_help=False, allow_abbrev=False,
-                                           exit_on_error=False)
+    parser = configargparse.ArgumentParser(
+        prog="pymaster", add_help=False, allow_abbrev=False, exit_on_error=False
+    )
     for option in OPTIONS:
-        parser.add_argument(*option.flags, action=_Record, option=option, nargs=_nargs(option),
-                            dest=option.attr, default=argparse.SUPPRESS)
+        parser.add_argument(
+            *option.flags,
+            action=_Record,
+            option=option,
+            nargs=_nargs(option),
+            dest=option.attr,
+            default=argparse.SUPPRESS,
+        )
     return parser
 
 

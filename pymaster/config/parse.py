@@ -12,19 +12,19 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
-from pymaster import placeholders
-from pymaster.collect import COMMAND_LINE, Collector, Entry, add_command_line
-from pymaster.ini import ConfigError
-from pymaster.option_docs import format_help, markdown
-from pymaster.option_table import BY_FLAG, BY_KEY, DIRECTIVES, OPTIONS, PLUGINS, Option
+from pymaster.config import placeholders
+from pymaster.config.collect import COMMAND_LINE, Collector, Entry, add_command_line
+from pymaster.config.docs import format_help, markdown
+from pymaster.config.ini import ConfigError
+from pymaster.config.table import BY_FLAG, BY_KEY, DIRECTIVES, OPTIONS, PLUGINS, Option
 
 __all__ = ["parse", "Config", "ConfigError", "OPTIONS", "Option", "format_help", "markdown"]
 
 FALSE_WORDS = ("false", "off", "no", "0")
 MAX_BUFFER_SIZE = 65535
-SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _SIZE = re.compile(r"(\d+)([kmg]?)b?", re.IGNORECASE)
 _INT = re.compile(r"\s*[+-]?[0-9]+\s*")
 
@@ -35,20 +35,22 @@ def _where(entry: Entry) -> str:
 
 def _to_int(entry: Entry, text: str) -> int:
     if not _INT.fullmatch(text):
-        raise ConfigError(f"option '{entry.option.flag}' expects an integer, "
-                          f"got '{text}'{_where(entry)}")
+        raise ConfigError(
+            f"option '{entry.option.flag}' expects an integer, got '{text}'{_where(entry)}"
+        )
     number = int(text)
     if number < 0:
-        raise ConfigError(f"option '{entry.option.flag}' must be >= 0, "
-                          f"got '{text}'{_where(entry)}")
+        raise ConfigError(f"option '{entry.option.flag}' must be >= 0, got '{text}'{_where(entry)}")
     return number
 
 
 def _to_size(entry: Entry, text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise ConfigError(f"option '{entry.option.flag}' expects a size in bytes "
-                          f"(e.g. 4096, 64k, 1M), got '{text}'{_where(entry)}")
+        raise ConfigError(
+            f"option '{entry.option.flag}' expects a size in bytes "
+            f"(e.g. 4096, 64k, 1M), got '{text}'{_where(entry)}"
+        )
     return int(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
 
 
@@ -56,8 +58,9 @@ def _plugin_names(entry: Entry, text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     for name in names:
         if name not in PLUGINS:
-            raise ConfigError(f"unknown plugin '{name}'{_where(entry)}: "
-                              f"known plugins are {', '.join(PLUGINS)}")
+            raise ConfigError(
+                f"unknown plugin '{name}'{_where(entry)}: known plugins are {', '.join(PLUGINS)}"
+            )
     return names
 
 
@@ -74,8 +77,10 @@ def convert(entry: Entry):
     if option.kind == "size":
         return _to_size(entry, text)
     if option.choices and text not in option.choices:
-        raise ConfigError(f"option '{option.flag}' expects one of "
-                          f"{', '.join(option.choices)}, got '{text}'{_where(entry)}")
+        raise ConfigError(
+            f"option '{option.flag}' expects one of "
+            f"{', '.join(option.choices)}, got '{text}'{_where(entry)}"
+        )
     if option.name == "plugins":
         return _plugin_names(entry, text)
     return [text] if option.kind == "list" else text
@@ -83,6 +88,7 @@ def convert(entry: Entry):
 
 def _run_passes(entries: list[Entry], environ: Mapping[str, str]) -> None:
     """The `$(ENV)`, `@(file)` and `%(placeholder)` passes, in that order, over every value."""
+
     def first_value(name: str) -> str | None:
         option = BY_KEY.get(name)
         for entry in entries:
@@ -90,8 +96,11 @@ def _run_passes(entries: list[Entry], environ: Mapping[str, str]) -> None:
                 return entry.value or ""
         return None
 
-    for symbol, resolve in (("$", environ.get), ("@", placeholders.read_file_value),
-                            ("%", placeholders.placeholder_resolver(first_value))):
+    for symbol, resolve in (
+        ("$", environ.get),
+        ("@", placeholders.read_file_value),
+        ("%", placeholders.placeholder_resolver(first_value)),
+    ):
         for entry in entries:
             if entry.value:
                 entry.value = placeholders.substitute(entry.value, symbol, resolve)
@@ -99,10 +108,11 @@ def _run_passes(entries: list[Entry], environ: Mapping[str, str]) -> None:
 
 # --- the result --------------------------------------------------------------------------------
 
+
 class _ShowConfig:
     """`cfg.show_config` is both the option (truthy when set) and the dump: `cfg.show_config()`."""
 
-    def __init__(self, cfg: "Config", enabled: bool):
+    def __init__(self, cfg: Config, enabled: bool):
         self.cfg, self.enabled = cfg, enabled
 
     def __bool__(self) -> bool:
@@ -140,8 +150,9 @@ class Config:
 
     def _finish(self) -> None:
         if self.buffer_size > MAX_BUFFER_SIZE:
-            self.warnings.append(f"buffer-size {self.buffer_size} is above the maximum, "
-                                 f"using {MAX_BUFFER_SIZE}")
+            self.warnings.append(
+                f"buffer-size {self.buffer_size} is above the maximum, using {MAX_BUFFER_SIZE}"
+            )
             self.buffer_size = MAX_BUFFER_SIZE
         self.master = bool(self.master or self.master_reasons)
         self.show_config = _ShowConfig(self, bool(self.show_config))
@@ -217,7 +228,7 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _main(args: list[str]) -> int:
-    """`python -m pymaster.options --markdown` prints docs/options.md; no argument, the help."""
+    """`python -m pymaster.config.parse --markdown` prints docs/options.md; no argument, the help."""
     print(markdown() if args == ["--markdown"] else format_help())
     return 0
 
