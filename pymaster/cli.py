@@ -45,7 +45,7 @@ def _signal_pidfile(path: str, sig: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pymaster.config import parse as options
+    from pymaster.config import options
 
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}

@@ -21,7 +21,7 @@ MARKDOWN_INTRO = """\
 # pymaster options
 
 Generated from the option table (`pymaster/config/table.py`) by
-`python -m pymaster.config.parse --markdown`; do not edit by hand.
+`python -m pymaster.config.options --markdown`; do not edit by hand.
 
 ## How options are read
 

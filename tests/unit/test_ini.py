@@ -13,7 +13,7 @@ from pymaster.config.placeholders import evaluate_math, substitute
 
 from pymaster import __version__
 from pymaster.config.ini import djb33x, magic_sub, split_spec
-from pymaster.config.parse import ConfigError, parse
+from pymaster.config.options import ConfigError, parse
 
 
 def write(path: Path, text: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pymaster.config.parse import OPTIONS, Config, ConfigError, parse
+from pymaster.config.options import OPTIONS, Config, ConfigError, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -360,17 +360,17 @@ def test_table_is_consistent():
 
 
 def test_help_lists_every_option():
-    from pymaster.config.parse import format_help
+    from pymaster.config.options import format_help
     text = format_help()
     for option in OPTIONS:
         assert f"--{option.name}" in text
 
 
 def test_docs_options_md_is_up_to_date():
-    out = subprocess.run([sys.executable, "-m", "pymaster.config.parse", "--markdown"],
+    out = subprocess.run([sys.executable, "-m", "pymaster.config.options", "--markdown"],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert (ROOT / "docs" / "options.md").read_text() == out, \
-        "docs/options.md is stale: run `python -m pymaster.config.parse --markdown > docs/options.md`"
+        "docs/options.md is stale: run `python -m pymaster.config.options --markdown > docs/options.md`"
 
 
 def test_pymaster_env_takes_known_options_only():

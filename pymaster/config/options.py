@@ -228,7 +228,7 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _main(args: list[str]) -> int:
-    """`python -m pymaster.config.parse --markdown` prints docs/options.md; no argument, the help."""
+    """`python -m pymaster.config.options --markdown` prints docs/options.md; no argument, the help."""
     print(markdown() if args == ["--markdown"] else format_help())
     return 0
 
