@@ -20,6 +20,7 @@ import sys
 import traceback
 
 from pymaster import log as _log
+from pymaster.config import Config
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _STATUS = re.compile(r"^[1-9][0-9][0-9] ")
@@ -61,11 +62,11 @@ def _use_virtualenv(home: str) -> None:
         sys.path.insert(0, path)
 
 
-def load_app(cfg):
+def load_app(cfg: Config):
     """Import and return the WSGI callable; AppLoadError with the cause on any failure."""
-    if getattr(cfg, "home", None):
+    if cfg.home:
         _use_virtualenv(cfg.home)
-    for path in reversed(cfg.pythonpath or []):
+    for path in reversed(cfg.pythonpath):
         if path not in sys.path:
             sys.path.insert(0, path)
     callable_name = cfg.callable or "application"
