@@ -33,10 +33,17 @@ def _where(entry: Entry) -> str:
     return "" if entry.origin == COMMAND_LINE else f" (in {entry.origin})"
 
 
+def _option(entry: Entry) -> Option:
+    """The option of an entry known to name one (placeholders never reach conversion)."""
+    if entry.option is None:
+        raise ConfigError(f"'{entry.key}' is not an option{_where(entry)}")
+    return entry.option
+
+
 def _to_int(entry: Entry, text: str) -> int:
     if not _INT.fullmatch(text):
         raise ConfigError(
-            f"option '{entry.option.flag}' expects an integer, got '{text}'{_where(entry)}"
+            f"option '{_option(entry).flag}' expects an integer, got '{text}'{_where(entry)}"
         )
     return _in_range(entry, int(text), text)
 
@@ -44,7 +51,7 @@ def _to_int(entry: Entry, text: str) -> int:
 def _in_range(entry: Entry, number: int, text: str) -> int:
     """Check `number` against the option's declared range; 0 becomes the option's `zero`
     value where uWSGI maps 0 to a default."""
-    option = entry.option
+    option = _option(entry)
     if number < option.minimum:
         raise ConfigError(
             f"option '{option.flag}' must be >= {option.minimum}, got '{text}'{_where(entry)}"
@@ -62,7 +69,7 @@ def _to_size(entry: Entry, text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if not match:
         raise ConfigError(
-            f"option '{entry.option.flag}' expects a size in bytes "
+            f"option '{_option(entry).flag}' expects a size in bytes "
             f"(e.g. 4096, 64k, 1M), got '{text}'{_where(entry)}"
         )
     return _in_range(entry, int(match.group(1)) * SIZE_UNITS[match.group(2).lower()], text)
@@ -80,7 +87,7 @@ def _plugin_names(entry: Entry, text: str) -> list[str]:
 
 def convert(entry: Entry):
     """The typed value of an option entry (a list for list options: the items it adds)."""
-    option = entry.option
+    option = _option(entry)
     text = entry.value if entry.value else option.bare
     if option.kind == "bool":
         return text.lower() not in FALSE_WORDS if text else True
@@ -137,7 +144,7 @@ class Config(Options):
         self._order: list[str] = []
 
     def _assign(self, entry: Entry) -> None:
-        option = entry.option
+        option = _option(entry)
         value = convert(entry)
         if option.name not in self._order:
             self._order.append(option.name)
