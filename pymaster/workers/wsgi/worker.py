@@ -286,6 +286,14 @@ class Worker:
         if "SERVER_PORT" not in env:
             env["SERVER_PORT"] = self._server_port(lst)
         length = uwsgi.content_length(env.get("CONTENT_LENGTH"))
+        limit = self.cfg.limit_post
+        if limit and length > limit:  # answered as on HTTP sockets
+            self._refuse(
+                conn,
+                remote,
+                http.HttpError(413, f"Content-Length {length} over the limit of {limit}"),
+            )
+            return
         body = uwsgi.BodyReader(conn.recv, length, rest) if length or rest else io.BytesIO()
         if packet.modifier1 == 30:
             script = env.get("SCRIPT_NAME", "")
