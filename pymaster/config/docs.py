@@ -127,6 +127,10 @@ def _range_notes(option: Option) -> list[str]:
             notes.append(f"0 means {option.zero}, as in uWSGI")
     if option.worker:
         notes.append("read by every worker kind")
+    if option.inert:
+        notes.append(f"no effect in pymaster: {option.inert}")
+    if option.refused:
+        notes.append(f"refused by pymaster: {option.refused}")
     return notes
 
 

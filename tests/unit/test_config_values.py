@@ -37,6 +37,7 @@ ZERO_IS_ZERO = {
     "cheaper": "off",
     "cheaper-initial": "none at first",
     "log-slow": "off",
+    "max-fd": "unset: the inherited limit",
     "cheaper-overload": "react on the first tick (uWSGI divides by it)",
     "subscription-tolerance": "expire at the next check",
     "weight": "weight 0 (routers treat it as 1)",
