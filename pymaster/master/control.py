@@ -206,7 +206,7 @@ class StatsServer:
 
     def __init__(self, address: str, arbiter):
         self.arbiter = arbiter
-        self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address))
+        self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address, "stats"))
         self.listener.bind(arbiter.cfg.listen or 100)
         self.listener.sock.set_inheritable(False)
         self.listener.sock.setblocking(False)
