@@ -11,9 +11,11 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 from pymaster import __version__, procname
 from pymaster import log as logmod
+from pymaster.config import Config
 from pymaster.log import log
 from pymaster.master import privileges, sockets
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
@@ -45,7 +47,7 @@ def _signal_pidfile(path: str, sig: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pymaster.config import parse as options
+    from pymaster.config import options
 
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}
@@ -68,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the parent: the daemon goes on in the background
     hold_signals()  # until the handlers are in place (a re-exec arrives held)
     logmod.setup(cfg.logto or cfg.daemonize)
-    for warning in getattr(cfg, "warnings", []):
+    for warning in cfg.warnings:
         log(warning)
     if cfg.show_config:
-        log(cfg.show_config())
+        log(cfg.dump_ini())
     try:
         return run(cfg)
     except StartupError as exc:
@@ -115,7 +117,7 @@ NOT_BUILT = {
 }
 
 
-def _check_unsupported(cfg) -> None:
+def _check_unsupported(cfg: Config) -> None:
     for name, what in NOT_BUILT.items():
         if cfg.is_set(name):
             raise StartupError(
@@ -127,8 +129,8 @@ def _check_unsupported(cfg) -> None:
             log(f"option --{name} is accepted for uWSGI compatibility and has no effect")
 
 
-def _apply_environment(cfg) -> None:
-    for item in cfg.env or []:
+def _apply_environment(cfg: Config) -> None:
+    for item in cfg.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise StartupError(f"invalid --env '{item}': expected NAME=VALUE")
@@ -141,17 +143,15 @@ def _apply_environment(cfg) -> None:
         log(f"chdir() to {cfg.chdir}")
 
 
-def _socket_specs(cfg) -> list[tuple[str, str]]:
-    specs = [("uwsgi", s) for s in cfg.socket or []]
-    specs += [("http", s) for s in cfg.http_socket or []]
-    specs += [("fastrouter", s) for s in getattr(cfg, "fastrouter", None) or []]
-    specs += [
-        ("subscription", s) for s in getattr(cfg, "fastrouter_subscription_server", None) or []
-    ]
+def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
+    specs = [("uwsgi", s) for s in cfg.socket]
+    specs += [("http", s) for s in cfg.http_socket]
+    specs += [("fastrouter", s) for s in cfg.fastrouter]
+    specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
     return specs
 
 
-def _load_app(cfg):
+def _load_app(cfg: Config) -> Callable | None:
     """Preload the WSGI app (or check the PSGI side); StartupError on failure."""
     if cfg.psgi:
         from pymaster.workers.psgi import bridge as psgi
@@ -179,12 +179,12 @@ def _load_app(cfg):
     return app
 
 
-def _needs_master(cfg, has_gateway: bool) -> bool:
+def _needs_master(cfg: Config, has_gateway: bool) -> bool:
     """-M, or options that need a master (which then turn it on and say so, unlike uWSGI)."""
-    reasons = list(getattr(cfg, "master_reasons", []) or [])
+    reasons = list(cfg.master_reasons)
     if has_gateway:
         reasons.append("fastrouter")
-    if (cfg.processes or 1) > 1:
+    if cfg.processes > 1:
         reasons.append("processes")
     if cfg.is_set("master"):
         return True
@@ -194,12 +194,12 @@ def _needs_master(cfg, has_gateway: bool) -> bool:
     return bool(cfg.master)
 
 
-def run(cfg) -> int:
+def run(cfg: Config) -> int:
     reloaded = RELOADS_ENV in os.environ
     log(
         f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
     )
-    for path in getattr(cfg, "ini_files", []) or []:
+    for path in cfg.ini_files:
         log(f"[pymaster] getting INI configuration from {path}")
     start_cwd = os.getcwd()
     _check_unsupported(cfg)
@@ -207,7 +207,7 @@ def run(cfg) -> int:
     specs = _socket_specs(cfg)
     app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)
     has_app = bool(cfg.socket or cfg.http_socket) or (app_configured and "LISTEN_FDS" in os.environ)
-    has_gateway = bool(getattr(cfg, "fastrouter", None))
+    has_gateway = bool(cfg.fastrouter)
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError(
             "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
@@ -217,31 +217,34 @@ def run(cfg) -> int:
         raise StartupError(
             "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
         )
+    if has_app and cfg.processes == 0:
+        raise StartupError(
+            "processes = 0 leaves the app without a worker (uWSGI's no-workers mode): "
+            "use processes >= 1, or no app for a router-only instance"
+        )
     master = _needs_master(cfg, has_gateway)
-    privileges.check_backlog(cfg.listen or 100)
-    listeners = sockets.setup(
-        specs, cfg.listen or 100, cfg.chmod_socket, adopt_unmatched=not reloaded
-    )
-    log(f"your server socket listen backlog is limited to {cfg.listen or 100} connections")
+    privileges.check_backlog(cfg.listen)
+    listeners = sockets.setup(specs, cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded)
+    log(f"your server socket listen backlog is limited to {cfg.listen} connections")
     if cfg.pidfile and not reloaded:
         log(f"writing pidfile to {cfg.pidfile}")
         with open(cfg.pidfile, "w") as fh:
             fh.write(f"{os.getpid()}\n")
     privileges.drop(cfg.uid, cfg.gid)
-    log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy or 60} seconds")
+    log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None
     if has_app and not (cfg.lazy_apps or cfg.lazy):
         app = _load_app(cfg)
     elif has_app and cfg.psgi:
         _load_app(cfg)
-    processes = max(1, cfg.processes or 1) if has_app else 0
+    processes = cfg.processes if has_app else 0
     scoreboard = Scoreboard(max(MIN_SLOTS, processes * 2))
     if not master:
         return _run_single(cfg, listeners, app, scoreboard)
     return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
 
 
-def _run_single(cfg, listeners, app, scoreboard) -> int:
+def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
     """No master: this very process is worker 1 (as uWSGI without -M)."""
     log("*** Operational MODE: single process ***")
     procname.set_title(cfg, "worker 1")
@@ -254,7 +257,7 @@ def _run_single(cfg, listeners, app, scoreboard) -> int:
     return 0
 
 
-def _worker_target(cfg, listeners, app, scoreboard, master_pid):
+def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
     app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
 
     def target(child):
@@ -277,7 +280,9 @@ def _worker_target(cfg, listeners, app, scoreboard, master_pid):
     return target
 
 
-def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded) -> int:
+def _run_master(
+    cfg: Config, listeners, app, scoreboard, processes: int, start_cwd: str, reloaded: bool
+) -> int:
     arbiter = Arbiter(cfg, listeners, scoreboard)
     problem = arbiter.cheaper.validate()
     if problem:
@@ -323,7 +328,7 @@ def _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
     return code
 
 
-def _attach_control(arbiter, cfg) -> None:
+def _attach_control(arbiter: Arbiter, cfg: Config) -> None:
     """Master FIFO, stats server and touch files, as configured."""
     from pymaster.master import checks, control
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pymaster.config import Config
+
 try:
     from setproctitle import setproctitle
 except ImportError:  # pragma: no cover - a declared dependency
@@ -10,20 +12,20 @@ except ImportError:  # pragma: no cover - a declared dependency
         pass
 
 
-def title_for(cfg, name: str, master: bool = False) -> str:
+def title_for(cfg: Config, name: str, master: bool = False) -> str:
     """The title for `name` ('master', 'worker 1', 'fastrouter 1') after the procname options."""
-    if master and getattr(cfg, "procname_master", None):
+    if master and cfg.procname_master:
         base = cfg.procname_master
-    elif getattr(cfg, "procname", None):
+    elif cfg.procname:
         base = cfg.procname
     else:
         base = f"pymaster {name}"
-    prefix = getattr(cfg, "procname_prefix", None) or ""
-    spaced = getattr(cfg, "procname_prefix_spaced", None)
+    prefix = cfg.procname_prefix or ""
+    spaced = cfg.procname_prefix_spaced
     if spaced:
         prefix = spaced + " "
-    return f"{prefix}{base}{getattr(cfg, 'procname_append', None) or ''}"
+    return f"{prefix}{base}{cfg.procname_append or ''}"
 
 
-def set_title(cfg, name: str, master: bool = False) -> None:
+def set_title(cfg: Config, name: str, master: bool = False) -> None:
     setproctitle(title_for(cfg, name, master))

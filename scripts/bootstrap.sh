@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a development / CI machine (fresh Debian 12, run as root):
 #   1. Debian packages: nginx, uWSGI (+ python3, psgi plugins), Plack, Starman, wrk, ...
-#   2. .venv with `pip install -e '.[test,bench]'`.
+#   2. .venv with `pip install -e '.[test,bench,dev]'`.
 # Quiet when things go well; on failure prints the captured output and exits non-zero.
 # Re-running is cheap: apt is only touched when a package is missing, pip only when
 # pyproject.toml changed (or the venv is missing).
@@ -69,9 +69,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     step "python venv" "$PYTHON" -m venv "$VENV"
 fi
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]] || ! "$VENV/bin/python" -c 'import pymaster' 2>/dev/null; then
-    echo "bootstrap: pip install -e '.[test,bench]'"
+    echo "bootstrap: pip install -e '.[test,bench,dev]'"
     step "pip upgrade" "$VENV/bin/python" -m pip install -q --upgrade pip
-    step "pip install" "$VENV/bin/python" -m pip install -q -e '.[test,bench]'
+    step "pip install" "$VENV/bin/python" -m pip install -q -e '.[test,bench,dev]'
     echo "$WANT" >"$STAMP"
 fi
 

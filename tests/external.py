@@ -12,17 +12,12 @@ Import from a test with:  sys.path.insert(0, <tests dir>); import external
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
-import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
@@ -30,54 +25,32 @@ from pathlib import Path
 
 import psutil
 
+from tests.client import (  # noqa: F401  (re-exported: the benchmarks import them from here)
+    LOOPBACK,
+    Response,
+    ServerError,
+    exchange,
+    free_port,
+    http_get,
+    parse_http_response,
+    pid_in_page,
+    port_open,
+    uwsgi_packet,
+    uwsgi_request,
+    uwsgi_vars,
+    wait_for_port,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 UWSGI_PLUGIN_DIR = os.environ.get("UWSGI_PLUGIN_DIR", "/usr/lib/uwsgi/plugins")
 NGINX_UWSGI_PARAMS = "/etc/nginx/uwsgi_params"
-LOOPBACK = "127.0.0.1"
 
 # Options (uWSGI / pymaster spelling) whose value is a TCP address we can wait for.
 # UDP ones (subscription servers) and unix sockets are skipped.
 TCP_SOCKET_OPTIONS = {"-s", "--socket", "--uwsgi-socket", "--http-socket", "--http",
                       "--fastrouter", "--stats"}
 
-
-class ServerError(RuntimeError):
-    """A server did not come up (the message carries the tail of its log)."""
-
-
-# --------------------------------------------------------------------------- sockets
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int, host: str = LOOPBACK) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None,
-                  host: str = LOOPBACK) -> None:
-    """Wait until something accepts TCP connections on host:port.
-
-    With `proc`, give up as soon as that process exits. Raises TimeoutError / ServerError.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port, host):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise ServerError(f"process {proc.args!r} exited with {proc.returncode} "
-                              f"before listening on {host}:{port}")
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.1f} s")
 
 
 def ports_in_args(args: Iterable[str]) -> list[int]:
@@ -97,99 +70,6 @@ def ports_in_args(args: Iterable[str]) -> list[int]:
             ports.append(int(port))
     return ports
 
-
-# --------------------------------------------------------------------------- clients
-
-def uwsgi_packet(vars: Mapping[str, str | bytes], body: bytes = b"",
-                 modifier1: int = 0, modifier2: int = 0) -> bytes:
-    """A uwsgi request: '<BHB' header (modifier1, vars size, modifier2), the vars as
-    (u16le len, key, u16le len, value) pairs, then the body."""
-    block = bytearray()
-    for key, value in vars.items():
-        k = key.encode("latin-1") if isinstance(key, str) else key
-        v = value.encode("latin-1") if isinstance(value, str) else value
-        block += struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
-    return struct.pack("<BHB", modifier1, len(block), modifier2) + bytes(block) + body
-
-
-def uwsgi_vars(path: str = "/", method: str = "GET", host: str = "localhost",
-               port: int = 80, **extra: str) -> dict[str, str]:
-    """The CGI-style variables a frontend such as nginx sends for a plain request."""
-    path_info, _, query = path.partition("?")
-    env = {
-        "REQUEST_METHOD": method, "REQUEST_URI": path, "PATH_INFO": path_info,
-        "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": host,
-        "SERVER_PORT": str(port), "REMOTE_ADDR": LOOPBACK, "REMOTE_PORT": "40000",
-        "HTTP_HOST": host, "REQUEST_SCHEME": "http", "CONTENT_LENGTH": "",
-        "CONTENT_TYPE": "", "DOCUMENT_ROOT": "",
-    }
-    env.update(extra)
-    return env
-
-
-def uwsgi_request(port: int, vars: Mapping[str, str | bytes], body: bytes = b"",
-                  modifier1: int = 0, modifier2: int = 0, timeout: float = 10.0,
-                  host: str = LOOPBACK) -> bytes:
-    """Send one uwsgi request and return everything the peer sends until it closes."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(uwsgi_packet(vars, body, modifier1, modifier2))
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
-    body: bytes = b""
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-def parse_http_response(raw: bytes) -> Response:
-    """Split a raw HTTP/1.x response (as a uwsgi backend writes it) into a Response."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError(f"not an HTTP response: {raw[:200]!r}")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"bad status line: {lines[0]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return Response(int(parts[1]), headers, body)
-
-
-def http_get(port: int, path: str = "/", host: str | None = None, timeout: float = 10.0,
-             headers: Mapping[str, str] | None = None) -> Response:
-    """GET http://127.0.0.1:port/path (with an optional Host header)."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
-    try:
-        hdrs = dict(headers or {})
-        if host:
-            hdrs["Host"] = host
-        conn.request("GET", path, headers=hdrs)
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
-PID_RE = re.compile(r"PID:\s*(\d+)")
-
-
-def pid_in_page(text: str) -> int:
-    """The worker PID printed by the seed apps (`PID: 1234`)."""
-    match = PID_RE.search(text)
-    if not match:
-        raise AssertionError(f"no 'PID: <n>' in page: {text[:300]!r}")
-    return int(match.group(1))
 
 
 # --------------------------------------------------------------------------- processes

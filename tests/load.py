@@ -9,14 +9,11 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.pm import uwsgi_request
+from tests.client import uwsgi_request, uwsgi_vars
 
 
 def one_uwsgi(port: int, path: str = "/", timeout: float = 15.0) -> bytes:
-    path_info, _, query = path.partition("?")
-    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "REQUEST_URI": path, "QUERY_STRING": query,
-           "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost", "SERVER_PORT": str(port)}
-    data = uwsgi_request(port, env, timeout=timeout)
+    data = uwsgi_request(port, uwsgi_vars(path, port=port), timeout=timeout)
     if not data.startswith(b"HTTP/1.1 200 "):
         raise RuntimeError(f"bad response {data[:80]!r}")
     return data

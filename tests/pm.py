@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +12,14 @@ from pathlib import Path
 
 import psutil
 
-from pymaster.protocols import uwsgi
-from tests.external import free_port, wait_for_port  # noqa: F401  (re-exported)
+from tests.client import (  # noqa: F401  (re-exported for the tests)
+    exchange,
+    free_port,
+    split_response,
+    uwsgi_get,
+    uwsgi_request,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,45 +106,6 @@ class Pymaster:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send `data` on a new connection and read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
-
-def uwsgi_request(port: int, env: dict, body: bytes = b"", modifier1: int = 0,
-                  timeout: float = 10.0) -> bytes:
-    """Send one uwsgi request and read the raw response until the server closes."""
-    return exchange(port, uwsgi.encode_packet(modifier1, env) + body, timeout)
-
-
-def uwsgi_get(port: int, path: str, method: str = "GET", body: bytes = b"", **extra) -> bytes:
-    path_info, _, query = path.partition("?")
-    env = {"REQUEST_METHOD": method, "PATH_INFO": path_info, "QUERY_STRING": query,
-           "REQUEST_URI": path, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost",
-           "SERVER_PORT": str(port), "SCRIPT_NAME": ""}
-    if body:
-        env["CONTENT_LENGTH"] = str(len(body))
-    env.update(extra)
-    return uwsgi_request(port, env, body)
-
-
-def split_response(raw: bytes) -> tuple[str, dict, bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return lines[0], headers, body
 
 
 class Background:

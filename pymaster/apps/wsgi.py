@@ -20,6 +20,7 @@ import sys
 import traceback
 
 from pymaster import log as _log
+from pymaster.config import Config
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _STATUS = re.compile(r"^[1-9][0-9][0-9] ")
@@ -41,9 +42,11 @@ def _load_file(path: str):
     # any extension (app.wsgi, app.py): the file is Python source whatever it is called
     loader = importlib.machinery.SourceFileLoader(name, path)
     spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:
+        raise AppLoadError(f"unable to load WSGI file '{path}': not a Python source file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    loader.exec_module(module)
     return module
 
 
@@ -61,11 +64,11 @@ def _use_virtualenv(home: str) -> None:
         sys.path.insert(0, path)
 
 
-def load_app(cfg):
+def load_app(cfg: Config):
     """Import and return the WSGI callable; AppLoadError with the cause on any failure."""
-    if getattr(cfg, "home", None):
+    if cfg.home:
         _use_virtualenv(cfg.home)
-    for path in reversed(cfg.pythonpath or []):
+    for path in reversed(cfg.pythonpath):
         if path not in sys.path:
             sys.path.insert(0, path)
     callable_name = cfg.callable or "application"
@@ -78,7 +81,7 @@ def load_app(cfg):
         if cfg.wsgi_file:
             module = _load_file(cfg.wsgi_file)
         else:
-            modname, _, attr = cfg.module.partition(":")
+            modname, _, attr = (cfg.module or "").partition(":")
             if modname.endswith(".py") and os.path.isfile(modname):
                 module = _load_file(modname)
             else:
@@ -193,13 +196,13 @@ class Call:
         self.sock = sock
         self.framing = framing
         self.no_body = method == "HEAD"
-        self.status = None
-        self.headers = None
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] | None = None
         self.head_sent = False
         self.tx = 0
         self.head_bytes = 0
         self.header_count = 0
-        self.declared = None  # the app's own Content-Length, enforced
+        self.declared: int | None = None  # the app's own Content-Length, enforced
         self.timeout = timeout
 
     def start_response(self, status, headers, exc_info=None):
@@ -222,10 +225,14 @@ class Call:
                 self.declared = int(value)
         return self.write
 
-    def _head(self, length):
-        if self.status is None:
+    def _status_code(self) -> int:
+        if self.status is None or self.headers is None:
             raise WsgiError("the app returned or wrote a body before calling start_response()")
-        code = int(self.status[:3])
+        return self._status_code()
+
+    def _head(self, length):
+        code = self._status_code()
+        assert self.status is not None and self.headers is not None
         if code in (204, 304) or code < 200:
             length = None
             self.no_body = True
@@ -256,10 +263,10 @@ class Call:
                 span = result.fileno_span()
                 if span is not None:
                     self._send_file(span)
-                    return int(self.status[:3])
+                    return self._status_code()
             if type(result) is list and not self.head_sent and self.status is not None:
                 self._send_list(result)
-                return int(self.status[:3])
+                return self._status_code()
             for data in result:
                 if data or self.head_sent:  # no head before the first non-empty chunk
                     self.write(data)
@@ -276,7 +283,7 @@ class Call:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        return int(self.status[:3])
+        return self._status_code()
 
     def _check_length(self) -> None:
         """An app that sent less than its Content-Length: the connection cannot be reused."""

@@ -6,6 +6,6 @@ Every other package imports from here; this package imports nothing of pymaster'
 """
 
 from pymaster.config.ini import ConfigError
-from pymaster.config.parse import Config, parse
+from pymaster.config.options import Config, parse
 
 __all__ = ["Config", "ConfigError", "parse"]

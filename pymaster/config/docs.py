@@ -21,7 +21,7 @@ MARKDOWN_INTRO = """\
 # pymaster options
 
 Generated from the option table (`pymaster/config/table.py`) by
-`python -m pymaster.config.parse --markdown`; do not edit by hand.
+`python -m pymaster.config --markdown`; do not edit by hand.
 
 ## How options are read
 
@@ -88,9 +88,25 @@ def _notes(option: Option) -> str:
         notes.append("enables the master")
     if option.choices:
         notes.append("one of " + ", ".join(option.choices))
+    notes.extend(_range_notes(option))
     if _default(option):
         notes.append(f"default {_default(option)}")
     return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _range_notes(option: Option) -> list[str]:
+    """What the table says about legal values and what 0 means."""
+    notes = []
+    if option.kind in ("int", "size"):
+        if option.minimum > 0:
+            notes.append(f"at least {option.minimum}")
+        if option.maximum is not None:
+            notes.append(f"at most {option.maximum}")
+        if option.zero is not None:
+            notes.append(f"0 means {option.zero}, as in uWSGI")
+    if option.worker:
+        notes.append("read by every worker kind")
+    return notes
 
 
 def _help_entry(option: Option) -> str:
@@ -119,7 +135,10 @@ def _markdown_row(option: Option) -> str:
     aliases = ", ".join(f"`{flag}`" for flag in option.flags[1:])
     default = f"`{_default(option)}`" if _default(option) else ""
     kind = option.kind + (" **master**" if option.force_master else "")
-    help_text = option.help + (f" (one of {', '.join(option.choices)})" if option.choices else "")
+    extra = ([f"one of {', '.join(option.choices)}"] if option.choices else []) + _range_notes(
+        option
+    )
+    help_text = option.help + (f" ({'; '.join(extra)})" if extra else "")
     return f"| `--{option.name}` | {aliases} | {kind} | {default} | {_cell(help_text)} |"
 
 
@@ -133,3 +152,42 @@ def markdown() -> str:
         parts.extend(_markdown_row(option) for option in options)
         parts.append("")
     return "\n".join(parts)
+
+
+FIELD_TYPES = {"str": "str", "int": "int", "size": "int", "bool": "bool", "list": "list[str]"}
+
+
+def field_type(option: Option) -> str:
+    """The Python type of the Config attribute for `option`."""
+    base = FIELD_TYPES[option.kind]
+    return (
+        f"{base} | None" if option.default is None and option.kind not in ("bool", "list") else base
+    )
+
+
+def fields_source() -> str:
+    """pymaster/config/fields.py: one typed attribute per option, with its table default."""
+    lines = [
+        '"""The typed options of a Config: one attribute per option of the table.',
+        "",
+        "Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields`;",
+        "do not edit by hand (a test checks that it is current).",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from dataclasses import dataclass, field",
+        "",
+        "",
+        "@dataclass",
+        "class Options:",
+        '    """Every option, with the type and default the table declares."""',
+        "",
+    ]
+    for option in OPTIONS:
+        if option.kind == "list":
+            default = "field(default_factory=list)"
+        else:
+            default = repr(option.default).replace("'", '"')  # as ruff formats it
+        lines.append(f"    {option.attr}: {field_type(option)} = {default}")
+    return "\n".join(lines) + "\n"

@@ -168,7 +168,7 @@ def _parse_lines(text: str, label: str, wanted: tuple[str, ...]) -> tuple[str | 
             )
         sections[current].append((key, value.strip(" \t\r")))
     found = next((name for name in wanted if name in sections), None)
-    return found, sections.get(found, [])
+    return found, sections.get(found, []) if found is not None else []
 
 
 def read_ini(spec: str, context: MagicContext) -> IniResult:

@@ -36,6 +36,15 @@ class Option:
     optional: bool = False  # the value may be left out on the command line
     bare: str = ""  # the value used when it is left out
     metavar: str = ""
+    minimum: int = 0  # int/size: the smallest legal value (checked at parse time)
+    maximum: int | None = None  # int/size: the largest legal value, if any
+    zero: int | None = None  # int/size: 0 stands for this value, as it does in uWSGI
+    worker: bool = False  # read by every kind of worker: handed to exec'd workers by name
+
+    @property
+    def env_name(self) -> str:
+        """The variable that carries this option to a worker that execs (the Perl one)."""
+        return "PYMASTER_OPT_" + self.attr.upper()
 
     @property
     def attr(self) -> str:
@@ -101,12 +110,14 @@ SOCKETS = _section(
         metavar="ADDR",
     ),
     opt("http-socket", "list", help="bind an HTTP socket served by the workers", metavar="ADDR"),
-    opt("listen/-l", "int", 100, "listen queue (backlog) of the sockets"),
+    opt("listen/-l", "int", 100, "listen queue (backlog) of the sockets", minimum=0),
     opt(
         "buffer-size/-b",
         "size",
         4096,
         "largest uwsgi request header accepted, in bytes (at most 65535)",
+        minimum=1,
+        worker=True,
     ),
     opt(
         "chmod-socket/-C",
@@ -116,7 +127,7 @@ SOCKETS = _section(
         bare="666",
         metavar="MODE",
     ),
-    opt("socket-timeout/-z", "int", 4, "socket timeout in seconds"),
+    opt("socket-timeout/-z", "int", 4, "socket timeout in seconds", minimum=1, worker=True),
     opt("uid", "str", help="drop privileges to this user (name or id)"),
     opt("gid", "str", help="drop privileges to this group (name or id)"),
     opt(
@@ -125,8 +136,15 @@ SOCKETS = _section(
         5,
         "idle seconds an HTTP keep-alive connection is kept "
         "(pymaster default; 0 disables keep-alive)",
+        worker=True,
     ),
-    opt("limit-post", "size", 0, "largest request body accepted, in bytes (0 = no limit)"),
+    opt(
+        "limit-post",
+        "size",
+        0,
+        "largest request body accepted, in bytes (0 = no limit)",
+        worker=True,
+    ),
     opt("post-buffering", "size", 0, "accepted for compatibility; bodies are read on demand"),
     opt(
         "max-vars/-v",
@@ -185,10 +203,22 @@ MASTER = _section(
         help="detach from the terminal and log to LOGFILE (under systemd, don't)",
         metavar="LOGFILE",
     ),
-    opt("harakiri/-t", "int", 0, "kill a worker whose request runs longer than N seconds"),
-    opt("max-requests/-R", "int", 0, "recycle a worker after N requests"),
-    opt("max-requests-delta", "int", 0, "add worker id * N to max-requests"),
-    opt("min-worker-lifetime", "int", 10, "seconds a worker must live before it may be recycled"),
+    opt(
+        "harakiri/-t",
+        "int",
+        0,
+        "kill a worker whose request runs longer than N seconds",
+        worker=True,
+    ),
+    opt("max-requests/-R", "int", 0, "recycle a worker after N requests", worker=True),
+    opt("max-requests-delta", "int", 0, "add worker id * N to max-requests", worker=True),
+    opt(
+        "min-worker-lifetime",
+        "int",
+        10,
+        "seconds a worker must live before it may be recycled",
+        worker=True,
+    ),
     opt("max-worker-lifetime", "int", 0, "recycle a worker after N seconds"),
     opt("max-worker-lifetime-delta", "int", 0, "add worker id * N to max-worker-lifetime"),
     opt("worker-reload-mercy", "int", 60, "seconds a worker gets to finish before it is killed"),
@@ -197,10 +227,10 @@ MASTER = _section(
         "int",
         help="accepted for compatibility; no effect (see --worker-reload-mercy)",
     ),
-    opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS"),
+    opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS", worker=True),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
     opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
-    opt("check-interval", "int", 1, "seconds between master checks"),
+    opt("check-interval", "int", 1, "seconds between master checks", zero=1),
     opt(
         "master-fifo",
         "list",
@@ -246,8 +276,8 @@ CHEAPER = _section(
         "cheaper", "int", 0, "keep at least N workers and spawn more under load", force_master=True
     ),
     opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
-    opt("cheaper-step", "int", 1, "workers spawned at a time"),
-    opt("cheaper-overload", "int", 3, "cycles of overload before spawning"),
+    opt("cheaper-step", "int", 1, "workers spawned at a time", minimum=1),
+    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=1),
     opt(
         "cheaper-algo",
         "str",
@@ -255,25 +285,48 @@ CHEAPER = _section(
         "cheaper algorithm",
         choices=("spare", "busyness", "backlog", "manual"),
     ),
-    opt("cheaper-busyness-max", "int", 50, "busyness percentage above which workers are spawned"),
-    opt("cheaper-busyness-min", "int", 25, "busyness percentage below which workers are cheaped"),
+    opt(
+        "cheaper-busyness-max",
+        "int",
+        50,
+        "busyness percentage above which workers are spawned",
+        zero=50,
+        maximum=100,
+    ),
+    opt(
+        "cheaper-busyness-min",
+        "int",
+        25,
+        "busyness percentage below which workers are cheaped",
+        zero=25,
+        maximum=100,
+    ),
 )
 
 LOGGING = _section(
     "Logging",
-    opt("disable-logging/-L", "bool", help="do not log requests"),
+    opt("disable-logging/-L", "bool", help="do not log requests", worker=True),
     opt("logto", "str", help="log to this file instead of stderr", metavar="FILE"),
-    opt("log-micros", "bool", help="request times in microseconds"),
-    opt("memory-report/-m", "bool", help="add memory usage to request logs"),
-    opt("log-x-forwarded-for", "bool", help="log X-Forwarded-For as the remote address"),
-    opt("log-4xx", "bool", help="log 4xx responses even when logging is disabled"),
-    opt("log-5xx", "bool", help="log 5xx responses even when logging is disabled"),
-    opt("log-slow", "int", 0, "log requests slower than N ms even when logging is disabled"),
+    opt("log-micros", "bool", help="request times in microseconds", worker=True),
+    opt("memory-report/-m", "bool", help="add memory usage to request logs", worker=True),
+    opt(
+        "log-x-forwarded-for", "bool", help="log X-Forwarded-For as the remote address", worker=True
+    ),
+    opt("log-4xx", "bool", help="log 4xx responses even when logging is disabled", worker=True),
+    opt("log-5xx", "bool", help="log 5xx responses even when logging is disabled", worker=True),
+    opt(
+        "log-slow",
+        "int",
+        0,
+        "log requests slower than N ms even when logging is disabled",
+        worker=True,
+    ),
     opt(
         "logformat/log-format",
         "str",
         help="request log format with `%(var)` fields",
         metavar="FORMAT",
+        worker=True,
     ),
 )
 
@@ -314,11 +367,11 @@ SUBSCRIPTIONS = _section(
         help="subscribe with `server=..,key=..[,addr=..,weight=..,modifier1=..]`",
         metavar="SPEC",
     ),
-    opt("subscribe-freq", "int", 10, "seconds between subscription heartbeats"),
+    opt("subscribe-freq", "int", 10, "seconds between subscription heartbeats", minimum=1),
     opt("subscription-tolerance", "int", 17, "seconds a router keeps a silent node"),
     opt("weight", "int", 0, "weight announced in subscriptions"),
     opt("auto-weight", "bool", help="announce processes * cores as weight", optional=True),
-    opt("subscribe-with-modifier1", "int", help="force modifier1 in subscriptions"),
+    opt("subscribe-with-modifier1", "int", help="force modifier1 in subscriptions", maximum=255),
     opt("unsubscribe-on-graceful-reload", "bool", help="unsubscribe on graceful reloads too"),
     opt("start-unsubscribed", "bool", help="do not subscribe until the master FIFO says `S`"),
     opt(
@@ -353,8 +406,14 @@ FASTROUTER = _section(
         metavar="ADDR",
     ),
     opt("fastrouter-to", "list", help="static backend node (round robin)", metavar="ADDR"),
-    opt("fastrouter-timeout", "int", 60, "seconds before a client or backend is dropped"),
-    opt("fastrouter-processes/fastrouter-workers", "int", 1, "number of fastrouter processes"),
+    opt("fastrouter-timeout", "int", 60, "seconds before a client or backend is dropped", zero=60),
+    opt(
+        "fastrouter-processes/fastrouter-workers",
+        "int",
+        1,
+        "number of fastrouter processes",
+        zero=1,
+    ),
     opt(
         "fastrouter-stats/fastrouter-stats-server/fastrouter-ss",
         "str",

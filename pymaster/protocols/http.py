@@ -81,12 +81,17 @@ class RequestParser:
         self._url += url
         self._count(len(url))
 
+    def _req(self) -> Request:
+        """The request being parsed (httptools calls back only between begin and complete)."""
+        assert self._current is not None, "httptools callback outside a message"
+        return self._current
+
     def on_header(self, name: bytes, value: bytes):
-        self._current.headers.append((name, value))
+        self._req().headers.append((name, value))
         self._count(len(name) + len(value) + 4)
 
     def on_headers_complete(self):
-        req = self._current
+        req = self._req()
         p = self._parser
         req.method = p.get_method().decode("latin-1")
         req.target = self._url.decode("latin-1")
@@ -105,7 +110,7 @@ class RequestParser:
         self.headers_complete = True
 
     def on_body(self, body: bytes):
-        req = self._current
+        req = self._req()
         if req.body is None:
             req.body = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)
         req.body.write(body)
@@ -114,7 +119,7 @@ class RequestParser:
             raise HttpError(413, f"request body over the limit of {self.max_body} bytes")
 
     def on_message_complete(self):
-        req = self._current
+        req = self._req()
         if req.body is not None:
             req.body.seek(0)
         self._done.append(req)

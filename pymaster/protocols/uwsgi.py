@@ -217,7 +217,8 @@ class BodyReader:
                 return self._take(len(self._buf))
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        lines, total = [], 0
+        lines: list[bytes] = []
+        total = 0
         while True:
             line = self.readline()
             if not line:

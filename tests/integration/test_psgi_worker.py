@@ -12,11 +12,11 @@ import signal
 import socket
 import subprocess
 import time
-import types
 from pathlib import Path
 
 import pytest
 
+from pymaster.config import Config
 from pymaster.workers.psgi import bridge as psgi
 from pymaster.workers.scoreboard import BUSY, IDLE, Scoreboard
 from tests.external import parse_http_response, uwsgi_packet, uwsgi_vars
@@ -124,11 +124,13 @@ sub {
 
 
 def cfg_for(app, **kw):
-    base = dict(psgi=str(app), plackup_opt=[], perl_local_lib=None, max_requests=0,
-                buffer_size=4096, socket_timeout=4, disable_logging=False, chdir=None, env=[],
-                procname_prefix=None, procname=None, procname_append=None)
-    base.update(kw)
-    return types.SimpleNamespace(**base)
+    """A real Config (the table's defaults) for `app` with `kw` set, as parsing would."""
+    cfg = Config()
+    cfg.psgi = str(app)
+    for key, value in kw.items():
+        assert hasattr(cfg, key), key
+        setattr(cfg, key, value)
+    return cfg
 
 
 def _listen() -> socket.socket:

@@ -4,6 +4,9 @@
 #
 #   prove -I pymaster/workers/psgi/perl tests/interop/plack_suite.t        # the handler on HTTP
 #
+# (run by tests/interop/test_plack_suite.py, which sets the PYMASTER_OPT_* / PYMASTER_RECYCLE_*
+# variables a master would hand over).
+#
 # With PYMASTER_SUITE_SERVER_PORT=P PYMASTER_SUITE_HTTP_PORT=N the handler speaks the uwsgi
 # protocol on P and the client goes to N, where a front-end (nginx with uwsgi_pass to P,
 # started by tests/interop/test_plack_suite.py) must be listening.
@@ -15,7 +18,7 @@ use Plack::Test::Suite;
 use Plack::Middleware::Lint;
 use Plack::Handler::Pymaster;
 
-$ENV{PYMASTER_DISABLE_LOGGING} = 1 unless $ENV{TEST_VERBOSE};
+$ENV{PYMASTER_OPT_DISABLE_LOGGING} = 1 unless $ENV{TEST_VERBOSE};
 delete @ENV{qw(PYMASTER_MASTER_PID PYMASTER_SCOREBOARD_FD PYMASTER_LISTEN_FDS)};
 my $server_port = $ENV{PYMASTER_SUITE_SERVER_PORT};
 my $http_port = $ENV{PYMASTER_SUITE_HTTP_PORT};

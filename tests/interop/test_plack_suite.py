@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pymaster.config import Config
+from pymaster.workers.contract import Recycling, option_environment
 from pymaster.workers.psgi.bridge import PERL_DIR
 from tests.external import free_port, have, nginx
 
@@ -27,7 +29,9 @@ NGINX_KNOWN = {"validate env", "repeated slashes"}
 
 
 def run_suite(env_extra: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
-    env = dict(os.environ, **(env_extra or {}))
+    # the handler runs without a master here: give it the environment a master would
+    env = dict(os.environ, **option_environment(Config()),
+               **Recycling.for_worker(Config(), 1).environment(), **(env_extra or {}))
     proc = subprocess.run(["prove", "-v", "-I", PERL_DIR, str(DRIVER)], env=env,
                           capture_output=True, text=True, timeout=180)
     failed, current = set(), None

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pymaster.config.placeholders import evaluate_math, substitute
 
 from pymaster import __version__
 from pymaster.config.ini import djb33x, magic_sub, split_spec
-from pymaster.config.parse import ConfigError, parse
+from pymaster.config.options import ConfigError, parse
+from pymaster.config.placeholders import evaluate_math, substitute
 
 
 def write(path: Path, text: str) -> str:

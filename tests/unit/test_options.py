@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pymaster.config.parse import OPTIONS, Config, ConfigError, parse
+from pymaster.config.options import OPTIONS, Config, ConfigError, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -300,13 +300,13 @@ def test_shipped_ini_files_parse(name):
 def test_show_config_flag_and_dump():
     cfg = parse(["-s", ":1", "-s", ":2", "-M", "--set-ph", "k=v"], {})
     assert not cfg.show_config
-    text = cfg.show_config()
+    text = cfg.dump_ini()
     assert text.splitlines()[0] == ";pymaster instance configuration"
     assert text.splitlines()[-1] == ";end of configuration"
     assert "socket = :1\nsocket = :2\nmaster = true" in text
     shown = parse(["--show-config"], {})
     assert shown.show_config and shown.get("show-config") is True
-    assert "show-config = true" in shown.show_config()
+    assert "show-config = true" in shown.dump_ini()
 
 
 def _same_settings(a: Config, b: Config) -> None:
@@ -321,7 +321,7 @@ def test_show_config_round_trip(tmp_path):
     cfg = parse(["-s", ":1", "--processes", "3", "-M", "--chmod-socket", "--stats", ":9",
                  "--set-ph", "color=red", "--cheaper-algo", "manual", "--plugins", "python,http"],
                 {})
-    _same_settings(cfg, parse([write_ini(tmp_path, cfg.show_config())], {}))
+    _same_settings(cfg, parse([write_ini(tmp_path, cfg.dump_ini())], {}))
 
 
 _SAFE_TEXT = st.text(st.sampled_from("abcxyz019:./-_"), min_size=1, max_size=12)
@@ -345,7 +345,7 @@ def test_show_config_round_trip_property(tmp_path_factory, settings_):
         for item in value if isinstance(value, list) else [value]:
             argv += ["--set", f"{name}={item}"]
     cfg = parse(argv, {})
-    path = write_ini(tmp_path_factory.mktemp("rt"), cfg.show_config())
+    path = write_ini(tmp_path_factory.mktemp("rt"), cfg.dump_ini())
     _same_settings(cfg, parse([path], {}))
 
 
@@ -360,17 +360,24 @@ def test_table_is_consistent():
 
 
 def test_help_lists_every_option():
-    from pymaster.config.parse import format_help
+    from pymaster.config.options import format_help
     text = format_help()
     for option in OPTIONS:
         assert f"--{option.name}" in text
 
 
 def test_docs_options_md_is_up_to_date():
-    out = subprocess.run([sys.executable, "-m", "pymaster.config.parse", "--markdown"],
+    out = subprocess.run([sys.executable, "-m", "pymaster.config", "--markdown"],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert (ROOT / "docs" / "options.md").read_text() == out, \
-        "docs/options.md is stale: run `python -m pymaster.config.parse --markdown > docs/options.md`"
+        "docs/options.md is stale: run `python -m pymaster.config --markdown > docs/options.md`"
+
+
+def test_typed_fields_are_generated_from_the_table():
+    out = subprocess.run([sys.executable, "-m", "pymaster.config", "--fields"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert (ROOT / "pymaster" / "config" / "fields.py").read_text() == out, \
+        "pymaster/config/fields.py is stale: run `python -m pymaster.config --fields > pymaster/config/fields.py`"
 
 
 def test_pymaster_env_takes_known_options_only():

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import types
 from pathlib import Path
 
 import pytest
 
+from pymaster.config import Config, parse
+from pymaster.workers.contract import option_environment
 from pymaster.workers.psgi import bridge as psgi
 
 needs_plackup = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup missing")
 
 
 def cfg(app="app.psgi", **kw):
-    base = dict(psgi=str(app), plackup_opt=[], perl_local_lib=None, max_requests=0,
-                buffer_size=4096, socket_timeout=4, disable_logging=False, chdir=None, env=[],
-                procname_prefix=None)
-    base.update(kw)
-    return types.SimpleNamespace(**base)
+    """A real Config (table defaults) with `kw` set, as parsing would."""
+    config = Config()
+    config.psgi = str(app)
+    for key, value in kw.items():
+        assert hasattr(config, key), key
+        setattr(config, key, value)
+    return config
 
 
 def test_handler_files_ship_with_the_package():
@@ -45,20 +48,23 @@ def test_argv_plackup_opts_are_shell_split_and_override_the_environment():
 
 def test_worker_env(monkeypatch):
     monkeypatch.setenv("PERL5LIB", "/old")
-    env = psgi.worker_env(cfg(max_requests=50, buffer_size=8192, socket_timeout=9,
-                              disable_logging=True, env=["FOO=bar=baz"], perl_local_lib="/opt/ll",
-                              procname_prefix="pre "),
+    env = psgi.worker_env(cfg(max_requests=50, max_requests_delta=2, buffer_size=8192,
+                              socket_timeout=9, disable_logging=True, env=["FOO=bar=baz"],
+                              perl_local_lib="/opt/ll", procname_prefix="pre "),
                           3, [(3, "uwsgi"), (7, "http")], 9, 1234)
     assert env["PYMASTER_LISTEN_FDS"] == "3:uwsgi,7:http"
     assert env["PYMASTER_WORKER_ID"] == "3"
     assert env["PYMASTER_SCOREBOARD_FD"] == "9"
     assert env["PYMASTER_MASTER_PID"] == "1234"
-    assert env["PYMASTER_MAX_REQUESTS"] == "50"
-    assert env["PYMASTER_BUFFER_SIZE"] == "8192"
-    assert env["PYMASTER_SOCKET_TIMEOUT"] == "9"
-    assert env["PYMASTER_DISABLE_LOGGING"] == "1"
+    assert env["PYMASTER_RECYCLE_MAX_REQUESTS"] == "56"     # 50 + worker 3 * delta 2
+    assert env["PYMASTER_RECYCLE_MIN_LIFETIME"] == "10.0"
+    assert env["PYMASTER_RECYCLE_RSS"] == "0"
+    assert env["PYMASTER_OPT_BUFFER_SIZE"] == "8192"
+    assert env["PYMASTER_OPT_SOCKET_TIMEOUT"] == "9"
+    assert env["PYMASTER_OPT_DISABLE_LOGGING"] == "1"
+    assert env["PYMASTER_OPT_LOGFORMAT"] == ""
     assert env["PYMASTER_PROCNAME"] == "pre pymaster worker 3"
-    assert env["PYMASTER_HTTP_KEEPALIVE"] == "5"          # cfg without http_keepalive: default
+    assert env["PYMASTER_OPT_HTTP_KEEPALIVE"] == "5"          # the table's default
 
     assert env["PYMASTER_PSGI"] == "app.psgi"
     assert env["FOO"] == "bar=baz"
@@ -66,10 +72,23 @@ def test_worker_env(monkeypatch):
     assert "PYMASTER_CHECK" not in env
 
 
-@pytest.mark.parametrize("value, expected", [(0, "0"), (12, "12"), (None, "5")])
+def test_worker_env_carries_every_worker_option_from_the_parsed_config():
+    parsed = parse(["--psgi", "a.psgi", "--log-slow", "0", "--log-4xx", "--logformat",
+                    "%(method) %(uri)", "--reload-on-rss", "64", "--min-worker-lifetime", "0"], {})
+    env = psgi.worker_env(parsed, 1, [(3, "http")], 9, 1234)
+    assert env["PYMASTER_OPT_LOG_SLOW"] == "0"
+    assert env["PYMASTER_OPT_LOG_4XX"] == "1"
+    assert env["PYMASTER_OPT_LOG_5XX"] == "0"
+    assert env["PYMASTER_OPT_LOGFORMAT"] == "%(method) %(uri)"
+    assert env["PYMASTER_RECYCLE_RSS"] == str(64 * 1024 * 1024)
+    assert env["PYMASTER_RECYCLE_MIN_LIFETIME"] == "0.0"
+    assert set(option_environment(parsed)) <= set(env)
+
+
+@pytest.mark.parametrize("value, expected", [(0, "0"), (12, "12")])
 def test_worker_env_http_keepalive(value, expected):
     env = psgi.worker_env(cfg(http_keepalive=value), 1, [(3, "http")], 9, 1234)
-    assert env["PYMASTER_HTTP_KEEPALIVE"] == expected
+    assert env["PYMASTER_OPT_HTTP_KEEPALIVE"] == expected
 
 
 def test_worker_env_without_master():

@@ -18,8 +18,14 @@ import subprocess
 from pathlib import Path
 from typing import NoReturn
 
+from pymaster.config import Config
 from pymaster.log import log
-from pymaster.workers.contract import EXIT_FAILED_APP, die_with_master
+from pymaster.workers.contract import (
+    EXIT_FAILED_APP,
+    Recycling,
+    die_with_master,
+    option_environment,
+)
 
 PERL_DIR = str(Path(__file__).resolve().parent / "perl")
 CHECK_TIMEOUT = 60
@@ -27,20 +33,20 @@ CHECK_TIMEOUT = 60
 _MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
 
 
-def _opts(cfg) -> list[str]:
+def _opts(cfg: Config) -> list[str]:
     """The --plackup-opt values split into arguments (each value may hold several)."""
     out: list[str] = []
-    for item in getattr(cfg, "plackup_opt", None) or []:
+    for item in cfg.plackup_opt:
         out += shlex.split(item)
     return out
 
 
-def _local_lib(cfg) -> str | None:
-    root = getattr(cfg, "perl_local_lib", None)
+def _local_lib(cfg: Config) -> str | None:
+    root = cfg.perl_local_lib
     return str(Path(root, "lib", "perl5")) if root else None
 
 
-def worker_argv(cfg) -> list[str]:
+def worker_argv(cfg: Config) -> list[str]:
     """plackup's argv for a worker (also used, with PYMASTER_CHECK=1, by preflight)."""
     argv = [shutil.which("plackup") or "plackup", "-I", PERL_DIR]
     lib = _local_lib(cfg)
@@ -50,9 +56,9 @@ def worker_argv(cfg) -> list[str]:
     return argv
 
 
-def _base_env(cfg) -> dict:
+def _base_env(cfg: Config) -> dict[str, str]:
     env = dict(os.environ)
-    for item in getattr(cfg, "env", None) or []:
+    for item in cfg.env:
         key, sep, value = item.partition("=")
         if sep and key:
             env[key] = value
@@ -66,12 +72,12 @@ def _base_env(cfg) -> dict:
 
 
 def worker_env(
-    cfg,
+    cfg: Config,
     worker_id: int,
     listen_fds: list[tuple[int, str]],
     scoreboard_fd: int,
     master_pid: int | None,
-) -> dict:
+) -> dict[str, str]:
     """The environment of worker `worker_id` (docs/worker-contract.md); `master_pid` None or
     0 when there is no master (single-process mode: no parent check)."""
     from pymaster.procname import title_for
@@ -83,20 +89,12 @@ def worker_env(
             "PYMASTER_WORKER_ID": str(worker_id),
             "PYMASTER_SCOREBOARD_FD": str(scoreboard_fd),
             "PYMASTER_MASTER_PID": str(master_pid or 0),  # 0: no master (single process)
-            "PYMASTER_MAX_REQUESTS": str(getattr(cfg, "max_requests", 0) or 0),
-            "PYMASTER_BUFFER_SIZE": str(getattr(cfg, "buffer_size", 0) or 4096),
-            "PYMASTER_SOCKET_TIMEOUT": str(getattr(cfg, "socket_timeout", 0) or 4),
-            "PYMASTER_DISABLE_LOGGING": "1" if getattr(cfg, "disable_logging", False) else "0",
-            "PYMASTER_HTTP_KEEPALIVE": str(_keepalive(cfg)),  # idle seconds, 0: no keep-alive
             "PYMASTER_PROCNAME": title_for(cfg, f"worker {worker_id}"),
         }
     )
+    env.update(option_environment(cfg))  # every option flagged `worker` in the table
+    env.update(Recycling.for_worker(cfg, worker_id).environment())
     return env
-
-
-def _keepalive(cfg) -> int:
-    value = getattr(cfg, "http_keepalive", None)
-    return 5 if value is None else max(0, int(value))
 
 
 def _reset_signals() -> None:
@@ -153,7 +151,7 @@ def _debian_name(module: str) -> str:
 
 def preflight(cfg) -> None:
     """Check that the PSGI app can run; RuntimeError with one clear message if not."""
-    app = getattr(cfg, "psgi", None)
+    app = cfg.psgi
     if not app:
         raise RuntimeError("no PSGI app given: use --psgi FILE")
     if not os.path.isfile(app):

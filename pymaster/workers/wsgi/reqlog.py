@@ -11,6 +11,7 @@ import os
 import re
 import time
 
+from pymaster.config import Config
 from pymaster.log import log
 
 _FIELD = re.compile(r"%\(([^)]+)\)")
@@ -50,15 +51,15 @@ class Record:
 
 
 class RequestLog:
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         self.enabled = not cfg.disable_logging
-        self.log_4xx = bool(getattr(cfg, "log_4xx", False))
-        self.log_5xx = bool(getattr(cfg, "log_5xx", False))
-        self.slow_ms = getattr(cfg, "log_slow", 0) or 0
-        self.micros = bool(getattr(cfg, "log_micros", False))
-        self.forwarded = bool(getattr(cfg, "log_x_forwarded_for", False))
-        self.memory = bool(getattr(cfg, "memory_report", False))
-        self.format = getattr(cfg, "logformat", None) or None
+        self.log_4xx = cfg.log_4xx
+        self.log_5xx = cfg.log_5xx
+        self.slow_ms = cfg.log_slow
+        self.micros = cfg.log_micros
+        self.forwarded = cfg.log_x_forwarded_for
+        self.memory = cfg.memory_report
+        self.format = cfg.logformat or None  # an empty format is no format
 
     def wanted(self, status: int, elapsed: float) -> bool:
         if self.enabled:

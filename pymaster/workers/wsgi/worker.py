@@ -23,7 +23,13 @@ from pymaster.apps import wsgi
 from pymaster.log import log
 from pymaster.protocols import http, uwsgi
 from pymaster.workers import scoreboard as sb
-from pymaster.workers.contract import EXIT_FAILED_APP, EXIT_MASTER_GONE, EXIT_OK, die_with_master
+from pymaster.workers.contract import (
+    EXIT_FAILED_APP,
+    EXIT_MASTER_GONE,
+    EXIT_OK,
+    Recycling,
+    die_with_master,
+)
 from pymaster.workers.wsgi.poller import Poller
 from pymaster.workers.wsgi.reqlog import Record, RequestLog
 
@@ -62,12 +68,9 @@ class Worker:
         self.spawned = time.time()
         self.buffer_size = cfg.buffer_size
         self.reqlog = RequestLog(cfg)
-        self.timeout = _timeval(cfg.socket_timeout or 4)
-        self.keepalive = getattr(cfg, "http_keepalive", 5) or 0
-        self.max_requests = (cfg.max_requests or 0) and cfg.max_requests + (
-            getattr(cfg, "max_requests_delta", 0) or 0
-        ) * wid
-        self.rss_limit = (getattr(cfg, "reload_on_rss", 0) or 0) * 1024 * 1024
+        self.timeout = _timeval(cfg.socket_timeout)
+        self.keepalive = cfg.http_keepalive
+        self.recycling = Recycling.for_worker(cfg, wid)
         self.idle: dict[socket.socket, Idle] = {}
         self.sel = Poller()
 
@@ -194,25 +197,17 @@ class Worker:
 
     def _after_request(self) -> None:
         self.requests += 1
-        if self.max_requests and self.requests >= self.max_requests and self._lived_enough():
-            log(f"...The work of process {self.pid} is done. Seeya!")
+        reason = self.recycling.reason(
+            self.requests, time.time() - self.spawned, _rss, self.pid, self.wid
+        )
+        if reason:
+            log(reason)
             self.stopping = True
-        if self.rss_limit and self._lived_enough():
-            rss = _rss()
-            if rss > self.rss_limit:
-                log(
-                    f"worker {self.wid} (pid: {self.pid}) RSS {rss} bytes over reload-on-rss "
-                    f"{self.rss_limit} bytes, recycling"
-                )
-                self.stopping = True
-
-    def _lived_enough(self) -> bool:
-        return time.time() - self.spawned >= (self.cfg.min_worker_lifetime or 0)
 
     def _drain_backlog(self) -> None:
         """Shutting down: serve what already waits in the backlog (the master has stopped
         new handshakes, so the queue is finite; still bounded in count and time)."""
-        budget = 10 * (self.cfg.listen or 100)
+        budget = 10 * max(1, self.cfg.listen)
         deadline = time.monotonic() + 10.0
         for lst in self.listeners:
             while budget > 0 and time.monotonic() < deadline:
@@ -257,7 +252,7 @@ class Worker:
         if lst.kind == "http":
             self._serve_http(
                 conn,
-                http.RequestParser(self.buffer_size, self.cfg.limit_post or 0),
+                http.RequestParser(self.buffer_size, self.cfg.limit_post),
                 remote,
                 port,
                 lst,
@@ -446,7 +441,7 @@ class Worker:
         method = env.setdefault("REQUEST_METHOD", "GET")
         uri = env.get("REQUEST_URI") or env["PATH_INFO"]
         self.slot.begin(start, f"{method} {uri}".encode("latin-1", "replace"))
-        call = wsgi.Call(conn, framing, method, self.cfg.socket_timeout or 4)
+        call = wsgi.Call(conn, framing, method, self.cfg.socket_timeout)
         status = 500
         failed = False
         usable = True

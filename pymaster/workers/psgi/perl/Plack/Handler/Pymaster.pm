@@ -65,17 +65,27 @@ sub _log {
 
 # -- setup ----------------------------------------------------------------------------------
 
+sub _num {    # a number the master put in the environment, or die naming the variable
+    my ($e, $name) = @_;
+    my $v = $e->{$name};
+    die "$name is not set or not a number: this handler runs under the pymaster master\n"
+        unless defined $v && $v =~ /^\d+(?:\.\d+)?$/;
+    return $v + 0;
+}
+
 sub _setup {
     my $self = shift;
     my $e = \%ENV;
     $self->{wid}          = $e->{PYMASTER_WORKER_ID} || 1;
     $self->{master_pid}   = $e->{PYMASTER_MASTER_PID} || 0;
-    $self->{max_requests} = $e->{PYMASTER_MAX_REQUESTS} || 0;
-    $self->{buffer_size}  = $e->{PYMASTER_BUFFER_SIZE} || 4096;
-    $self->{timeout}      = $e->{PYMASTER_SOCKET_TIMEOUT} || 4;
-    $self->{log}          = !$e->{PYMASTER_DISABLE_LOGGING};
-    my $ka = $e->{PYMASTER_HTTP_KEEPALIVE};
-    $self->{keepalive}    = defined $ka && $ka =~ /^\d+(?:\.\d+)?$/ ? $ka : 5;   # 0: off
+    # The master hands over every option flagged `worker` in its table (PYMASTER_OPT_*,
+    # already range-checked, defaults applied) and the recycling limits (PYMASTER_RECYCLE_*);
+    # see pymaster/workers/contract.py. Nothing here repeats a default.
+    $self->{max_requests} = _num($e, 'PYMASTER_RECYCLE_MAX_REQUESTS');
+    $self->{buffer_size}  = _num($e, 'PYMASTER_OPT_BUFFER_SIZE');
+    $self->{timeout}      = _num($e, 'PYMASTER_OPT_SOCKET_TIMEOUT');
+    $self->{log}          = !_num($e, 'PYMASTER_OPT_DISABLE_LOGGING');
+    $self->{keepalive}    = _num($e, 'PYMASTER_OPT_HTTP_KEEPALIVE');   # 0: off
     $self->{idle}         = {};        # fd => idle keep-alive connection
     $self->{requests}     = 0;
     $self->{spawned}      = Time::HiRes::time();

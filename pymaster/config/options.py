@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Mapping
 
 from pymaster.config import placeholders
 from pymaster.config.collect import COMMAND_LINE, Collector, Entry, add_command_line
 from pymaster.config.docs import format_help, markdown
+from pymaster.config.fields import Options
 from pymaster.config.ini import ConfigError
 from pymaster.config.table import BY_FLAG, BY_KEY, DIRECTIVES, OPTIONS, PLUGINS, Option
 
@@ -33,14 +33,35 @@ def _where(entry: Entry) -> str:
     return "" if entry.origin == COMMAND_LINE else f" (in {entry.origin})"
 
 
+def _option(entry: Entry) -> Option:
+    """The option of an entry known to name one (placeholders never reach conversion)."""
+    if entry.option is None:
+        raise ConfigError(f"'{entry.key}' is not an option{_where(entry)}")
+    return entry.option
+
+
 def _to_int(entry: Entry, text: str) -> int:
     if not _INT.fullmatch(text):
         raise ConfigError(
-            f"option '{entry.option.flag}' expects an integer, got '{text}'{_where(entry)}"
+            f"option '{_option(entry).flag}' expects an integer, got '{text}'{_where(entry)}"
         )
-    number = int(text)
-    if number < 0:
-        raise ConfigError(f"option '{entry.option.flag}' must be >= 0, got '{text}'{_where(entry)}")
+    return _in_range(entry, int(text), text)
+
+
+def _in_range(entry: Entry, number: int, text: str) -> int:
+    """Check `number` against the option's declared range; 0 becomes the option's `zero`
+    value where uWSGI maps 0 to a default."""
+    option = _option(entry)
+    if number < option.minimum:
+        raise ConfigError(
+            f"option '{option.flag}' must be >= {option.minimum}, got '{text}'{_where(entry)}"
+        )
+    if option.maximum is not None and number > option.maximum:
+        raise ConfigError(
+            f"option '{option.flag}' must be <= {option.maximum}, got '{text}'{_where(entry)}"
+        )
+    if number == 0 and option.zero is not None:
+        return option.zero
     return number
 
 
@@ -48,10 +69,10 @@ def _to_size(entry: Entry, text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if not match:
         raise ConfigError(
-            f"option '{entry.option.flag}' expects a size in bytes "
+            f"option '{_option(entry).flag}' expects a size in bytes "
             f"(e.g. 4096, 64k, 1M), got '{text}'{_where(entry)}"
         )
-    return int(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
+    return _in_range(entry, int(match.group(1)) * SIZE_UNITS[match.group(2).lower()], text)
 
 
 def _plugin_names(entry: Entry, text: str) -> list[str]:
@@ -66,7 +87,7 @@ def _plugin_names(entry: Entry, text: str) -> list[str]:
 
 def convert(entry: Entry):
     """The typed value of an option entry (a list for list options: the items it adds)."""
-    option = entry.option
+    option = _option(entry)
     text = entry.value if entry.value else option.bare
     if option.kind == "bool":
         return text.lower() not in FALSE_WORDS if text else True
@@ -109,35 +130,21 @@ def _run_passes(entries: list[Entry], environ: Mapping[str, str]) -> None:
 # --- the result --------------------------------------------------------------------------------
 
 
-class _ShowConfig:
-    """`cfg.show_config` is both the option (truthy when set) and the dump: `cfg.show_config()`."""
+class Config(Options):
+    """The effective configuration: one typed attribute per option ('-' -> '_', declared in
+    `fields.py`, generated from the table), plus bookkeeping."""
 
-    def __init__(self, cfg: Config, enabled: bool):
-        self.cfg, self.enabled = cfg, enabled
-
-    def __bool__(self) -> bool:
-        return self.enabled
-
-    def __call__(self) -> str:
-        return self.cfg.dump_ini()
-
-
-class Config:
-    """The effective configuration: one attribute per option ('-' -> '_'), plus bookkeeping."""
-
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
+    def __init__(self, argv: list[str] | None = None):
+        super().__init__()
+        self.argv = list(argv or [])
         self.placeholders: dict[str, str] = {}
         self.master_reasons: list[str] = []
         self.ini_files: list[str] = []
         self.warnings: list[str] = []
         self._order: list[str] = []
-        for option in OPTIONS:
-            default = list(option.default) if option.kind == "list" else option.default
-            setattr(self, option.attr, default)
 
     def _assign(self, entry: Entry) -> None:
-        option = entry.option
+        option = _option(entry)
         value = convert(entry)
         if option.name not in self._order:
             self._order.append(option.name)
@@ -155,7 +162,6 @@ class Config:
             )
             self.buffer_size = MAX_BUFFER_SIZE
         self.master = bool(self.master or self.master_reasons)
-        self.show_config = _ShowConfig(self, bool(self.show_config))
 
     def is_set(self, name: str) -> bool:
         """True when the option (any name or alias) was given by any source."""
@@ -167,8 +173,7 @@ class Config:
         option = _lookup(name)
         if option is None:
             return self.placeholders.get(name, default)
-        value = getattr(self, option.attr)
-        return bool(value) if isinstance(value, _ShowConfig) else value
+        return getattr(self, option.attr)
 
     def dump_ini(self) -> str:
         """The effective options as INI, between uWSGI's show-config markers."""
@@ -225,13 +230,3 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
     _apply(cfg, collector.entries)
     cfg._finish()
     return cfg
-
-
-def _main(args: list[str]) -> int:
-    """`python -m pymaster.config.parse --markdown` prints docs/options.md; no argument, the help."""
-    print(markdown() if args == ["--markdown"] else format_help())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

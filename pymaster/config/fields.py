@@ -1,0 +1,125 @@
+"""The typed options of a Config: one attribute per option of the table.
+
+Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields`;
+do not edit by hand (a test checks that it is current).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Options:
+    """Every option, with the type and default the table declares."""
+
+    ini: list[str] = field(default_factory=list)
+    strict: bool = False
+    show_config: bool = False
+    help: bool = False
+    version: bool = False
+    set: list[str] = field(default_factory=list)
+    set_placeholder: list[str] = field(default_factory=list)
+    socket: list[str] = field(default_factory=list)
+    http_socket: list[str] = field(default_factory=list)
+    listen: int = 100
+    buffer_size: int = 4096
+    chmod_socket: str | None = None
+    socket_timeout: int = 4
+    uid: str | None = None
+    gid: str | None = None
+    http_keepalive: int = 5
+    limit_post: int = 0
+    post_buffering: int = 0
+    max_vars: int = 64
+    thunder_lock: bool = False
+    wsgi_file: str | None = None
+    module: str | None = None
+    callable: str = "application"
+    pythonpath: list[str] = field(default_factory=list)
+    home: str | None = None
+    psgi: str | None = None
+    perl_local_lib: str | None = None
+    plackup_opt: list[str] = field(default_factory=list)
+    chdir: str | None = None
+    env: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)
+    plugin_dir: str | None = None
+    lazy_apps: bool = False
+    lazy: bool = False
+    need_app: bool = False
+    enable_threads: bool = False
+    single_interpreter: bool = False
+    master: bool = False
+    processes: int = 1
+    pidfile: str | None = None
+    vacuum: bool = False
+    die_on_term: bool = False
+    daemonize: str | None = None
+    harakiri: int = 0
+    max_requests: int = 0
+    max_requests_delta: int = 0
+    min_worker_lifetime: int = 10
+    max_worker_lifetime: int = 0
+    max_worker_lifetime_delta: int = 0
+    worker_reload_mercy: int = 60
+    reload_mercy: int | None = None
+    reload_on_rss: int = 0
+    evil_reload_on_rss: int = 0
+    forkbomb_delay: int = 2
+    check_interval: int = 1
+    master_fifo: list[str] = field(default_factory=list)
+    touch_reload: list[str] = field(default_factory=list)
+    touch_workers_reload: list[str] = field(default_factory=list)
+    touch_chain_reload: list[str] = field(default_factory=list)
+    reload: str | None = None
+    stop: str | None = None
+    cheaper: int = 0
+    cheaper_initial: int | None = None
+    cheaper_step: int = 1
+    cheaper_overload: int = 3
+    cheaper_algo: str = "spare"
+    cheaper_busyness_max: int = 50
+    cheaper_busyness_min: int = 25
+    disable_logging: bool = False
+    logto: str | None = None
+    log_micros: bool = False
+    memory_report: bool = False
+    log_x_forwarded_for: bool = False
+    log_4xx: bool = False
+    log_5xx: bool = False
+    log_slow: int = 0
+    logformat: str | None = None
+    auto_procname: bool = False
+    procname_prefix: str | None = None
+    procname_prefix_spaced: str | None = None
+    procname_append: str | None = None
+    procname: str | None = None
+    procname_master: str | None = None
+    stats: str | None = None
+    stats_http: bool = False
+    stats_minified: bool = False
+    subscribe_to: list[str] = field(default_factory=list)
+    subscribe2: list[str] = field(default_factory=list)
+    subscribe_freq: int = 10
+    subscription_tolerance: int = 17
+    weight: int = 0
+    auto_weight: bool = False
+    subscribe_with_modifier1: int | None = None
+    unsubscribe_on_graceful_reload: bool = False
+    start_unsubscribed: bool = False
+    subscription_notify_socket: str | None = None
+    subscriptions_sign_secret: str | None = None
+    subscription_allow: list[str] = field(default_factory=list)
+    fastrouter: list[str] = field(default_factory=list)
+    fastrouter_subscription_server: list[str] = field(default_factory=list)
+    fastrouter_to: list[str] = field(default_factory=list)
+    fastrouter_timeout: int = 60
+    fastrouter_processes: int = 1
+    fastrouter_stats: str | None = None
+    fastrouter_events: int = 64
+    http: list[str] = field(default_factory=list)
+    http_to: list[str] = field(default_factory=list)
+    http_timeout: int = 60
+    http_processes: int = 1
+    static_map: list[str] = field(default_factory=list)
