@@ -3,7 +3,8 @@
 Addresses follow `pymaster.protocols.address` (`host:port`, `:port`, `*:port`, `[v6]:port`,
 a unix path, `@name`); binding resolves names there too. Kinds: `uwsgi` and `http` (the
 workers'), `fastrouter`, `subscription` (UDP or unix datagram) and `fastrouter-stats` (the
-routers'), `stats` (the master's own, see control.py). Inherited sockets arrive the systemd
+routers'), `relay` (unix datagram sockets between router processes, see gateways.py) and
+`stats` (the master's own, see control.py). Inherited sockets arrive the systemd
 way: LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds.
 """
 
@@ -23,7 +24,7 @@ from pymaster.protocols.address import parse as parse_text
 
 SD_LISTEN_FDS_START = 3
 ACTIVATED = "sd-"  # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
-DATAGRAM_KINDS = ("subscription",)
+DATAGRAM_KINDS = ("subscription", "relay")
 
 
 class SocketError(Exception):
@@ -52,7 +53,8 @@ class Listener:
     """One configured listening socket: its name as given, kind and the bound socket."""
 
     name: str
-    kind: str  # "uwsgi" | "http" | "fastrouter" | "subscription" | "fastrouter-stats" | "stats"
+    # "uwsgi" | "http" | "fastrouter" | "subscription" | "fastrouter-stats" | "stats" | "relay"
+    kind: str
     family: int = socket.AF_INET
     address: SockAddr = ""
     sock: socket.socket | None = None

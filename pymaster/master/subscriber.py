@@ -43,8 +43,7 @@ class Subscriber:
         self.cfg = cfg
         self.cores = max(1, cores)
         self.load = 0
-        # uWSGI 2.0.21 divides by --subscribe-freq (0 is a SIGFPE there): 0 means every second
-        self.freq = max(1, cfg.subscribe_freq)
+        self.freq = cfg.subscribe_freq  # >= 1 (the table refuses 0: uWSGI divides by it)
         self.weight = self.cores if cfg.auto_weight else cfg.weight
         self.notify: str | None = cfg.subscription_notify_socket
         self.secret = None
@@ -55,12 +54,8 @@ class Subscriber:
             self.targets.append(parse_subscribe_to(value, default_address, own_sockets))
         for value in cfg.subscribe2:
             self.targets.append(parse_subscribe2(value, default_address, own_sockets))
-        if cfg.subscribe_with_modifier1 is not None:  # as uWSGI, 0 forces 0 too
-            forced = cfg.subscribe_with_modifier1
-            if forced > 255:
-                raise SubscriptionError(
-                    f"invalid --subscribe-with-modifier1 {forced} (expected an integer 0-255)"
-                )
+        forced = cfg.subscribe_with_modifier1  # 0-255 (the table checks it)
+        if forced is not None:  # as uWSGI (it tests the string), 0 forces 0 too
             self.targets = [replace(t, modifier1=forced) for t in self.targets]
         self.paused = cfg.start_unsubscribed
         self.started = False

@@ -4,10 +4,12 @@
 Wire format (byte-compatible with uWSGI 2.0.21): header `e0 <u16le size> <cmd>` with cmd 0 =
 subscribe/heartbeat, 1 = unsubscribe, then the vars `key`, `address`, `modifier1`,
 `modifier2`, `cores`, `load`, `weight` in that order, then optionally `sni_*`, `notify`,
-and when signing `unix` and `sign` (last). See docs/subscriptions.md.
+and when signing `unix` and `sign` (last). See docs/subscriptions.md. Subscription servers
+are addresses of `pymaster.protocols.address`, checked here and kept as written.
 
 Pure functions over bytes and strings; nothing here does I/O except `read_secret` and
-`expand_keys_file`. Bad input raises `SubscriptionError` with a message naming the thing.
+`expand_keys_file` (which raises OSError for an unreadable keys file). Bad input raises
+`SubscriptionError` with a message naming the thing.
 """
 
 from __future__ import annotations
@@ -408,8 +410,14 @@ def verify(ann: Announcement, secret: bytes, now: float, tolerance: float) -> st
 
 def read_secret(path: str) -> bytes:
     """The signing secret: the file's bytes without surrounding whitespace."""
-    with open(path, "rb") as fh:
-        secret = fh.read().strip()
+    try:
+        with open(path, "rb") as fh:
+            secret = fh.read().strip()
+    except OSError as exc:
+        raise SubscriptionError(
+            f"cannot read the subscription secret file '{path}' "
+            f"(--subscriptions-sign-secret): {exc.strerror}"
+        ) from None
     if len(secret) < 16:
         raise SubscriptionError(
             f"subscription secret in {path} is too short "
