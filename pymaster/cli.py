@@ -317,6 +317,8 @@ def _run_master(
     arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
     for i in range(processes):
         child = arbiter.add("worker", arbiter.worker_target)
+        if child is None:  # the scoreboard is sized for `processes`: cannot happen at start
+            raise StartupError(f"no scoreboard slot for worker {i + 1}")
         child.cheaped = i >= arbiter.cheaper.initial
     from pymaster.master import gateways
 

@@ -1,6 +1,6 @@
 """The typed options of a Config: one attribute per option of the table.
 
-Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields`;
+Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields` (into a temporary file, then moved here);
 do not edit by hand (a test checks that it is current).
 """
 

@@ -276,8 +276,8 @@ CHEAPER = _section(
         "cheaper", "int", 0, "keep at least N workers and spawn more under load", force_master=True
     ),
     opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
-    opt("cheaper-step", "int", 1, "workers spawned at a time", minimum=1),
-    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=1),
+    opt("cheaper-step", "int", 1, "workers spawned at a time", zero=1),
+    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=0),
     opt(
         "cheaper-algo",
         "str",

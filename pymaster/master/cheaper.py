@@ -5,9 +5,10 @@ tick the algorithm reads the scoreboard and returns +n (wake up to n cheaped slo
 (cheap the idle worker with the highest number). Cheaped slots keep their number.
 
 Zero values follow uWSGI 2.0: `--cheaper 0` disables the cheaper, `--cheaper-initial 0`
-starts `--cheaper` workers, `--cheaper-step 0` acts as 1, `--cheaper-busyness-max 0` and
-`--cheaper-busyness-min 0` mean their defaults, `--cheaper-overload 0` is honoured (see the
-algorithms for what it does to each).
+starts `--cheaper` workers; `--cheaper-step 0` (acts as 1 in uWSGI's spawn loops),
+`--cheaper-busyness-max 0` and `--cheaper-busyness-min 0` (their defaults) are mapped by the
+option table (`zero=`) at parse time; `--cheaper-overload 0` is honoured (uWSGI divides by it
+in spare and busyness; see the algorithms for what it does to each here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pymaster.config.table import BY_KEY
 from pymaster.log import log
 from pymaster.workers import scoreboard as sb
 
@@ -25,17 +25,6 @@ if TYPE_CHECKING:
     from pymaster.master.arbiter import Arbiter, Child
 
 BUSYNESS_MULTIPLIER = 10  # uWSGI's --cheaper-busyness-multiplier default
-
-
-def zero_means_default(value: int, option: str) -> int:
-    """The value, or the option's table default when it is 0.
-
-    Only for the options uWSGI itself reads 0 as "not set": `--cheaper-busyness-max` and
-    `--cheaper-busyness-min` (plugins/cheaper_busyness/cheaper_busyness.c, "set defaults").
-    """
-    default = BY_KEY[option].default
-    assert isinstance(default, int)
-    return value if value != 0 else default
 
 
 class Cheaper:
@@ -48,12 +37,11 @@ class Cheaper:
         self.initial = (
             min(max(initial, self.minimum), self.maximum) if self.enabled else self.maximum
         )
-        # uWSGI's spawn loops stop at the first cheaped slot when the step is 0: it acts as 1
-        self.step_size = max(1, cfg.cheaper_step)
+        self.step_size = cfg.cheaper_step  # never 0: the table maps 0 to 1, as uWSGI acts
         self.overload = cfg.cheaper_overload
         self.algo = cfg.cheaper_algo if self.enabled else "none"
-        self.busy_max = zero_means_default(cfg.cheaper_busyness_max, "cheaper-busyness-max")
-        self.busy_min = zero_means_default(cfg.cheaper_busyness_min, "cheaper-busyness-min")
+        self.busy_max = cfg.cheaper_busyness_max  # 0 -> 50 and 0 -> 25 by the table
+        self.busy_min = cfg.cheaper_busyness_min
         self.overload_cycles = 0
         self.idle_cycles = 0
         self.last_running: dict[int, float] = {}
