@@ -21,6 +21,8 @@ from pymaster.config.table import OPTIONS
 from pymaster.log import log
 from pymaster.master import privileges, sockets
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
+from pymaster.protocols.address import AddressError
+from pymaster.protocols.subscription import SubscriptionError
 from pymaster.workers.contract import EXIT_FAILED_APP
 from pymaster.workers.scoreboard import Scoreboard
 from pymaster.workers.wsgi.worker import Worker  # imported before fork (and before --uid)
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log(str(exc))
         return exc.code
-    except (sockets.SocketError, privileges.PrivilegeError) as exc:
-        log(f"pymaster: {exc}")
+    except (sockets.SocketError, privileges.PrivilegeError, AddressError, SubscriptionError) as exc:
+        log(f"pymaster: {exc}")  # a bad address, subscription or router setting: named in exc
         return 1
 
 
@@ -142,10 +144,14 @@ def _apply_environment(cfg: Config) -> None:
 
 
 def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
+    """(kind, address) of every socket the master binds: the workers' and the routers'."""
     specs = [("uwsgi", s) for s in cfg.socket]
     specs += [("http", s) for s in cfg.http_socket + cfg.http11_socket]
-    specs += [("fastrouter", s) for s in cfg.fastrouter]
-    specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
+    if cfg.fastrouter:
+        specs += [("fastrouter", s) for s in cfg.fastrouter]
+        specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
+        if cfg.fastrouter_stats is not None:
+            specs.append(("fastrouter-stats", cfg.fastrouter_stats))
     return specs
 
 
@@ -213,6 +219,10 @@ def run(cfg: Config) -> int:
         app_configured and "LISTEN_FDS" in os.environ
     )
     has_gateway = bool(cfg.fastrouter)
+    if not has_gateway:
+        for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
+            if cfg.is_set(name):
+                log(f"option --{name} has no effect without --fastrouter")
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError(
             "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
