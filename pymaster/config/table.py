@@ -243,6 +243,23 @@ APPLICATIONS = _section(
         inert="there is one interpreter per process",
     ),
     opt(
+        "mount",
+        "list",
+        help="load another app under a mountpoint, `MOUNTPOINT=APP` (APP: a .py/.wsgi file or "
+        "`module[:callable]`); the request's SCRIPT_NAME (or UWSGI_APPID) picks the app",
+        metavar="MOUNTPOINT=APP",
+    ),
+    opt(
+        "manage-script-name",
+        "bool",
+        help="set SCRIPT_NAME from the longest mountpoint that prefixes PATH_INFO (cut from it)",
+    ),
+    opt(
+        "no-default-app",
+        "bool",
+        help="a request no mountpoint matches gets a 500 instead of the first app",
+    ),
+    opt(
         "wsgi-env-behaviour/wsgi-env-behavior",
         "str",
         help="uWSGI's environ reuse between requests (`cheat` or `holy`)",
