@@ -176,10 +176,11 @@ def _load_app(cfg: Config) -> Callable | None:
         raise StartupError(
             f"{exc}\n*** no app loaded. GAME OVER ***", EXIT_FAILED_APP if cfg.need_app else 1
         ) from None
-    log(
-        f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
-        f"on interpreter pid: {os.getpid()} (default app)"
-    )
+    if not cfg.mount:  # with mounts, load_app logs each app in order
+        log(
+            f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+            f"on interpreter pid: {os.getpid()} (default app)"
+        )
     return app
 
 
@@ -214,7 +215,12 @@ def run(cfg: Config) -> int:
     log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)
+    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount)
+    if cfg.psgi and cfg.mount:
+        raise StartupError(
+            "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
+            "Plack::Builder's `mount` (one --psgi app per instance)"
+        )
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
         app_configured and "LISTEN_FDS" in os.environ
     )
