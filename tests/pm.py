@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,18 +29,13 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 class Pymaster:
-    """A real `python -m pymaster` process with its log in a file. Unless `env` names one,
-    it gets a private $PYMASTER_RUNTIME_DIR (a fastrouter's state directory goes there, not
-    in /tmp), removed by `stop()`; short, as it holds unix sockets."""
+    """A real `python -m pymaster` process with its log in a file."""
 
     def __init__(self, args, tmp_path, env=None, cwd=None):
         self.args = [str(a) for a in args]
         self.logpath = Path(tmp_path) / f"pymaster-{time.monotonic_ns()}.log"
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
-        self.rundir = None
-        if not (env or {}).get("PYMASTER_RUNTIME_DIR"):
-            self.rundir = full_env["PYMASTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pm-run-")
         self._log = open(self.logpath, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "pymaster", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT,
@@ -107,8 +100,6 @@ class Pymaster:
                 except psutil.NoSuchProcess:
                     pass
         self._log.close()
-        if self.rundir is not None:
-            shutil.rmtree(self.rundir, ignore_errors=True)
 
     def __enter__(self):
         return self
