@@ -341,7 +341,7 @@ def _run_master(
     try:
         code = arbiter.run()
     finally:
-        for closer in getattr(arbiter, "closers", []):
+        for closer in arbiter.closers:
             closer()
     if cfg.vacuum:
         if cfg.pidfile:
@@ -358,7 +358,6 @@ def _attach_control(arbiter: Arbiter, cfg: Config) -> None:
     """Master FIFO, stats server and touch files, as configured."""
     from pymaster.master import checks, control
 
-    arbiter.closers = []
     if cfg.master_fifo:
         fifo = control.MasterFifo(list(cfg.master_fifo), arbiter)
         arbiter.closers.append(fifo.close)

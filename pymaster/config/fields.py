@@ -131,6 +131,7 @@ class Options:
     fastrouter_subscription_server: list[str] = field(default_factory=list)
     fastrouter_to: list[str] = field(default_factory=list)
     fastrouter_timeout: int = 60
+    fastrouter_connect_timeout: int = 3
     fastrouter_processes: int = 1
     fastrouter_stats: str | None = None
     fastrouter_events: int = 64

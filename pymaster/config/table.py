@@ -538,6 +538,13 @@ FASTROUTER = _section(
     opt("fastrouter-to", "list", help="static backend node (round robin)", metavar="ADDR"),
     opt("fastrouter-timeout", "int", 60, "seconds before a client or backend is dropped", zero=60),
     opt(
+        "fastrouter-connect-timeout",
+        "int",
+        3,
+        "seconds a connect to a node may take before it is marked failed and the next node "
+        "is tried (pymaster; 0: --fastrouter-timeout, as uWSGI)",
+    ),
+    opt(
         "fastrouter-processes/fastrouter-workers",
         "int",
         1,
