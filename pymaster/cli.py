@@ -224,6 +224,7 @@ def run(cfg: Config) -> int:
         )
     master = _needs_master(cfg, has_gateway)
     privileges.check_backlog(cfg.listen)
+    privileges.check(cfg.uid, cfg.gid)  # refused before anything is bound or written
     listeners = sockets.setup(specs, cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded)
     log(f"your server socket listen backlog is limited to {cfg.listen} connections")
     if cfg.pidfile and not reloaded:
