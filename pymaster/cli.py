@@ -17,13 +17,13 @@ from pymaster import __version__, procname
 from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.log import log
-from pymaster.master import privileges, sockets
+from pymaster.master import privileges, sockets, vacuum
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.workers.contract import EXIT_FAILED_APP
 from pymaster.workers.scoreboard import Scoreboard
 from pymaster.workers.wsgi.worker import Worker  # imported before fork (and before --uid)
 
-INTERNAL_ENV = (RELOADS_ENV, "UWSGI_ORIGINAL_PROC_NAME", "UWSGI_VASSALS_DIR")
+INTERNAL_ENV = (RELOADS_ENV, "UWSGI_ORIGINAL_PROC_NAME", "UWSGI_VASSALS_DIR", vacuum.INODES_ENV)
 MIN_SLOTS = 64
 
 
@@ -226,6 +226,7 @@ def run(cfg: Config) -> int:
     privileges.check_backlog(cfg.listen)
     privileges.check(cfg.uid, cfg.gid)  # refused before anything is bound or written
     listeners = sockets.setup(specs, cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded)
+    owned = vacuum.Owned.at_start(listeners, vacuum.inherited_record() if reloaded else None)
     log(f"your server socket listen backlog is limited to {cfg.listen} connections")
     if cfg.pidfile and not reloaded:
         log(f"writing pidfile to {cfg.pidfile}")
@@ -242,7 +243,7 @@ def run(cfg: Config) -> int:
     scoreboard = Scoreboard(max(MIN_SLOTS, processes * 2))
     if not master:
         return _run_single(cfg, listeners, app, scoreboard)
-    return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
+    return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded, owned)
 
 
 def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
@@ -282,9 +283,17 @@ def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
 
 
 def _run_master(
-    cfg: Config, listeners, app, scoreboard, processes: int, start_cwd: str, reloaded: bool
+    cfg: Config,
+    listeners,
+    app,
+    scoreboard,
+    processes: int,
+    start_cwd: str,
+    reloaded: bool,
+    owned: vacuum.Owned,
 ) -> int:
     arbiter = Arbiter(cfg, listeners, scoreboard)
+    arbiter.before_exec.append(owned.to_environ)
     problem = arbiter.cheaper.validate()
     if problem:
         raise StartupError(problem)
@@ -322,12 +331,8 @@ def _run_master(
             closer()
     if cfg.vacuum:
         if cfg.pidfile:
-            try:
-                os.unlink(cfg.pidfile)
-                log("VACUUM: pidfile removed.")
-            except OSError:
-                pass
-        sockets.remove_unix(listeners)
+            vacuum.remove_pidfile(cfg.pidfile, os.getpid())
+        owned.remove_sockets()
     return code
 
 

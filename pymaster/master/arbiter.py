@@ -205,6 +205,7 @@ class Arbiter:
         self.on_stop: list[Callable[[bool], None]] = []  # arg: True for a graceful reload
         self.on_pause: list[Callable[[bool], None]] = []  # arg: True when pausing
         self.closers: list[Callable[[], None]] = []  # run once the loop is over
+        self.before_exec: list[Callable[[dict[str, str]], None]] = []  # add to the new env
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0
         # as uWSGI, 0 is no mercy at all: a cursed worker is killed at the next check
@@ -737,6 +738,8 @@ class Arbiter:
         for i, lst in enumerate(self.listeners):
             log(f"found fd {sockets.SD_LISTEN_FDS_START + i} mapped to socket {i} ({lst.name})")
         env[RELOADS_ENV] = str(int(env.get(RELOADS_ENV, "0")) + 1)
+        for hook in self.before_exec:
+            hook(env)
         argv = [sys.executable, "-m", "pymaster", *self.cfg.argv]
         log(f"running {sys.executable} -m pymaster")
         hold_signals()  # the mask survives exec: nothing is lost
