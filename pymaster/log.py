@@ -26,6 +26,12 @@ def setup(logto: str | None = None) -> None:
     sys.stderr.flush()
 
 
+def quiet() -> None:
+    """Drop every line from now on (the reload check reports only its verdict, on stderr)."""
+    global _fd
+    _fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
 def log(msg: str) -> None:
     data = (msg if msg.endswith("\n") else msg + "\n").encode("utf-8", "backslashreplace")
     try:

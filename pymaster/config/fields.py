@@ -67,6 +67,7 @@ class Options:
     pidfile: str | None = None
     vacuum: bool = False
     die_on_term: bool = False
+    no_reload_check: bool = False
     daemonize: str | None = None
     harakiri: int = 0
     max_requests: int = 0

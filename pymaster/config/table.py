@@ -302,6 +302,12 @@ MASTER = _section(
     opt("vacuum", "bool", help="remove the pidfile and UNIX sockets at exit"),
     opt("die-on-term", "bool", help="SIGTERM shuts down (pymaster does this anyway)"),
     opt(
+        "no-reload-check",
+        "bool",
+        help="reload without first checking, in a child process, that the new configuration "
+        "and app load (a broken app then leaves the master with its sockets and no workers)",
+    ),
+    opt(
         "daemonize/-d",
         "str",
         help="detach from the terminal and log to LOGFILE (under systemd, don't)",
