@@ -228,7 +228,7 @@ class Call:
     def _status_code(self) -> int:
         if self.status is None or self.headers is None:
             raise WsgiError("the app returned or wrote a body before calling start_response()")
-        return self._status_code()
+        return int(self.status[:3])
 
     def _head(self, length):
         code = self._status_code()
