@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pymaster import __version__, procname
 from pymaster import log as logmod
 from pymaster.config import Config
+from pymaster.config.table import OPTIONS
 from pymaster.log import log
 from pymaster.master import privileges, sockets
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
@@ -96,37 +98,33 @@ def _daemonize() -> bool:
     return False
 
 
-# uWSGI options pymaster takes so that configs keep working, but that change nothing here
-INERT = (
-    "post-buffering",
-    "reload-mercy",
-    "fastrouter-events",
-    "thunder-lock",
-    "max-vars",
-    "single-interpreter",
-    "enable-threads",
-    "plugin-dir",
-    "http-timeout",
-    "http-processes",
-)
-# uWSGI features a config may ask for that pymaster does not have: refuse rather than ignore
-NOT_BUILT = {
-    "http": "uWSGI's HTTP router",
-    "http-to": "uWSGI's HTTP router",
-    "static-map": "uWSGI's static file mapping",
-}
+def _stdin_to_devnull() -> None:
+    """uWSGI reopens stdin on /dev/null unless --honour-stdin: an app reading stdin must not
+    steal the terminal (or block on it)."""
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError as exc:
+        log(f"WARNING: unable to remap stdin, /dev/null not available: {exc.strerror}")
+        return
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
 
 
 def _check_unsupported(cfg: Config) -> None:
-    for name, what in NOT_BUILT.items():
-        if cfg.is_set(name):
+    """The fates the table declares: a refused option stops the start with what to use
+    instead; an inert one is logged once with why it changes nothing here."""
+    for option in OPTIONS:
+        if option.refused and cfg.is_set(option.name):
             raise StartupError(
-                f"--{name}: {what} is not part of pymaster; put nginx (or the "
-                f"seed's Plack frontend) in front, or serve with --http-socket"
+                f"--{option.name}: {option.help} is not part of pymaster; {option.refused}"
             )
-    for name in INERT:
-        if cfg.is_set(name):
-            log(f"option --{name} is accepted for uWSGI compatibility and has no effect")
+    for option in OPTIONS:
+        if option.inert and cfg.is_set(option.name):
+            log(
+                f"option --{option.name} is accepted for uWSGI compatibility and has no effect: "
+                f"{option.inert}"
+            )
 
 
 def _apply_environment(cfg: Config) -> None:
@@ -145,7 +143,7 @@ def _apply_environment(cfg: Config) -> None:
 
 def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
     specs = [("uwsgi", s) for s in cfg.socket]
-    specs += [("http", s) for s in cfg.http_socket]
+    specs += [("http", s) for s in cfg.http_socket + cfg.http11_socket]
     specs += [("fastrouter", s) for s in cfg.fastrouter]
     specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
     return specs
@@ -203,10 +201,17 @@ def run(cfg: Config) -> int:
         log(f"[pymaster] getting INI configuration from {path}")
     start_cwd = os.getcwd()
     _check_unsupported(cfg)
+    if cfg.umask is not None:
+        privileges.set_umask(cfg.umask)
+    if not cfg.honour_stdin and not reloaded:
+        _stdin_to_devnull()
+    log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
     app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)
-    has_app = bool(cfg.socket or cfg.http_socket) or (app_configured and "LISTEN_FDS" in os.environ)
+    has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
+        app_configured and "LISTEN_FDS" in os.environ
+    )
     has_gateway = bool(cfg.fastrouter)
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError(
@@ -225,6 +230,9 @@ def run(cfg: Config) -> int:
     master = _needs_master(cfg, has_gateway)
     privileges.check_backlog(cfg.listen)
     listeners = sockets.setup(specs, cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded)
+    if cfg.chown_socket and not reloaded:
+        unix = [lst.name for lst in listeners if lst.family == socket.AF_UNIX and not lst.inherited]
+        privileges.chown_sockets(cfg.chown_socket, [p for p in unix if not p.startswith("@")])
     log(f"your server socket listen backlog is limited to {cfg.listen} connections")
     if cfg.pidfile and not reloaded:
         log(f"writing pidfile to {cfg.pidfile}")
@@ -307,6 +315,8 @@ def _run_master(
     arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
     for i in range(processes):
         child = arbiter.add("worker", arbiter.worker_target)
+        if child is None:  # the scoreboard is sized for `processes`: cannot happen at start
+            raise StartupError(f"no scoreboard slot for worker {i + 1}")
         child.cheaped = i >= arbiter.cheaper.initial
     from pymaster.master import gateways
 

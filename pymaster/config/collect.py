@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import glob
+import os
 import re
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import configargparse
@@ -41,6 +44,11 @@ class Entry:
     value: str | None
     origin: str
     placeholder: bool = False  # from --set-placeholder: never an unknown directive
+    warnings: list[str] = field(default_factory=list)  # found while converting its value
+
+
+def _at(origin: str) -> str:
+    return "" if origin == COMMAND_LINE else f" in {origin}"
 
 
 def _split_assignment(value: str | None, option: Option) -> tuple[str, str]:
@@ -50,17 +58,43 @@ def _split_assignment(value: str | None, option: Option) -> tuple[str, str]:
     return key, rest
 
 
-class Collector:
-    """Builds the ordered pair list; expands `ini`, `set` and `set-placeholder` as they come."""
+# uWSGI's option logic (core/config.c): a key of LOGIC opens a block; every following key up to
+# one of LOGIC_END is collected only if the condition holds (once per item for the loops), with
+# `%(_)` replaced by the tested value or the item. `else` applies its block when the previous
+# condition failed. Blocks do not nest.
+LOGIC = frozenset(
+    {
+        "if-env", "ifenv", "if-not-env", "if-exists", "ifexists", "if-not-exists",
+        "if-file", "if-not-file", "if-dir", "ifdir", "if-directory", "if-not-dir",
+        "if-opt", "if-not-opt", "if-reload", "if-not-reload", "if-hostname", "if-not-hostname",
+        "for", "for-glob", "for-times", "for-readline", "else",
+    }
+)  # fmt: skip
+LOGIC_END = frozenset({"end", "endif", "end-if", "endfor", "end-for"})
+CURRENT = "%(_)"
 
-    def __init__(self):
+
+class Collector:
+    """Builds the ordered pair list; expands `ini`, `set` and `set-placeholder` as they come,
+    and runs uWSGI's option logic (`if-*`, `for*`, `else`, `endif`) while collecting."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
         self.entries: list[Entry] = []
         self.ini_files: list[str] = []
         self.warnings: list[str] = []
         self.magic = MagicContext()
         self.depth = 0
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.logic: tuple[str, str, str] | None = None  # (key, argument, origin) of the block
+        self.logic_failed = False
 
     def add_option(self, option: Option, value: str | None, origin: str, key: str = "") -> None:
+        if self.logic is not None:
+            self._in_block(key or option.name, value, origin)
+            return
+        self._add_option(option, value, origin, key)
+
+    def _add_option(self, option: Option, value: str | None, origin: str, key: str = "") -> None:
         self.entries.append(Entry(key or option.name, option, value, origin))
         if option.name == "ini":
             self.load_ini(value or "")
@@ -76,11 +110,95 @@ class Collector:
 
     def add_key(self, key: str, value: str | None, origin: str) -> None:
         """A key from an INI file, `--set` or the environment: an option, else a placeholder."""
+        if key in LOGIC_END:
+            self.logic, self.logic_failed = None, False
+            return
+        if key in LOGIC:
+            self._open_block(key, value, origin)
+            return
+        if self.logic is not None:
+            self._in_block(key, value, origin)
+            return
+        self._store(key, value, origin)
+
+    def _store(self, key: str, value: str | None, origin: str) -> None:
         option = BY_KEY.get(key)
         if option is None:
             self.entries.append(Entry(key, None, value, origin))
         else:
-            self.add_option(option, value, origin, key)
+            self._add_option(option, value, origin, key)
+
+    # -- option logic ---------------------------------------------------------------------
+    def _open_block(self, key: str, value: str | None, origin: str) -> None:
+        if key == "else":
+            self.logic = None  # like endif, but the failed state of the `if` is kept
+        elif self.logic is not None:
+            raise ConfigError(
+                f"recursive logic in options is not supported (option = {key}{_at(origin)}): "
+                f"close the '{self.logic[0]}' block with endif/endfor first"
+            )
+        else:
+            self.logic_failed = False
+        self.logic = (key, value or "", origin)
+
+    def _in_block(self, key: str, value: str | None, origin: str) -> None:
+        assert self.logic is not None
+        kind, arg, where = self.logic
+        items = self._logic_items(kind, arg, where)
+        if kind != "else":
+            self.logic_failed = items is None
+        for item in items or ():
+            self._store(key, None if value is None else value.replace(CURRENT, item), origin)
+
+    def _logic_items(self, kind: str, arg: str, origin: str) -> list[str] | None:
+        """The values `%(_)` takes for one key of the block (one for a condition that holds,
+        one per item for a loop), or None when the condition fails."""
+        name, eq, want = arg.partition("=")
+        if kind in ("if-env", "ifenv", "if-not-env"):
+            got = self.environ.get(name)
+            holds = got is not None and (not eq or got == want)
+            if kind == "if-not-env":
+                return [got or ""] if not holds else None
+            return [got] if holds and got is not None else None
+        if kind in ("if-opt", "if-not-opt"):
+            found = next((e.value or "" for e in self.entries if e.key == name), None)
+            holds = found is not None and (not eq or found == want)
+            if kind == "if-not-opt":
+                return [found or ""] if not holds else None
+            return [found] if holds and found is not None else None
+        tests = {
+            "exists": os.path.exists, "file": os.path.isfile, "dir": os.path.isdir,
+            "directory": os.path.isdir,
+        }  # fmt: skip
+        test = kind.removeprefix("if-not-").removeprefix("if-").removeprefix("if")
+        if test in tests:
+            return [arg] if tests[test](arg) != kind.startswith("if-not-") else None
+        if kind in ("if-reload", "if-not-reload"):
+            reloaded = "UWSGI_RELOADS" in os.environ
+            return [""] if reloaded != (kind == "if-not-reload") else None
+        if kind in ("if-hostname", "if-not-hostname"):
+            same = socket.gethostname() == arg
+            return [arg] if same != (kind == "if-not-hostname") else None
+        if kind == "else":
+            return [CURRENT] if self.logic_failed else None
+        return self._loop_items(kind, arg, origin)
+
+    def _loop_items(self, kind: str, arg: str, origin: str) -> list[str]:
+        if kind == "for":
+            return arg.split()
+        if kind == "for-glob":  # as glob(3) with GLOB_MARK | GLOB_NOCHECK
+            found = sorted(glob.glob(arg))
+            return [p + "/" if os.path.isdir(p) else p for p in found] or [arg]
+        if kind == "for-times":
+            count = int(arg) if arg.strip().isdigit() else 0
+            return [str(n) for n in range(1, count + 1)]
+        try:  # for-readline
+            with open(arg, encoding="utf-8", errors="surrogateescape") as fh:
+                return [line.rstrip("\r\n") for line in fh]
+        except OSError as exc:
+            raise ConfigError(
+                f"for-readline = {arg}{_at(origin)}: cannot read the file: {exc.strerror}"
+            ) from None
 
     def load_ini(self, spec: str) -> None:
         if self.depth >= MAX_INI_DEPTH:

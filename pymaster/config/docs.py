@@ -42,7 +42,15 @@ pymaster reads uWSGI's options the way uWSGI 2.0 does:
   given without a value is 1; a negative integer is an error.
 * Options marked **master** turn the master process on; pymaster logs which ones did.
 * An unknown command-line option is an error naming the closest known one. An unknown INI key
-  becomes a placeholder (usable as `%(key)`), unless `--strict` is given.
+  becomes a placeholder (usable as `%(key)`), unless `--strict` is given; pymaster logs it at
+  start by name (`unknown option 'KEY' (in FILE): not a pymaster option, ignored`), unless
+  the key is used as `%(KEY)` somewhere (a placeholder on purpose).
+* A number in an INI file or a `UWSGI_*` variable is read as uWSGI reads it (C's `atoi`):
+  leading digits, the rest ignored, no digits = 0; pymaster logs a warning naming the option
+  (`harakiri = 60 ; comment` is 60; `cheaper = true` is 0, rarely what was meant). On the
+  command line such a value is an error. Declared ranges are then checked: an option that
+  cannot be 0 refuses it, and where uWSGI reads 0 as its default, so does pymaster (the
+  tables below say so per option).
 * `--set KEY=VALUE` sets an option or a placeholder; `--set-placeholder KEY=VALUE` only a
   placeholder (an option name is an error).
 
@@ -52,7 +60,20 @@ pymaster reads uWSGI's options the way uWSGI 2.0 does:
 or the named one; `:SECTION` alone reads another section of the last file read, also from
 inside a file (`ini = :other`). Lines are `key = value` (both sides trimmed, values not
 unquoted); a key alone means true; lines starting with `;` or `#` are comments (no inline
-comments). A missing section is a warning, a missing file an error.
+comments, as in uWSGI). A line is split at its first `=`: `static-map /static=./x` is the
+unknown key `static-map /static` (logged), as uWSGI reads it. A missing section is a warning,
+a missing file an error.
+
+uWSGI's option logic works in INI files and `UWSGI_*` variables: `if-env = NAME[=VALUE]`,
+`if-not-env`, `if-exists = PATH`, `if-not-exists`, `if-file`, `if-not-file`, `if-dir`,
+`if-not-dir`, `if-opt = KEY[=VALUE]` (a key collected before), `if-not-opt`, `if-reload`,
+`if-not-reload`, `if-hostname`, `if-not-hostname` open a block; the keys up to `endif` (or
+`end`, `end-if`) are taken only when the condition holds, with `%(_)` replaced by the value
+tested; `else` after a block takes its keys when the condition failed. `for = a b c`,
+`for-glob = PATTERN` (no match: the pattern itself; directories get a trailing `/`),
+`for-times = N` and `for-readline = FILE` repeat each key of the block up to `endfor` (or
+`end-for`) once per item, as `%(_)`. Blocks do not nest (an error, as in uWSGI); a block left
+open is a warning.
 
 Magic variables are replaced while a file is read: `%p` its absolute path, `%d` its directory
 (with a trailing `/`), `%s` its name, `%n` the name without extension, `%e` the extension,
@@ -106,6 +127,10 @@ def _range_notes(option: Option) -> list[str]:
             notes.append(f"0 means {option.zero}, as in uWSGI")
     if option.worker:
         notes.append("read by every worker kind")
+    if option.inert:
+        notes.append(f"no effect in pymaster: {option.inert}")
+    if option.refused:
+        notes.append(f"refused by pymaster: {option.refused}")
     return notes
 
 
@@ -170,7 +195,7 @@ def fields_source() -> str:
     lines = [
         '"""The typed options of a Config: one attribute per option of the table.',
         "",
-        "Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields`;",
+        "Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields` (into a temporary file, then moved here);",
         "do not edit by hand (a test checks that it is current).",
         '"""',
         "",

@@ -1,6 +1,6 @@
 """The typed options of a Config: one attribute per option of the table.
 
-Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields`;
+Generated from `pymaster/config/table.py` by `python -m pymaster.config --fields` (into a temporary file, then moved here);
 do not edit by hand (a test checks that it is current).
 """
 
@@ -35,6 +35,10 @@ class Options:
     max_idle_connections: int = 0
     max_vars: int = 64
     thunder_lock: bool = False
+    http11_socket: list[str] = field(default_factory=list)
+    chown_socket: str | None = None
+    close_on_exec: bool = False
+    close_on_exec2: bool = False
     wsgi_file: str | None = None
     module: str | None = None
     callable: str = "application"
@@ -52,6 +56,9 @@ class Options:
     need_app: bool = False
     enable_threads: bool = False
     single_interpreter: bool = False
+    wsgi_env_behaviour: str | None = None
+    umask: str | None = None
+    honour_stdin: bool = False
     master: bool = False
     processes: int = 1
     pidfile: str | None = None
@@ -66,6 +73,10 @@ class Options:
     max_worker_lifetime_delta: int = 0
     worker_reload_mercy: int = 60
     reload_mercy: int | None = None
+    no_orphans: bool = False
+    harakiri_verbose: bool = False
+    max_fd: int | None = None
+    ksm: str | None = None
     reload_on_rss: int = 0
     evil_reload_on_rss: int = 0
     forkbomb_delay: int = 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 import socket
 import sys
 import time
@@ -14,7 +13,6 @@ from dataclasses import dataclass, field
 from pymaster import __version__
 
 DEFAULT_SECTIONS = ("uwsgi", "pymaster")
-_KEY = re.compile(r"[^\s=\[\]]+")
 
 
 class ConfigError(Exception):
@@ -162,7 +160,7 @@ def _parse_lines(text: str, label: str, wanted: tuple[str, ...]) -> tuple[str | 
             continue
         key, _, value = line.partition("=")
         key = key.strip(" \t")
-        if not _KEY.fullmatch(key):
+        if not key:
             raise ConfigError(
                 f"{label} line {number}: expected 'key = value' or '[section]', got '{line}'"
             )

@@ -27,6 +27,8 @@ MAX_BUFFER_SIZE = 65535
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _SIZE = re.compile(r"(\d+)([kmg]?)b?", re.IGNORECASE)
 _INT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_ATOI = re.compile(r"\s*([+-]?[0-9]+)")
+_REFERENCE = re.compile(r"%\(([^)\s]+)\)")
 
 
 def _where(entry: Entry) -> str:
@@ -41,11 +43,30 @@ def _option(entry: Entry) -> Option:
 
 
 def _to_int(entry: Entry, text: str) -> int:
+    if not _INT.fullmatch(text) and entry.origin != COMMAND_LINE:
+        return _in_range(entry, _atoi(entry, text), text)
     if not _INT.fullmatch(text):
         raise ConfigError(
             f"option '{_option(entry).flag}' expects an integer, got '{text}'{_where(entry)}"
         )
     return _in_range(entry, int(text), text)
+
+
+def _where_origin(origin: str) -> str:
+    return "" if origin == COMMAND_LINE else f" in {origin}"
+
+
+def _atoi(entry: Entry, text: str) -> int:
+    """A number in a config file or variable read as uWSGI reads it (C's atoi: leading digits,
+    the rest ignored, no digits = 0), with a warning: `harakiri = 60 ; comment` is 60, and
+    `cheaper = true` is 0, which is rarely what its author meant."""
+    match = _ATOI.match(text)
+    number = int(match.group(1)) if match else 0
+    entry.warnings.append(
+        f"option '{_option(entry).name}' = '{text}'{_where(entry)} is not a number: "
+        f"read as {number}, as uWSGI does"
+    )
+    return number
 
 
 def _in_range(entry: Entry, number: int, text: str) -> int:
@@ -206,27 +227,48 @@ def _strict(entries: list[Entry]) -> bool:
     return bool(values) and values[-1]
 
 
-def _apply(cfg: Config, entries: list[Entry]) -> None:
+def _apply(cfg: Config, entries: list[Entry], referenced: set[str]) -> None:
     strict = _strict(entries)
     for entry in entries:
         if entry.option is not None:
             cfg._assign(entry)
+            cfg.warnings.extend(entry.warnings)
             continue
         if strict and not entry.placeholder:
             raise ConfigError(f"[strict-mode] unknown config directive: {entry.key}")
+        if not entry.placeholder and entry.key not in referenced:
+            cfg.warnings.append(
+                f"unknown option '{entry.key}'{_where(entry)}: not a pymaster option, ignored "
+                f"(kept as a placeholder; docs/options.md lists the options)"
+            )
         cfg.placeholders.setdefault(entry.key, entry.value or "")
+
+
+def _referenced(entries: list[Entry]) -> set[str]:
+    """Names used as `%(name)` anywhere: unknown keys that are placeholders on purpose."""
+    names: set[str] = set()
+    for entry in entries:
+        names.update(_REFERENCE.findall(entry.value or ""))
+    return names
 
 
 def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
     """Parse `argv` (without the program name) and `environ` into a Config; ConfigError if bad."""
     environ = os.environ if environ is None else environ
-    collector = Collector()
+    collector = Collector(environ)
     collector.add_environ(environ)
     add_command_line(collector, list(argv))
+    if collector.logic is not None:
+        kind, arg, origin = collector.logic
+        collector.warnings.append(
+            f"the '{kind}' block ({kind} = {arg}{_where_origin(origin)}) is never closed: "
+            f"every option after it depends on it (close it with endif/endfor)"
+        )
+    referenced = _referenced(collector.entries)
     _run_passes(collector.entries, environ)
     cfg = Config(argv)
     cfg.ini_files = collector.ini_files
     cfg.warnings = collector.warnings
-    _apply(cfg, collector.entries)
+    _apply(cfg, collector.entries, referenced)
     cfg._finish()
     return cfg

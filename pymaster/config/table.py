@@ -40,6 +40,8 @@ class Option:
     maximum: int | None = None  # int/size: the largest legal value, if any
     zero: int | None = None  # int/size: 0 stands for this value, as it does in uWSGI
     worker: bool = False  # read by every kind of worker: handed to exec'd workers by name
+    inert: str = ""  # accepted, no effect in pymaster: why (logged at start when set)
+    refused: str = ""  # not in pymaster: what to use instead (an error at start when set)
 
     @property
     def env_name(self) -> str:
@@ -73,6 +75,9 @@ def opt(spec: str, kind: str, default: object = None, help: str = "", **extra) -
     elif kind == "bool":
         default = False
     return Option(name, tuple(aliases), kind, default, help, **extra)
+
+
+_NO_HTTP_ROUTER = "put nginx (or the seed's Plack frontend) in front, or serve with --http-socket"
 
 
 def _section(title: str, *options: Option, force_master: bool = False) -> list[Option]:
@@ -174,15 +179,47 @@ SOCKETS = _section(
         "connections one worker holds while no request runs on them (keep-alive waits and "
         "heads still arriving); at the limit the oldest keep-alive ones are closed and new "
         "connections wait in the listen queue for another worker. 0 = from the open files "
-        "limit (RLIMIT_NOFILE): that limit minus a quarter of it (at least 16) kept for the app (Python worker)",
+        "limit (RLIMIT_NOFILE): that limit minus a quarter of it (at least 16) kept for the "
+        "app (Python worker)",
     ),
     opt(
         "max-vars/-v",
         "int",
         64,
-        "accepted for compatibility; no effect (vars are bounded by --buffer-size)",
+        "uWSGI's limit on the number of uwsgi vars",
+        inert="vars are bounded by --buffer-size",
     ),
-    opt("thunder-lock", "bool", help="accepted for compatibility; no effect"),
+    opt(
+        "thunder-lock",
+        "bool",
+        help="uWSGI serializes accept() between workers",
+        inert="workers wait on the listeners with EPOLLEXCLUSIVE: one wakes per connection",
+    ),
+    opt(
+        "http11-socket",
+        "list",
+        help="bind an HTTP/1.1 socket served by the workers (the same as --http-socket, which "
+        "keeps connections alive already)",
+        metavar="ADDR",
+    ),
+    opt(
+        "chown-socket",
+        "str",
+        help="owner of the UNIX sockets, `USER[:GROUP]` (names or ids), set right after bind",
+        metavar="USER[:GROUP]",
+    ),
+    opt(
+        "close-on-exec",
+        "bool",
+        help="uWSGI marks its connections close-on-exec",
+        inert="Python's descriptors are close-on-exec already (PEP 446)",
+    ),
+    opt(
+        "close-on-exec2",
+        "bool",
+        help="uWSGI marks its listeners close-on-exec",
+        inert="the listeners are inherited only by the processes pymaster starts on purpose",
+    ),
 )
 
 APPLICATIONS = _section(
@@ -209,14 +246,43 @@ APPLICATIONS = _section(
         metavar="NAMES",
     ),
     opt(
-        "plugin-dir", "str", help="accepted for compatibility; plugins are built in", metavar="DIR"
+        "plugin-dir",
+        "str",
+        help="uWSGI's plugin directory",
+        metavar="DIR",
+        inert="plugins are built in",
     ),
     opt("lazy-apps", "bool", help="load the app in each worker after fork"),
     opt("lazy", "bool", help="like lazy-apps, and SIGHUP reloads only the workers"),
     opt("need-app", "bool", help="exit with code 22 when no app could be loaded"),
-    opt("enable-threads/-T", "bool", help="accepted for compatibility; Python threads always work"),
     opt(
-        "single-interpreter/-i", "bool", help="accepted for compatibility; there is one interpreter"
+        "enable-threads/-T",
+        "bool",
+        help="uWSGI enables the GIL for app threads",
+        inert="Python threads always work in pymaster",
+    ),
+    opt(
+        "single-interpreter/-i",
+        "bool",
+        help="uWSGI uses one Python interpreter",
+        inert="there is one interpreter per process",
+    ),
+    opt(
+        "wsgi-env-behaviour/wsgi-env-behavior",
+        "str",
+        help="uWSGI's environ reuse between requests (`cheat` or `holy`)",
+        inert="every request gets a fresh environ dict (uWSGI's `holy`)",
+    ),
+    opt(
+        "umask",
+        "str",
+        help="set the process umask (octal, e.g. 022) before anything is created",
+        metavar="MODE",
+    ),
+    opt(
+        "honour-stdin",
+        "bool",
+        help="keep stdin as inherited (by default it is reopened on /dev/null, as uWSGI does)",
     ),
 )
 
@@ -255,7 +321,33 @@ MASTER = _section(
     opt(
         "reload-mercy",
         "int",
-        help="accepted for compatibility; no effect (see --worker-reload-mercy)",
+        help="uWSGI's mercy for the whole reload",
+        inert="each worker gets --worker-reload-mercy; the master re-execs when all are gone",
+    ),
+    opt(
+        "no-orphans",
+        "bool",
+        help="uWSGI kills the workers when the master dies",
+        inert="pymaster's workers and gateways always die with the master",
+    ),
+    opt(
+        "harakiri-verbose",
+        "bool",
+        help="uWSGI logs more on harakiri",
+        inert="the harakiri log lines already name the request and its duration",
+    ),
+    opt(
+        "max-fd",
+        "int",
+        help="set the soft and hard limit of open files (RLIMIT_NOFILE) at start; raising the "
+        "hard limit needs root",
+    ),
+    opt(
+        "ksm",
+        "str",
+        help="uWSGI's Kernel Samepage Merging scan",
+        optional=True,
+        inert="pages are shared by forking after the app is loaded",
     ),
     opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS", worker=True),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
@@ -306,8 +398,8 @@ CHEAPER = _section(
         "cheaper", "int", 0, "keep at least N workers and spawn more under load", force_master=True
     ),
     opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
-    opt("cheaper-step", "int", 1, "workers spawned at a time", minimum=1),
-    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=1),
+    opt("cheaper-step", "int", 1, "workers spawned at a time", zero=1),
+    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=0),
     opt(
         "cheaper-algo",
         "str",
@@ -450,7 +542,13 @@ FASTROUTER = _section(
         help="serve the fastrouter stats JSON on this address",
         metavar="ADDR",
     ),
-    opt("fastrouter-events", "int", 64, "accepted for compatibility; no effect"),
+    opt(
+        "fastrouter-events",
+        "int",
+        64,
+        "uWSGI's fastrouter event queue size",
+        inert="the router's event loop has no fixed queue",
+    ),
 )
 
 HTTP_ROUTER = _section(
@@ -458,28 +556,39 @@ HTTP_ROUTER = _section(
     opt(
         "http",
         "list",
-        help="uWSGI's HTTP router: not in pymaster, refused with an error (use nginx or --http-socket)",
+        help="uWSGI's HTTP router",
         force_master=True,
         metavar="ADDR",
+        refused=_NO_HTTP_ROUTER,
     ),
     opt(
         "http-to",
         "list",
-        help="uWSGI's HTTP router backend: not in pymaster, refused with an error",
+        help="uWSGI's HTTP router backend",
         metavar="ADDR",
+        refused=_NO_HTTP_ROUTER,
     ),
     opt(
         "http-timeout",
         "int",
         60,
-        "uWSGI's HTTP router: accepted, no effect (no HTTP router in pymaster)",
+        "uWSGI's HTTP router timeout",
+        inert="pymaster has no HTTP router yet",
     ),
-    opt("http-processes/http-workers", "int", 1, "uWSGI's HTTP router: accepted, no effect"),
+    opt(
+        "http-processes/http-workers",
+        "int",
+        1,
+        "uWSGI's HTTP router processes",
+        inert="pymaster has no HTTP router yet",
+    ),
     opt(
         "static-map",
         "list",
-        help="uWSGI's static mapping: not in pymaster, refused with an error",
+        help="uWSGI's static file mapping",
         metavar="MOUNT=DIR",
+        refused="serve static files with nginx (`location /static { alias DIR; }`) or from the "
+        "app (whitenoise for Django)",
     ),
 )
 

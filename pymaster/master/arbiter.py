@@ -4,7 +4,11 @@ Signal handlers only append the signal number to a queue (plus the wakeup fd); t
 drains it and dispatches `on_SIGHUP` and friends. A tick (1 s) runs the periodic checks.
 Workers and gateways are both `Child` records; what a child runs is a callable given by the
 caller, so Python workers, Perl workers and routers are supervised the same way. Commands
-from the master FIFO arrive as `cmd_*` calls on the same loop.
+from the master FIFO arrive as `cmd_*` calls on the same loop. A chain reload in progress
+is a `ChainReload` (master/chain.py) the arbiter holds.
+
+Everything the master asks of the operating system (fork, kill, waitpid, the clocks, a
+worker's RSS, a listen queue, exec) goes through `System`; unit tests pass a fake one.
 """
 
 from __future__ import annotations
@@ -18,13 +22,21 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
+
+import psutil
 
 from pymaster import log as logmod
 from pymaster.log import log, log_verbose
-from pymaster.master import cheaper, checks, sockets
+from pymaster.master import cheaper, checks, control, sockets
+from pymaster.master.chain import ChainReload
 from pymaster.master.notify import Notifier
 from pymaster.workers import scoreboard as sb
 from pymaster.workers.contract import EXIT_FAILED_APP
+
+if TYPE_CHECKING:
+    from pymaster.config import Config
+    from pymaster.master.subscriber import Subscriber
 
 HANDLED = (
     "SIGHUP",
@@ -56,6 +68,49 @@ def release_signals() -> None:
 RELOADS_ENV = "UWSGI_RELOADS"  # as uWSGI: how many times this master re-exec'd
 
 
+class System:
+    """The operating system as the master uses it. The real one; tests pass a fake."""
+
+    def fork(self) -> int:
+        return os.fork()
+
+    def kill(self, pid: int, sig: int) -> None:
+        os.kill(pid, sig)
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        return os.waitpid(pid, options)
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def rss(self, pid: int) -> int | None:
+        """Resident set size in bytes; None when the process cannot be read."""
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            return None
+
+    def listen_queue(self, listeners: list[sockets.Listener]) -> int:
+        """Connections waiting in the backlogs of `listeners`."""
+        return sum(q for _, q in control.listen_queue(listeners))
+
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    def execve(self, path: str, argv: list[str], env: dict[str, str]) -> NoReturn:
+        os.execve(path, argv, env)
+
+
+def _no_worker_target(child: Child) -> None:
+    raise RuntimeError("the arbiter has no worker target")
+
+
 @dataclass(eq=False)
 class Child:
     """A supervised process slot: a worker (kind 'worker') or a gateway."""
@@ -84,18 +139,63 @@ class State:
     def __init__(self, mode: str = "running", graceful: bool = True, code: int = 0):
         self.mode = mode
         self.graceful = graceful
-        self.since = time.time()
         self.exit_code = code
+
+
+# -- how an exit is logged (uWSGI's wording) ------------------------------------------------
+def exit_code(status: int) -> int | None:
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+
+
+def exit_signal(status: int) -> int | None:
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+def buried_message(child: Child, now: float) -> str:
+    """A child gone while the master reloads or stops."""
+    return f"{child.title} buried after {max(1, round(now - (child.cursed_at or now)))} seconds"
+
+
+def exit_message(
+    child: Child, pid: int, code: int | None, sig: int | None, harakiri: bool, cursed: bool
+) -> str:
+    """A child gone while the master runs (it will be respawned, or its slot dropped)."""
+    if code == EXIT_FAILED_APP:
+        return f"OOPS ! failed loading app in {child.title} (pid {pid}) :( trying again..."
+    if harakiri:
+        return (
+            f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ..."
+        )
+    if cursed or code == 0:
+        return f"{child.title} killed successfully (pid: {pid})"
+    if sig is not None:
+        return (
+            f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ..."
+        )
+    return f"DAMN ! {child.title} (pid: {pid}) died :( trying respawn ..."
+
+
+def stranger_message(pid: int, status: int) -> str:
+    sig = exit_signal(status)
+    how = f"by signal {sig}" if sig is not None else f"with code {exit_code(status)}"
+    return f"subprocess {pid} exited {how}"
 
 
 class Arbiter:
     """Supervises children; callers add periodic work via `on_tick` and stop hooks."""
 
-    def __init__(self, cfg, listeners, scoreboard: sb.Scoreboard):
+    def __init__(
+        self,
+        cfg: Config,
+        listeners: list[sockets.Listener],
+        scoreboard: sb.Scoreboard,
+        system: System | None = None,
+    ):
         self.cfg = cfg
         self.listeners = listeners
         self.scoreboard = scoreboard
-        self.pid = os.getpid()
+        self.system = System() if system is None else system
+        self.pid = self.system.getpid()
         self.children: dict[int, Child] = {}  # pid -> running child
         self.slots: list[Child] = []  # every child slot, running or not
         self.queue: collections.deque[int] = collections.deque()
@@ -104,26 +204,27 @@ class Arbiter:
         self.on_tick: list[Callable[[float], None]] = []
         self.on_stop: list[Callable[[bool], None]] = []  # arg: True for a graceful reload
         self.on_pause: list[Callable[[bool], None]] = []  # arg: True when pausing
+        self.closers: list[Callable[[], None]] = []  # run once the loop is over
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0
-        self.mercy = cfg.worker_reload_mercy or 60
+        # as uWSGI, 0 is no mercy at all: a cursed worker is killed at the next check
+        self.mercy = cfg.worker_reload_mercy
         self.paused = False
         self.paused_at = 0.0
         self.pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=16)
         self.harakiri_pids: set[int] = set()
-        self.chain: list[Child] | None = None
-        self.chain_new: Child | None = None
-        self.chain_old: Child | None = None
-        self.chain_ready = False
+        self.chain: ChainReload | None = None
         self.notifier = Notifier()
         self.ready_sent = False
-        self.subscriber = None
+        self.subscriber: Subscriber | None = None
         self.start_cwd = os.getcwd()
-        self.worker_target: Callable | None = None
+        self.worker_target: Callable[[Child], None] = _no_worker_target
         self.cheaper = cheaper.Cheaper(cfg)
+        self.wake_r = -1
+        self.next_tick = 0.0
 
     # -- plumbing -----------------------------------------------------------------------
-    def _enqueue(self, signum, frame) -> None:
+    def _enqueue(self, signum: int, frame: object) -> None:
         self.queue.append(signum)
 
     def install_signals(self) -> None:
@@ -145,16 +246,19 @@ class Arbiter:
     def remove_reader(self, fd: int) -> None:
         self.readers.pop(fd, None)
 
-    @staticmethod
-    def kill(pid: int, sig: int) -> None:
+    def kill(self, pid: int, sig: int) -> None:
         if pid:
             try:
-                os.kill(pid, sig)
+                self.system.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
+    def app_listeners(self) -> list[sockets.Listener]:
+        """The sockets the workers serve (their backlog is the instance's load)."""
+        return [lst for lst in self.listeners if lst.kind in ("uwsgi", "http")]
+
     # -- children -------------------------------------------------------------------------
-    def add(self, kind: str, target, label: str = "") -> Child | None:
+    def add(self, kind: str, target: Callable[[Child], None], label: str = "") -> Child | None:
         """A new slot with the lowest free number of its kind (worker N uses scoreboard N-1);
         None when a worker would not fit in the scoreboard."""
         used = {c.number for c in self.slots if c.kind == kind}
@@ -168,19 +272,23 @@ class Arbiter:
             self.scoreboard.highest = max(self.scoreboard.highest, number)
         return child
 
+    def add_worker(self) -> Child | None:
+        return self.add("worker", self.worker_target)
+
     def spawn(self, child: Child) -> None:
         child.respawns += 1
         child.cursed_at = 0.0
         child.next_spawn = 0.0
         child.cheaped = False
         if child.kind == "worker":
-            self.scoreboard.slot(child.number - 1).reset(0, time.time())
+            self.scoreboard.slot(child.number - 1).reset(0, self.system.time())
         hold_signals()  # a signal for the child between fork and its own handlers waits
-        pid = os.fork()
+        pid = self.system.fork()
         if pid == 0:
             try:
                 self.reset_child_signals()
-                os.close(self.wake_r)
+                if self.wake_r >= 0:
+                    os.close(self.wake_r)
                 child.target(child)  # the target unblocks once it handles them
             except BaseException:
                 log(traceback.format_exc())
@@ -188,7 +296,7 @@ class Arbiter:
                 os._exit(1)
         release_signals()
         child.pid = pid
-        child.spawned_at = time.time()
+        child.spawned_at = self.system.time()
         self.children[pid] = child
         if self.paused and child.kind == "worker":
             self.kill(pid, signal.SIGSTOP)  # paused means every worker, new ones too
@@ -207,10 +315,20 @@ class Arbiter:
 
     def curse(self, child: Child, sig: int) -> None:
         """Ask a child to stop (SIGHUP: gracefully); the mercy clock starts."""
-        child.cursed_at = child.cursed_at or time.time()
+        child.cursed_at = child.cursed_at or self.system.time()
         self.kill(child.pid, sig)
 
-    def signal_children(self, sig: int, kinds=("worker",)) -> None:
+    def retire(self, child: Child, announce: bool = False) -> None:
+        """Stop a child for good: SIGHUP it, its slot goes when it exits (now if not running)."""
+        child.retiring = True
+        if child.pid:
+            if announce:
+                log(f"Gracefully killing {child.title} (pid: {child.pid})...")
+            self.curse(child, signal.SIGHUP)
+        elif child in self.slots:  # between an exit and its respawn
+            self.slots.remove(child)
+
+    def signal_children(self, sig: int, kinds: tuple[str, ...] = ("worker",)) -> None:
         for child in list(self.children.values()):
             if child.kind in kinds:
                 self.curse(child, sig)
@@ -221,38 +339,51 @@ class Arbiter:
         for child in self.slots:
             if not child.cheaped:
                 self.spawn(child)
-        next_tick = time.monotonic() + 1.0
+        self.next_tick = self.system.monotonic() + 1.0
         while True:
-            timeout = max(
-                0.0,
-                min(
-                    next_tick - time.monotonic(),
-                    0.1 if self.chain is not None or not self.ready_sent else 1.0,
-                ),
-            )
-            try:
-                ready, _, _ = select.select([self.wake_r, *self.readers], [], [], timeout)
-            except InterruptedError:
-                ready = []
-            for fd in ready:
-                if fd == self.wake_r:
-                    self._drain_wake()
-                elif fd in self.readers:
-                    self.guarded(self.readers[fd])
-            while self.queue:
-                self.guarded(self.dispatch, self.queue.popleft())
-            self.reap()
-            self.chain_step()
-            self.check_ready()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + max(1, self.cfg.check_interval or 1)
-                self.guarded(self.tick, time.time())
-            if self.state.mode != "running" and not self.children:
-                return self.finish()
+            self.wait_events()
+            code = self.cycle()
+            if code is not None:
+                return code
+
+    def wait_events(self) -> None:
+        """Sleep until a signal, a reader or the next tick (sooner while starting up or
+        chain reloading), then serve the readers."""
+        timeout = max(
+            0.0,
+            min(
+                self.next_tick - self.system.monotonic(),
+                0.1 if self.chain is not None or not self.ready_sent else 1.0,
+            ),
+        )
+        try:
+            ready, _, _ = select.select([self.wake_r, *self.readers], [], [], timeout)
+        except InterruptedError:
+            ready = []
+        for fd in ready:
+            if fd == self.wake_r:
+                self._drain_wake()
+            elif fd in self.readers:
+                self.guarded(self.readers[fd])
+
+    def cycle(self) -> int | None:
+        """One pass of the loop after a wakeup; the exit code once the master is done."""
+        while self.queue:
+            self.guarded(self.dispatch, self.queue.popleft())
+        self.reap()
+        self.chain_step()
+        self.check_ready()
+        now = self.system.monotonic()
+        if now >= self.next_tick:
+            # uWSGI too runs its checks every second when --check-interval is 0
+            self.next_tick = now + max(1, self.cfg.check_interval)
+            self.guarded(self.tick, self.system.time())
+        if self.state.mode != "running" and not self.children:
+            return self.finish()
+        return None
 
     @staticmethod
-    def guarded(fn, *args) -> None:
+    def guarded(fn: Callable[..., object], *args: object) -> None:
         """A failing command, hook or check is logged; it never takes the master down."""
         try:
             fn(*args)
@@ -303,7 +434,7 @@ class Arbiter:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = self.system.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -312,52 +443,39 @@ class Arbiter:
             if child is not None:
                 self.child_exited(child, pid, status)
             elif self.pid != 1:  # as PID 1 we reap strangers quietly
-                how = (
-                    f"by signal {os.WTERMSIG(status)}"
-                    if os.WIFSIGNALED(status)
-                    else f"with code {os.WEXITSTATUS(status)}"
-                )
-                log(f"subprocess {pid} exited {how}")
+                log(stranger_message(pid, status))
 
     def child_exited(self, child: Child, pid: int, status: int) -> None:
-        now = time.time()
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        """Log the exit, then the need-app policy, the chain's bookkeeping, the slot's fate."""
+        now = self.system.time()
+        code, sig = exit_code(status), exit_signal(status)
+        cursed = bool(child.cursed_at)
+        harakiri = pid in self.harakiri_pids
+        self.harakiri_pids.discard(pid)
         child.pid = 0
         if self.state.mode != "running":
-            log(
-                f"{child.title} buried after {max(1, round(now - (child.cursed_at or now)))} seconds"
-            )
+            log(buried_message(child, now))
             return
-        if code == EXIT_FAILED_APP:
-            log(f"OOPS ! failed loading app in {child.title} (pid {pid}) :( trying again...")
-            if self.cfg.need_app:
-                log("need-app requested, destroying the instance...")
-                self.shutdown(graceful=False, code=EXIT_FAILED_APP)
+        log(exit_message(child, pid, code, sig, harakiri, cursed))
+        if self.need_app_stops(code):
+            return
+        if self.chain is not None:
+            dropped = self.chain.on_exit(child, code, cursed)
+            self._forget_finished_chain()
+            if dropped:
                 return
-            if child is self.chain_new:
-                self.abort_chain(f"the new {child.title} failed to load the app")
-                return
-        elif pid in self.harakiri_pids:
-            self.harakiri_pids.discard(pid)
-            log(
-                f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ..."
-            )
-        elif child.cursed_at or code == 0:
-            log(f"{child.title} killed successfully (pid: {pid})")
-        elif sig is not None:
-            log(
-                f"DAMN ! {child.title} (pid: {pid}) died, killed by signal {sig} :( trying respawn ..."
-            )
-        else:
-            log(f"DAMN ! {child.title} (pid: {pid}) died :( trying respawn ...")
-        if child is self.chain_new:
-            if code == 0 and not child.cursed_at:
-                self.chain_ready = True  # it served and recycled itself: it accepted
-            else:
-                self.abort_chain(f"the new {child.title} exited before accepting")
-                if child not in self.slots:
-                    return
+        self.settle(child, now, quick=cursed or code == 0)
+
+    def need_app_stops(self, code: int | None) -> bool:
+        """Exit 22 (no app) with --need-app destroys the instance, as uWSGI; True if it did."""
+        if code != EXIT_FAILED_APP or not self.cfg.need_app:
+            return False
+        log("need-app requested, destroying the instance...")
+        self.shutdown(graceful=False, code=EXIT_FAILED_APP)
+        return True
+
+    def settle(self, child: Child, now: float, quick: bool) -> None:
+        """An exited slot: dropped (scaled down), left empty (cheaped) or respawned."""
         if child.retiring:
             if child in self.slots:
                 self.slots.remove(child)
@@ -365,14 +483,15 @@ class Arbiter:
         if child.cheaped:
             log(f"pymaster {child.title} cheaped.")
             return
-        self.schedule_respawn(child, now, quick=bool(child.cursed_at or code == 0))
+        self.schedule_respawn(child, now, quick)
 
     def schedule_respawn(self, child: Child, now: float, quick: bool) -> None:
         """Respawn now, or later when children die too fast (the fork-bomb guard).
 
         The guard never sleeps: the slot gets a due time and the loop goes on.
+        `--forkbomb-delay 0` disables it, as in uWSGI.
         """
-        delay = self.cfg.forkbomb_delay if self.cfg.forkbomb_delay is not None else 2
+        delay = self.cfg.forkbomb_delay
         recent = [t for t in self.respawn_times if now - t < 1.0]
         if not quick and delay and len(recent) >= max(1, len(self.workers())):
             child.next_spawn = max(now, self.forkbomb_until) + delay
@@ -419,7 +538,7 @@ class Arbiter:
         if self.cheaper.enabled:
             self.cheaper.manual(self, +1)
             return
-        child = self.add("worker", self.worker_target)
+        child = self.add_worker()
         if child is None:
             return
         self.cheaper.maximum += 1
@@ -440,20 +559,15 @@ class Arbiter:
                 f" (minimum {floor})"
             )
             return
-        chain = (self.chain_new, self.chain_old)
-        candidates = [c for c in live if c not in chain] or live
+        pair = self.chain.pair if self.chain is not None else ()
+        candidates = [c for c in live if c not in pair] or live
         child = max(candidates, key=lambda c: c.number)
-        if child in chain:
-            if child is self.chain_old:
-                self.chain_new = None  # its successor simply stays as a worker
-            self.abort_chain(f"{child.title} was removed by a scale-down")
-        child.retiring = True
+        if self.chain is not None:
+            self.chain.on_scale_down(child)
+            self._forget_finished_chain()
         self.cheaper.maximum = max(floor, self.cheaper.maximum - 1)
         log(f"removing {child.title} (now {len(live) - 1} workers)")
-        if child.pid:
-            self.curse(child, signal.SIGHUP)
-        else:
-            self.slots.remove(child)
+        self.retire(child)
 
     def on_SIGUSR1(self) -> None:
         total = 0
@@ -474,7 +588,7 @@ class Arbiter:
         if self.state.mode != "running":
             return
         self.paused = not self.paused
-        now = time.time()
+        now = self.system.time()
         if self.paused:
             self.paused_at = now
         else:  # stopped time does not count against harakiri
@@ -543,59 +657,24 @@ class Arbiter:
         if self.subscriber is not None:
             self.subscriber.toggle()
 
-    # -- chain reload: a new worker is accepting before its predecessor is asked to go --------
+    # -- chain reload (master/chain.py decides, the arbiter acts) ------------------------------
     def cmd_chain_reload(self) -> None:
         if self.chain is not None or self.state.mode != "running":
             return
-        log_verbose("chain reload starting...")
-        self.chain = [c for c in self.workers() if c.pid]
+        self.chain = ChainReload.start(self.workers(), self.retire)
 
     def chain_step(self) -> None:
         if self.chain is None:
             return
         if self.state.mode != "running":
             self.chain = None
-            self.chain_new = self.chain_old = None
             return
-        if self.chain_new is not None:
-            if not (self.chain_ready or self.accepting(self.chain_new)):
-                return
-            self.chain_ready = False
-            log_verbose(f"chain: {self.chain_new.title} (pid: {self.chain_new.pid}) is accepting")
-            old = self.chain_old
-            old.retiring = True
-            if old.pid:
-                log(f"Gracefully killing {old.title} (pid: {old.pid})...")
-                self.curse(old, signal.SIGHUP)
-            elif old in self.slots:  # between a recycle and its respawn
-                self.slots.remove(old)
-            self.chain_new = self.chain_old = None
-        if not self.chain:
-            self.chain = None
-            log_verbose("chain reloading complete")
-            return
-        old = self.chain.pop(0)
-        if not old.pid or old.retiring:
-            return
-        new = self.add("worker", self.worker_target)
-        if new is None:
-            self.abort_chain("no free scoreboard slot for a successor")
-            return
-        log_verbose(f"chain next victim is {old.title}")
-        self.chain_old, self.chain_new = old, new
-        self.spawn(new)
+        self.chain.step(self.accepting, self.add_worker, self.spawn)
+        self._forget_finished_chain()
 
-    def abort_chain(self, why: str) -> None:
-        log_verbose(f"chain reload aborted: {why}; the old workers keep serving")
-        new = self.chain_new
-        if new is not None and new.pid:  # still running: it leaves like a scaled-down one
-            new.retiring = True
-            self.curse(new, signal.SIGHUP)
-        elif new is not None and new in self.slots:
-            self.slots.remove(new)
-        self.chain = None
-        self.chain_new = self.chain_old = None
-        self.chain_ready = False
+    def _forget_finished_chain(self) -> None:
+        if self.chain is not None and self.chain.done:
+            self.chain = None
 
     # -- reload and shutdown --------------------------------------------------------------------
     def reload(self, graceful: bool) -> None:
@@ -604,7 +683,6 @@ class Arbiter:
         if self.paused:
             self.on_SIGTSTP()
         self.chain = None
-        self.chain_new = self.chain_old = None
         self.state = State("reloading", graceful)
         self.scoreboard.master_state = sb.MASTER_RELOADING
         self.notifier.reloading()
@@ -626,7 +704,6 @@ class Arbiter:
         if self.paused:
             self.on_SIGTSTP()
         self.chain = None
-        self.chain_new = self.chain_old = None
         self.state = State("stopping", graceful, code)
         self.scoreboard.master_state = sb.MASTER_STOPPING
         self.notifier.stopping()
@@ -639,7 +716,8 @@ class Arbiter:
         if graceful:
             sockets.refuse_new_connections(self.listeners)
         for lst in self.listeners:  # workers keep theirs to drain the backlog
-            lst.sock.close()
+            if lst.sock is not None:
+                lst.sock.close()
         self.signal_children(
             signal.SIGHUP if graceful else signal.SIGINT, kinds=tuple({c.kind for c in self.slots})
         )
@@ -653,7 +731,7 @@ class Arbiter:
     def reexec(self) -> None:
         log("binary reloading pymaster...")
         log(f"chdir() to {self.start_cwd}")
-        os.chdir(self.start_cwd)
+        self.system.chdir(self.start_cwd)
         env = dict(os.environ)
         sockets.pass_to_exec(self.listeners, env)
         for i, lst in enumerate(self.listeners):
@@ -662,4 +740,4 @@ class Arbiter:
         argv = [sys.executable, "-m", "pymaster", *self.cfg.argv]
         log(f"running {sys.executable} -m pymaster")
         hold_signals()  # the mask survives exec: nothing is lost
-        os.execve(sys.executable, argv, env)
+        self.system.execve(sys.executable, argv, env)

@@ -1,23 +1,26 @@
 """The master's periodic checks, run once a tick: harakiri, memory, lifetimes, touch files.
 
-Each check reads the scoreboard (no syscall per request) or psutil, and acts through the
-arbiter: SIGKILL for harakiri and evil-reload-on-rss, SIGHUP for max-worker-lifetime.
+Each check reads the scoreboard (no syscall per request) or a worker's RSS (through the
+arbiter's `System`), and acts through the arbiter: SIGKILL for harakiri and
+evil-reload-on-rss, SIGHUP for max-worker-lifetime. A limit of 0 disables its check.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import time
-
-import psutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pymaster.log import log, log_verbose
 from pymaster.workers import scoreboard as sb
 
+if TYPE_CHECKING:
+    from pymaster.master.arbiter import Arbiter
 
-def harakiri(arbiter, now: float) -> None:
-    limit = arbiter.cfg.harakiri or 0
+
+def harakiri(arbiter: Arbiter, now: float) -> None:
+    limit = arbiter.cfg.harakiri
     if not limit:
         return
     for child in list(arbiter.children.values()):
@@ -28,7 +31,7 @@ def harakiri(arbiter, now: float) -> None:
             continue
         if now - info["req_start"] - arbiter.paused_since(info["req_start"]) <= limit:
             continue
-        child.harakiri_count = getattr(child, "harakiri_count", 0) + 1
+        child.harakiri_count += 1
         log_verbose(
             f"*** HARAKIRI ON WORKER {child.number} (pid: {child.pid}, "
             f"try: {child.harakiri_count}) ***"
@@ -40,31 +43,27 @@ def harakiri(arbiter, now: float) -> None:
         arbiter.kill(child.pid, signal.SIGKILL)
 
 
-def evil_rss(arbiter, now: float) -> None:
-    limit = (getattr(arbiter.cfg, "evil_reload_on_rss", 0) or 0) * 1024 * 1024
+def evil_rss(arbiter: Arbiter, now: float) -> None:
+    limit = arbiter.cfg.evil_reload_on_rss * 1024 * 1024
     if not limit:
         return
     for child in list(arbiter.children.values()):
         if child.kind != "worker":
             continue
-        try:
-            rss = psutil.Process(child.pid).memory_info().rss
-        except psutil.Error:
-            continue
-        if rss > limit:
+        rss = arbiter.system.rss(child.pid)
+        if rss is not None and rss > limit:
             log_verbose(
                 f"*** EVIL RELOAD ON WORKER {child.number} RSS: {rss} (pid: {child.pid}) ***"
             )
-            child.cursed_at = child.cursed_at or time.time()
+            child.cursed_at = child.cursed_at or now
             arbiter.kill(child.pid, signal.SIGKILL)
 
 
-def lifetime(arbiter, now: float) -> None:
-    cfg = arbiter.cfg
-    longest = getattr(cfg, "max_worker_lifetime", 0) or 0
+def lifetime(arbiter: Arbiter, now: float) -> None:
+    longest = arbiter.cfg.max_worker_lifetime
     if not longest or arbiter.state.mode != "running":
         return
-    delta = getattr(cfg, "max_worker_lifetime_delta", 0) or 0
+    delta = arbiter.cfg.max_worker_lifetime_delta
     for child in list(arbiter.children.values()):
         if child.kind != "worker" or child.cursed_at:
             continue
@@ -81,10 +80,10 @@ def lifetime(arbiter, now: float) -> None:
 class TouchWatcher:
     """--touch-reload and friends: act when a file's mtime changes, appears or goes away."""
 
-    def __init__(self, paths: list[str], action, what: str):
+    def __init__(self, paths: list[str], action: Callable[[], None], what: str):
         self.action = action
         self.what = what
-        self.mtimes = {}
+        self.mtimes: dict[str, int | None] = {}
         for path in paths:
             self.mtimes[path] = self._mtime(path)
             if self.mtimes[path] is None:
@@ -93,7 +92,7 @@ class TouchWatcher:
                 )
 
     @staticmethod
-    def _mtime(path: str):
+    def _mtime(path: str) -> int | None:
         try:
             return os.stat(path).st_mtime_ns
         except OSError:

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -16,6 +17,9 @@ from pymaster import __version__
 from pymaster.log import log
 from pymaster.master import sockets
 from pymaster.workers import scoreboard as sb
+
+if TYPE_CHECKING:
+    from pymaster.master.arbiter import Arbiter, Child
 
 FIFO_COMMANDS = {
     "r": "graceful_reload",
@@ -34,25 +38,64 @@ FIFO_COMMANDS = {
 }
 
 
-class MasterFifo:
-    """`--master-fifo PATH` (repeatable: slots 0..9, switched with the digits)."""
+class FifoError(sockets.SocketError):
+    """A `--master-fifo` path that cannot be used; the message names it. (A SocketError, so
+    the command line reports it like a socket that cannot be bound: one line, exit 1.)"""
 
-    def __init__(self, paths: list[str], arbiter):
+
+FILE_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_fifo_path(path: str) -> bool:
+    """True when `path` is a FIFO (left by a previous run: it is replaced), False when
+    nothing is there; FifoError for anything else, which is never removed."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise FifoError(f"--master-fifo {path}: cannot stat it: {exc.strerror}") from None
+    if stat.S_ISFIFO(mode):
+        return True
+    kind = next((name for test, name in FILE_KINDS if test(mode)), "not a FIFO")
+    raise FifoError(
+        f"--master-fifo {path}: the path is {kind}, expected a FIFO or no file at all; "
+        f"refusing to replace it (check the path)"
+    )
+
+
+class MasterFifo:
+    """`--master-fifo PATH` (repeatable: slots 0..9, switched with the digits).
+
+    Every path is checked at start: one that exists and is not a FIFO stops the master
+    (FifoError) and is left alone. A FIFO from a previous run is replaced.
+    """
+
+    def __init__(self, paths: list[str], arbiter: Arbiter):
         self.paths = paths
         self.arbiter = arbiter
         self.active = 0
         self.fd = -1
         self._keep = -1
+        for path in paths:
+            check_fifo_path(path)
         self.open()
 
     def open(self) -> None:
         path = self.paths[self.active]
+        if check_fifo_path(path):
+            os.unlink(path)
         try:
-            if stat.S_ISFIFO(os.stat(path).st_mode) or os.path.exists(path):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.mkfifo(path, 0o600)
+            os.mkfifo(path, 0o600)
+        except OSError as exc:
+            raise FifoError(f"--master-fifo {path}: cannot create it: {exc.strerror}") from None
         os.chmod(path, 0o600)
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         # hold a writer ourselves so a client closing its end never gives us EOF storms
@@ -66,6 +109,18 @@ class MasterFifo:
             os.close(self._keep)
             self.fd = self._keep = -1
 
+    def switch(self, slot: int) -> None:
+        """Make slot N the active fifo; a path that became something else is refused."""
+        try:
+            check_fifo_path(self.paths[slot])
+        except FifoError as exc:
+            log(f"pymaster: {exc}; the active master fifo stays {self.paths[self.active]}")
+            return
+        self.close()
+        self.active = slot
+        self.open()
+        log(f"active master fifo is now {self.paths[slot]}")
+
     def readable(self) -> None:
         try:
             data = os.read(self.fd, 4096)
@@ -75,17 +130,14 @@ class MasterFifo:
             if ch.isdigit():
                 slot = int(ch)
                 if slot < len(self.paths) and slot != self.active:
-                    self.close()
-                    self.active = slot
-                    self.open()
-                    log(f"active master fifo is now {self.paths[slot]}")
+                    self.switch(slot)
                 continue
             action = FIFO_COMMANDS.get(ch)
             if action is not None:
                 getattr(self.arbiter, "cmd_" + action)()
 
 
-def _worker_stats(arbiter, child, now: float) -> dict:
+def _worker_stats(arbiter: Arbiter, child: Child, now: float) -> dict:
     info = arbiter.scoreboard.slot(child.number - 1).read()
     rss = vsz = 0
     if child.pid:
@@ -109,7 +161,7 @@ def _worker_stats(arbiter, child, now: float) -> dict:
         "requests": requests,
         "delta_requests": requests,
         "exceptions": info["exceptions"],
-        "harakiri_count": getattr(child, "harakiri_count", 0),
+        "harakiri_count": child.harakiri_count,
         "signals": 0,
         "signal_queue": 0,
         "status": status,
@@ -148,12 +200,13 @@ def _worker_stats(arbiter, child, now: float) -> dict:
     }
 
 
-def listen_queue(listeners) -> list[tuple[object, int]]:
+def listen_queue(listeners: list[sockets.Listener]) -> list[tuple[sockets.Listener, int]]:
     """Per listener: the number of connections waiting in its backlog (Linux, TCP)."""
     out = []
     for lst in listeners:
         queue = 0
-        if lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram:
+        tcp = lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram
+        if tcp and lst.sock is not None:
             try:
                 info = lst.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
                 queue = int.from_bytes(info[24:28], "little")  # tcpi_unacked = backlog
@@ -163,9 +216,9 @@ def listen_queue(listeners) -> list[tuple[object, int]]:
     return out
 
 
-def stats_document(arbiter) -> dict:
+def stats_document(arbiter: Arbiter) -> dict:
     now = time.time()
-    queues = listen_queue([lst for lst in arbiter.listeners if lst.kind in ("uwsgi", "http")])
+    queues = listen_queue(arbiter.app_listeners())
     return {
         "version": __version__,
         "listen_queue": sum(q for _, q in queues),
@@ -191,7 +244,7 @@ def stats_document(arbiter) -> dict:
                 "name": lst.name,
                 "proto": lst.kind,
                 "queue": q,
-                "max_queue": arbiter.cfg.listen or 100,
+                "max_queue": arbiter.cfg.listen,
                 "shared": 0,
                 "can_offload": 0,
             }
@@ -204,18 +257,20 @@ def stats_document(arbiter) -> dict:
 class StatsServer:
     """`--stats ADDR`: accept, write one JSON document, close (HTTP with --stats-http)."""
 
-    def __init__(self, address: str, arbiter):
+    def __init__(self, address: str, arbiter: Arbiter):
         self.arbiter = arbiter
         self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address))
-        self.listener.bind(arbiter.cfg.listen or 100)
-        self.listener.sock.set_inheritable(False)
-        self.listener.sock.setblocking(False)
+        self.listener.bind(arbiter.cfg.listen)
+        assert self.listener.sock is not None
+        self.sock = self.listener.sock
+        self.sock.set_inheritable(False)
+        self.sock.setblocking(False)
         arbiter.add_reader(self.listener.fd, self.readable)
         log(f"*** Stats server enabled on {address} fd: {self.listener.fd} ***")
 
     def readable(self) -> None:
         try:
-            conn, _ = self.listener.sock.accept()
+            conn, _ = self.sock.accept()
         except OSError:
             return
         with conn:
@@ -223,11 +278,11 @@ class StatsServer:
             doc = stats_document(self.arbiter)
             body = json.dumps(
                 doc,
-                separators=(",", ":") if getattr(cfg, "stats_minified", False) else None,
-                indent=None if getattr(cfg, "stats_minified", False) else 1,
+                separators=(",", ":") if cfg.stats_minified else None,
+                indent=None if cfg.stats_minified else 1,
             )
             data = body.encode()
-            if getattr(cfg, "stats_http", False):
+            if cfg.stats_http:
                 data = (
                     b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
                     b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n" % len(data)
@@ -243,6 +298,6 @@ class StatsServer:
 
     def close(self) -> None:
         self.arbiter.remove_reader(self.listener.fd)
-        self.listener.sock.close()
+        self.sock.close()
         if self.listener.family == socket.AF_UNIX:
             sockets.remove_unix([self.listener])

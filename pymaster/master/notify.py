@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 
 class Notifier:
     """Sends datagrams to $NOTIFY_SOCKET; silent no-op when not under systemd."""
 
-    def __init__(self, environ=None):
+    def __init__(self, environ: Mapping[str, str] | None = None):
         environ = os.environ if environ is None else environ
         path = environ.get("NOTIFY_SOCKET", "")
         self.address = "\0" + path[1:] if path.startswith("@") else path
-        self.sock = None
+        self.sock: socket.socket | None = None
         if self.address:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         usec = environ.get("WATCHDOG_USEC", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import resource
 
 from pymaster.log import log
 
@@ -64,3 +65,47 @@ def check_backlog(listen: int) -> None:
             f"Listen queue size is greater than the system max net.core.somaxconn "
             f"({limit}): lower --listen or raise the sysctl"
         )
+
+
+def chown_sockets(spec: str, paths: list[str]) -> None:
+    """`--chown-socket USER[:GROUP]`: give the UNIX socket files to that owner right after
+    bind, as uWSGI does (an unknown user or group is an error naming it)."""
+    user, _, group = spec.partition(":")
+    try:
+        uid = _resolve(user, "user") if user else -1
+        gid = _resolve(group, "group") if group else -1
+    except PrivilegeError as exc:
+        raise PrivilegeError(f"--chown-socket {spec}: {exc}") from None
+    for path in paths:
+        try:
+            os.chown(path, uid, gid)
+        except OSError as exc:
+            raise PrivilegeError(f"--chown-socket {spec}: chown({path}): {exc.strerror}") from None
+        log(f"chown() socket {path} to {spec}")
+
+
+def set_umask(text: str) -> None:
+    """`--umask MODE` (octal, as uWSGI reads it)."""
+    try:
+        mask = int(text, 8)
+    except ValueError:
+        raise PrivilegeError(
+            f"invalid umask: {text} (expected an octal mode such as 022)"
+        ) from None
+    if not 0 <= mask <= 0o777:
+        raise PrivilegeError(f"invalid umask: {text} (expected an octal mode such as 022)")
+    os.umask(mask)
+
+
+def set_max_fd(wanted: int | None) -> int:
+    """`--max-fd N` sets the soft and hard RLIMIT_NOFILE (raising the hard one needs root; a
+    failure is logged and start-up goes on, as uWSGI does); returns the soft limit now."""
+    if wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+        except (OSError, ValueError) as exc:
+            log(
+                f"setrlimit(RLIMIT_NOFILE, {wanted}) for --max-fd failed: {exc} (needs root "
+                f"above the hard limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]})"
+            )
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

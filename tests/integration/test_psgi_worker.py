@@ -319,11 +319,19 @@ def test_uwsgi_response_bytes_and_log_line(worker):
                     % worker.pid)
 
 
-def test_fast_path_and_general_path_answer_alike(launch, test_app):
+@pytest.mark.parametrize("options", [
+    {},
+    {"disable_logging": True, "log_4xx": True, "log_5xx": True},
+    {"logformat": "%(method) %(uri) %(status) %(rsize) %(hsize) %(size) %(headers) %(vars) "
+                  "%(pktsize) %(addr) %(user) %(cl) %(var.HTTPS) %(nosuch)"},
+    {"log_micros": True, "log_x_forwarded_for": True, "limit_post": 2000},
+], ids=["default", "log-4xx-5xx", "logformat", "micros-xff-limit-post"])
+def test_fast_path_and_general_path_answer_alike(launch, test_app, options):
     """The uwsgi fast path (the default) and the general path it hands unusual requests to
-    (all requests with PYMASTER_NO_FAST_PATH=1) send the same bytes and log the same lines."""
-    fast = launch(test_app)
-    general = launch(test_app, env=["PYMASTER_NO_FAST_PATH=1"], worker_id=2)
+    (all requests with PYMASTER_NO_FAST_PATH=1) send the same bytes and log the same lines,
+    with the worker options that change what is logged or answered too."""
+    fast = launch(test_app, **options)
+    general = launch(test_app, env=["PYMASTER_NO_FAST_PATH=1"], worker_id=2, **options)
     requests = [dict(path="/hello?x=1"), dict(path="/hello", method="HEAD"), dict(path="/env"),
                 dict(path="/echo", method="POST", body=b"abc" * 1000),
                 dict(path="/echo", method="POST", body=b"x" * 200_000), dict(path="/stream"),
@@ -331,6 +339,7 @@ def test_fast_path_and_general_path_answer_alike(launch, test_app):
                 dict(path="/die"), dict(path="/wide"), dict(path="/latin"),
                 dict(path="/badheader"), dict(path="/nocontent"), dict(path="/missing"),
                 dict(path="/hello", REMOTE_ADDR="", SERVER_NAME="", HTTP_CONTENT_TYPE="x"),
+                dict(path="/hello", HTTP_X_FORWARDED_FOR="203.0.113.7"),
                 dict(path="/env", HTTPS="on", SCRIPT_NAME="/", CONTENT_LENGTH="0")]
 
     no_peer = uwsgi_vars("/env")                     # REMOTE_ADDR from the socket
@@ -346,15 +355,17 @@ def test_fast_path_and_general_path_answer_alike(launch, test_app):
         return out
 
     assert answers(fast) == answers(general)
-    fast.wait_log(r"req: %d/" % (len(requests) + 1))
-    general.wait_log(r"req: %d/" % (len(requests) + 1))
+    for worker in fast, general:        # logged (a 404) once every request before it is
+        assert worker.uwsgi("/missing?end").status == 404
+        worker.wait_log(r"/missing\?end")
 
     def lines(worker):
         text = worker.log().replace(str(worker.pid), "PID")
-        return [re.sub(r"\[\w{3} \w{3} .*?\d{4}\]|in \d+ msecs", "", line)
+        return [re.sub(r"\[\w{3} \w{3} .*?\d{4}\]|in \d+ m\w+s", "", line)
                 for line in text.splitlines() if "PYMASTER" not in line]
 
     assert lines(fast) == lines(general)
+    assert len(lines(fast)) >= (3 if options.get("disable_logging") else len(requests))
 
 
 def test_modifier1_zero_accepted_other_modifiers_closed(worker):
@@ -535,7 +546,7 @@ def test_stop_signals_exit_at_once(worker, sig):
 
 
 def test_max_requests_exits_0(launch, test_app):
-    worker = launch(test_app, max_requests=3)
+    worker = launch(test_app, max_requests=3, min_worker_lifetime=0)
     for _ in range(3):
         assert worker.uwsgi().status == 200
     assert worker.wait() == 0
@@ -753,7 +764,7 @@ def test_idle_connections_do_not_block_other_clients(worker, client):
 
 
 def test_max_requests_closes_the_keepalive_connection(launch, test_app, client):
-    worker = launch(test_app, max_requests=2)
+    worker = launch(test_app, max_requests=2, min_worker_lifetime=0)
     conn = client(worker)
     assert "connection" not in conn.send(_request()).response()[1]
     assert conn.send(_request()).response()[1]["connection"] == "close"

@@ -21,6 +21,7 @@ ZERO_IS_ZERO = {
     "http-keepalive": "no keep-alive",
     "limit-post": "no limit",
     "post-buffering": "off",
+    "max-idle-connections": "derived from RLIMIT_NOFILE when the worker starts",
     "max-vars": "accepted, no effect",
     "processes": "no workers (gateways only)",
     "harakiri": "off",
@@ -37,6 +38,8 @@ ZERO_IS_ZERO = {
     "cheaper": "off",
     "cheaper-initial": "none at first",
     "log-slow": "off",
+    "max-fd": "unset: the inherited limit",
+    "cheaper-overload": "react on the first tick (uWSGI divides by it)",
     "subscription-tolerance": "expire at the next check",
     "weight": "weight 0 (routers treat it as 1)",
     "subscribe-with-modifier1": "modifier1 0",
@@ -47,14 +50,14 @@ ZERO_IS_ZERO = {
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
     "check-interval": 1,  # core/master.c:708
+    "cheaper-step": 1,  # core/master_utils.c:301 (the spawn loop stops after one)
     "cheaper-busyness-max": 50,  # plugins/cheaper_busyness/cheaper_busyness.c:374
     "cheaper-busyness-min": 25,  # plugins/cheaper_busyness/cheaper_busyness.c:375
     "fastrouter-timeout": 60,  # plugins/corerouter/corerouter.c:719
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
 }
 # Where 0 cannot work (uWSGI divides by it, or nothing could ever be served).
-ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "cheaper-step", "cheaper-overload",
-                   "subscribe-freq"}
+ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq", "header-timeout"}
 
 
 def test_every_numeric_option_has_a_declared_meaning_for_zero():

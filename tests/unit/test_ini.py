@@ -110,7 +110,6 @@ def test_missing_file_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("this is not an option", "expected 'key = value' or '[section]', got 'this is not an option'"),
     ("= value", "expected 'key = value' or '[section]', got '= value'"),
     ("[broken", "expected '[section]', got '[broken'"),
 ])
@@ -127,10 +126,47 @@ def test_lines_of_other_sections_are_not_checked(tmp_path):
     assert parse([ini], {}).master is True
 
 
-def test_bad_value_names_the_file(tmp_path):
-    ini = write(tmp_path / "x.ini", "[uwsgi]\nprocesses = many\n")
-    with pytest.raises(ConfigError, match=f"expects an integer, got 'many' \\(in {ini}\\)"):
+def test_a_word_for_a_number_is_read_as_uwsgi_reads_it_and_named(tmp_path):
+    ini = write(tmp_path / "x.ini", "[uwsgi]\nprocesses = many\ncheaper = true\n"
+                                     "harakiri = 60   ; a comment\n")
+    cfg = parse([ini], {})
+    assert (cfg.processes, cfg.cheaper, cfg.harakiri) == (0, 0, 60)
+    assert f"option 'processes' = 'many' (in {ini}) is not a number: read as 0, as uWSGI does" \
+        in cfg.warnings
+    assert f"option 'cheaper' = 'true' (in {ini}) is not a number: read as 0, as uWSGI does" \
+        in cfg.warnings
+    assert f"option 'harakiri' = '60   ; a comment' (in {ini}) is not a number: read as 60, " \
+        "as uWSGI does" in cfg.warnings
+
+
+def test_a_word_for_a_number_on_the_command_line_is_an_error():
+    with pytest.raises(ConfigError, match="option '--processes' expects an integer, got 'many'"):
+        parse(["--processes", "many"], {})
+
+
+def test_an_atoi_value_is_still_range_checked(tmp_path):
+    ini = write(tmp_path / "x.ini", "[uwsgi]\nsubscribe-freq = true\n")
+    with pytest.raises(ConfigError, match="'--subscribe-freq' must be >= 1, got 'true'"):
         parse([ini], {})
+
+
+def test_a_line_whose_key_has_spaces_is_an_unknown_key_as_in_uwsgi(tmp_path):
+    # ArchiveBox: `static-map /static=./x` (no '=' after the key): uWSGI stores an unknown key
+    ini = write(tmp_path / "x.ini", "[uwsgi]\nstatic-map /static=./x\nmaster\n")
+    cfg = parse([ini], {})
+    assert cfg.master is True and cfg.static_map == []
+    assert cfg.placeholders["static-map /static"] == "./x"
+    assert any(w.startswith("unknown option 'static-map /static' (in ") for w in cfg.warnings)
+
+
+def test_unknown_keys_are_logged_by_name_unless_used_as_placeholders(tmp_path):
+    ini = write(tmp_path / "x.ini", "[uwsgi]\nbase = /srv\nchdir = %(base)/app\n"
+                                     "wsgi-quantum-flux = true\n")
+    cfg = parse([ini], {})
+    assert cfg.chdir == "/srv/app"
+    unknown = [w for w in cfg.warnings if w.startswith("unknown option")]
+    assert unknown == [f"unknown option 'wsgi-quantum-flux' (in {ini}): not a pymaster option, ignored "
+                       "(kept as a placeholder; docs/options.md lists the options)"]
 
 
 def test_ini_files_are_absolute(tmp_path, monkeypatch):

@@ -377,7 +377,7 @@ def test_typed_fields_are_generated_from_the_table():
     out = subprocess.run([sys.executable, "-m", "pymaster.config", "--fields"],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert (ROOT / "pymaster" / "config" / "fields.py").read_text() == out, \
-        "pymaster/config/fields.py is stale: run `python -m pymaster.config --fields > pymaster/config/fields.py`"
+        "pymaster/config/fields.py is stale: run `python -m pymaster.config --fields > /tmp/f.py && mv /tmp/f.py pymaster/config/fields.py`"
 
 
 def test_pymaster_env_takes_known_options_only():

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pymaster.config import Config, parse
-from pymaster.workers.contract import option_environment
+from pymaster.config.table import OPTIONS
+from pymaster.workers.contract import Recycling, option_environment
 from pymaster.workers.psgi import bridge as psgi
 
 needs_plackup = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup missing")
@@ -89,6 +90,22 @@ def test_worker_env_carries_every_worker_option_from_the_parsed_config():
 def test_worker_env_http_keepalive(value, expected):
     env = psgi.worker_env(cfg(http_keepalive=value), 1, [(3, "http")], 9, 1234)
     assert env["PYMASTER_OPT_HTTP_KEEPALIVE"] == expected
+
+
+def test_every_worker_option_reaches_the_perl_worker():
+    """Each option flagged `worker` in the table is read by the Perl handler as
+    PYMASTER_OPT_<NAME>, or comes to it through PYMASTER_RECYCLE_*, or is the master's, or
+    is declared not honoured (and then logged at start): a new worker option that none of
+    these covers fails here."""
+    source = (Path(psgi.PERL_DIR) / "Plack" / "Handler" / "Pymaster.pm").read_text()
+    worker_options = {option.name: option for option in OPTIONS if option.worker}
+    declared = [*psgi.VIA_RECYCLING, *psgi.BY_THE_MASTER, *psgi.NOT_HONOURED]
+    assert len(declared) == len(set(declared)) and set(declared) <= set(worker_options)
+    for name, option in worker_options.items():
+        if name not in declared:
+            assert f"'{option.env_name}'" in source, f"--{name}: not read by the Perl worker"
+    for name in Recycling(0, 0, 0.0).environment():
+        assert f"'{name}'" in source, name
 
 
 def test_worker_env_without_master():

@@ -32,6 +32,25 @@ CHECK_TIMEOUT = 60
 
 _MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
 
+# The worker options (`worker=True` in the option table) and how the Perl worker honours
+# them: each one as PYMASTER_OPT_<NAME>, read by Plack::Handler::Pymaster, except these:
+VIA_RECYCLING = ("max-requests", "max-requests-delta", "min-worker-lifetime", "reload-on-rss")
+"""Folded by the master into PYMASTER_RECYCLE_* (workers/contract.Recycling)."""
+BY_THE_MASTER = ("harakiri",)
+"""Enforced by the master, from the worker's scoreboard slot."""
+NOT_HONOURED: dict[str, str] = {}
+"""Worker options the Perl worker cannot honour, with what to use instead; the master logs
+`option --X is not honoured by PSGI workers: <instead>` at start for each one the user set.
+Empty: the Perl worker honours every worker option (tests/unit/test_psgi.py checks that each
+one reaches it)."""
+
+
+def warn_unhonoured(cfg: Config) -> None:
+    """At start: one log line per option set by the user that PSGI workers do not honour."""
+    for name, instead in NOT_HONOURED.items():
+        if cfg.is_set(name):
+            log(f"option --{name} is not honoured by PSGI workers: {instead}")
+
 
 def _opts(cfg: Config) -> list[str]:
     """The --plackup-opt values split into arguments (each value may hold several)."""
@@ -150,7 +169,9 @@ def _debian_name(module: str) -> str:
 
 
 def preflight(cfg) -> None:
-    """Check that the PSGI app can run; RuntimeError with one clear message if not."""
+    """Check that the PSGI app can run; RuntimeError with one clear message if not. Also
+    says which of the options given PSGI workers do not honour (`NOT_HONOURED`)."""
+    warn_unhonoured(cfg)
     app = cfg.psgi
     if not app:
         raise RuntimeError("no PSGI app given: use --psgi FILE")

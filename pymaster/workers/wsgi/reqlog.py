@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from pymaster.config import Config
 from pymaster.log import log
@@ -25,29 +27,24 @@ def _memory() -> tuple[int, int]:
     return int(size) * _PAGE, int(rss) * _PAGE
 
 
+@dataclass(slots=True)
 class Record:
     """What one request did, as the log line needs it."""
 
-    __slots__ = (
-        "env",
-        "start",
-        "elapsed",
-        "status",
-        "tx",
-        "headers",
-        "hsize",
-        "nvars",
-        "pktsize",
-        "protocol",
-        "requests",
-        "total",
-        "pid",
-        "wid",
-    )
-
-    def __init__(self, **kw):
-        for key, value in kw.items():
-            setattr(self, key, value)
+    env: dict[str, Any]
+    start: float  # wall-clock time the request started
+    elapsed: float  # seconds
+    status: int
+    tx: int  # body bytes sent
+    headers: int  # response header count
+    hsize: int  # response head bytes
+    nvars: int
+    pktsize: int
+    protocol: str
+    requests: int  # this worker's
+    total: int  # the instance's
+    pid: int
+    wid: int
 
 
 class RequestLog:
@@ -106,7 +103,7 @@ class RequestLog:
             value = self._field(name, r, env)
             return "-" if value is None else str(value)
 
-        return _FIELD.sub(field, self.format)
+        return _FIELD.sub(field, self.format or "")
 
     def _field(self, name: str, r: Record, env):
         simple = {

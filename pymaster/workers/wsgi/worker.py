@@ -400,6 +400,7 @@ class Worker:
         if (
             body is None
             or body.complete
+            or body.error is not None
             or body.length is not None
             or body.received > conns.CHUNKED_INLINE
             or self.cfg.post_buffering
@@ -456,10 +457,10 @@ class Worker:
             self._drop(c)
             return
         limit = self.cfg.limit_post
-        if limit and length > limit:
-            log("Invalid (too big) CONTENT_LENGTH. skip.")
-            self._send_quiet(c.sock, http.error_response(413, f"over --limit-post {limit}"))
-            self._linger(c)
+        if limit and length > limit:  # answered as on HTTP sockets
+            self._refuse(
+                c, http.HttpError(413, f"Content-Length {length} over the limit of {limit}")
+            )
             return
         reader = uwsgi.BodyReader(c.sock.recv, length, rest)
         body: object = reader if length else io.BytesIO()
@@ -524,6 +525,9 @@ class Worker:
                 self._park(c)
                 return
             req = c.queue.pop(0)
+            if req.body is not None and req.body.error is not None:  # the app never ran
+                self._refuse(c, req.body.error)
+                return
             if (
                 not c.keep
                 or not self.keepalive

@@ -5,7 +5,9 @@ package Plack::Handler::Pymaster;
 # serves one request at a time in the uwsgi protocol or HTTP/1.1 (one request per
 # connection), runs the PSGI app, writes the response itself, keeps its scoreboard slot, and
 # follows the worker contract (docs/worker-contract.md): SIGHUP finishes the current request
-# then exits 0; SIGINT/SIGQUIT/SIGTERM exit at once; max requests exits 0; dies with the
+# then exits 0; SIGINT/SIGQUIT/SIGTERM exit at once; recycling (max requests, RSS, min
+# lifetime: pymaster/workers/contract.py Recycling) exits 0; honours every worker option
+# (PYMASTER_OPT_*: the request log of pymaster/workers/wsgi/reqlog.py, limit-post); dies with the
 # master. The listening sockets are shared with the other workers: close, never shutdown().
 use strict;
 use warnings;
@@ -73,6 +75,12 @@ sub _num {    # a number the master put in the environment, or die naming the va
     return $v + 0;
 }
 
+sub _str {    # a string the master put in the environment (may be empty)
+    my ($e, $name) = @_;
+    die "$name is not set: this handler runs under the pymaster master\n" unless defined $e->{$name};
+    return $e->{$name};
+}
+
 sub _setup {
     my $self = shift;
     my $e = \%ENV;
@@ -81,11 +89,28 @@ sub _setup {
     # The master hands over every option flagged `worker` in its table (PYMASTER_OPT_*,
     # already range-checked, defaults applied) and the recycling limits (PYMASTER_RECYCLE_*);
     # see pymaster/workers/contract.py. Nothing here repeats a default.
+    # Recycling (Recycling.reason there): max requests (0 never), RSS bytes (0 never), and
+    # the lifetime below which neither applies. harakiri is the master's (the scoreboard).
     $self->{max_requests} = _num($e, 'PYMASTER_RECYCLE_MAX_REQUESTS');
+    $self->{rss_limit}    = _num($e, 'PYMASTER_RECYCLE_RSS');
+    $self->{min_lifetime} = _num($e, 'PYMASTER_RECYCLE_MIN_LIFETIME');
+    $self->{recycle}      = $self->{max_requests} || $self->{rss_limit};
     $self->{buffer_size}  = _num($e, 'PYMASTER_OPT_BUFFER_SIZE');
     $self->{timeout}      = _num($e, 'PYMASTER_OPT_SOCKET_TIMEOUT');
-    $self->{log}          = !_num($e, 'PYMASTER_OPT_DISABLE_LOGGING');
     $self->{keepalive}    = _num($e, 'PYMASTER_OPT_HTTP_KEEPALIVE');   # 0: off
+    $self->{limit_post}   = _num($e, 'PYMASTER_OPT_LIMIT_POST');       # 0: no limit
+    # The request log (pymaster/workers/wsgi/reqlog.py): every request, or with logging
+    # disabled only 4xx / 5xx / slower than log_slow ms ($self->{log_some}).
+    $self->{log}          = !_num($e, 'PYMASTER_OPT_DISABLE_LOGGING');
+    $self->{log_4xx}      = _num($e, 'PYMASTER_OPT_LOG_4XX');
+    $self->{log_5xx}      = _num($e, 'PYMASTER_OPT_LOG_5XX');
+    $self->{log_slow}     = _num($e, 'PYMASTER_OPT_LOG_SLOW');
+    $self->{log_some}     = !$self->{log} && ($self->{log_4xx} || $self->{log_5xx} || $self->{log_slow});
+    $self->{micros}       = _num($e, 'PYMASTER_OPT_LOG_MICROS');
+    $self->{memory}       = _num($e, 'PYMASTER_OPT_MEMORY_REPORT');
+    $self->{forwarded}    = _num($e, 'PYMASTER_OPT_LOG_X_FORWARDED_FOR');
+    my $format            = _str($e, 'PYMASTER_OPT_LOGFORMAT');
+    $self->{format}       = length $format ? $format : undef;   # empty: the default line
     $self->{idle}         = {};        # fd => idle keep-alive connection
     $self->{requests}     = 0;
     $self->{spawned}      = Time::HiRes::time();
@@ -532,6 +557,11 @@ sub _read_uwsgi {
     }
     my $scheme = _complete_uwsgi_env(\%env);
     $env{'psgi.url_scheme'} = $scheme;
+    if (my $limit = $self->{limit_post}) {
+        my ($len) = (defined $env{CONTENT_LENGTH} ? $env{CONTENT_LENGTH} : '') =~ /^(\d+)/;
+        return $self->_too_large($req, "Content-Length $len over the limit of $limit")
+            if $len && $len > $limit;
+    }
     return $self->_read_body($req, \%env);
 }
 
@@ -614,7 +644,10 @@ sub _read_http {
     $req->{keep} = $self->{keepalive} && (($env{SERVER_PROTOCOL} // '') eq 'HTTP/1.1'
         ? !(defined $connection && $connection =~ /\bclose\b/i)
         : (defined $connection && $connection =~ /\bkeep-alive\b/i));
-    $req->{nvars} = grep { !/\./ } keys %env if $self->{log};
+    $req->{nvars} = grep { !/\./ } keys %env if $self->{log} || $self->{log_some};
+    my ($cl, $max) = ($env{CONTENT_LENGTH}, $self->{limit_post});
+    return $self->_too_large($req, "Content-Length $cl over the limit of $max")
+        if $max && defined $cl && $cl =~ /^\d+$/ && $cl > $max;
     my $te = delete $env{HTTP_TRANSFER_ENCODING};
     if (defined $te && $te =~ /\bchunked\b/i) {
         $self->_continue($req, \%env);
@@ -673,6 +706,8 @@ sub _dechunk {
             _sysread_more($c, \$in, BLOCK) or return $self->_bad_chunk($req);
         }
         $body .= substr $in, $eol + 2, $size;
+        return $self->_too_large($req, "request body over the limit of $self->{limit_post} bytes")
+            if $self->{limit_post} && length $body > $self->{limit_post};
         $pos = $eol + 2 + $size + 2;
         if ($pos > BLOCK) { substr($in, 0, $pos, ''); $pos = 0 }
     }
@@ -682,6 +717,30 @@ sub _bad_chunk {
     my ($self, $req) = @_;
     _log("HTTP error from " . _client($req) . ": bad chunked request body");
     return $self->_http_error($req, 400, 'Bad Request');
+}
+
+# --limit-post: refused as the Python worker does (pymaster/protocols/http.py error_response,
+# and the same log line), then closed so that the answer is read, not reset: stop writing,
+# and drain what the client still sends for a short while.
+sub _too_large {
+    my ($self, $req, $detail) = @_;
+    _log("HTTP error from " . _client($req) . ": 413 Content Too Large: $detail");
+    my $c = $req->{c};
+    my $body = "413 Content Too Large\n$detail\n";
+    eval {
+        _write_all($c, "HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n"
+            . 'Content-Length: ' . length($body) . "\r\nConnection: close\r\n\r\n$body");
+        1;
+    } or return;
+    shutdown $c, 1;
+    my $rin = '';
+    vec($rin, fileno $c, 1) = 1;
+    my $deadline = Time::HiRes::time() + 0.5;
+    while ((my $left = $deadline - Time::HiRes::time()) > 0) {
+        last unless select(my $rout = $rin, undef, undef, $left < 0.2 ? $left : 0.2) > 0
+            && sysread $c, my $junk, BLOCK;
+    }
+    return;
 }
 
 sub _http_error {
@@ -807,7 +866,8 @@ sub _serve_uwsgi {
         my $cl = $env{CONTENT_LENGTH};
         ($len) = $cl =~ /^(\d+)/ if defined $cl && length $cl;
         $len ||= 0;
-        undef @kv if keys(%env) * 2 != @kv || exists $env{''} || $len > $r - 4 - $size;
+        undef @kv if keys(%env) * 2 != @kv || exists $env{''} || $len > $r - 4 - $size
+            || $self->{limit_post} && $len > $self->{limit_post};
     }
     else { undef @kv }
     unless (@kv) {
@@ -929,7 +989,7 @@ sub _serve_uwsgi {
         if (my $map = $self->{map}) { substr($$map, $self->{sb_off}, 64, pack $SLOT_HEAD, @$slot) }
         else { $self->_slot_write }
     }
-    if ($self->{log}) {
+    if ($self->{log} || $self->{log_some} && $self->_wanted($status, $elapsed)) {
         $req ||= {};
         @$req{qw(status headers head_bytes tx nvars pktsize start)}
             = ($status, $headers, $head_bytes, $tx, @kv / 2, $size, $start);
@@ -947,10 +1007,7 @@ sub _serve_uwsgi {
         _log("psgix.harakiri.commit requested: worker $self->{wid} (pid: $$) exits");
         $STOPPING = 1;
     }
-    if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
-        _log("...The work of process $$ is done. Seeya!");
-        $STOPPING = 1;
-    }
+    $self->_recycle if $self->{recycle};
     return 1;
 }
 
@@ -1004,7 +1061,8 @@ sub _dispatch {
     my $elapsed = $now - $req->{start};
     $self->{requests}++;
     $self->_slot_end($elapsed, $req->{tx}, $failed);
-    $self->_log_request($req, $env, $elapsed) if $self->{log};
+    $self->_log_request($req, $env, $elapsed)
+        if $self->{log} || $self->{log_some} && $self->_wanted($req->{status}, $elapsed);
 
     for my $handler (@{ $env->{'psgix.cleanup.handlers'} || [] }) {
         eval { $handler->($env); 1 } or do {
@@ -1016,10 +1074,7 @@ sub _dispatch {
         _log("psgix.harakiri.commit requested: worker $self->{wid} (pid: $$) exits");
         $STOPPING = 1;
     }
-    if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
-        _log("...The work of process $$ is done. Seeya!");
-        $STOPPING = 1;
-    }
+    $self->_recycle if $self->{recycle};
     return $keep;
 }
 
@@ -1126,7 +1181,8 @@ sub _send_head {
             $req->{keep} = 0;                 # the body ends when the connection does
         }
         $req->{keep} = 0 if $STOPPING
-            || $self->{max_requests} && $self->{requests} + 1 >= $self->{max_requests};
+            || $self->{max_requests} && $self->{requests} + 1 >= $self->{max_requests}
+                && Time::HiRes::time() - $self->{spawned} >= $self->{min_lifetime};
         if (!$req->{keep}) {
             $out .= "Connection: close\r\n";
             $count++;
@@ -1272,16 +1328,118 @@ sub _write_all {
     return $len;
 }
 
+# -- the request log and recycling (as pymaster/workers/wsgi/reqlog.py and contract.py) -----
+
+# With --disable-logging: is this request logged all the same (--log-4xx/5xx/slow)?
+sub _wanted {
+    my ($self, $status, $elapsed) = @_;
+    return $self->{log_4xx} && $status >= 400 && $status < 500
+        || $self->{log_5xx} && $status >= 500
+        || $self->{log_slow} && $elapsed * 1000 > $self->{log_slow};
+}
+
+my $PAGE = POSIX::sysconf(POSIX::_SC_PAGESIZE()) || 4096;
+
+# (address space, rss) in bytes, from /proc/self/statm (one small read)
+sub _memory {
+    open my $fh, '<', '/proc/self/statm' or return (0, 0);
+    my ($size, $rss) = split ' ', scalar(<$fh>) // '';
+    return (($size || 0) * $PAGE, ($rss || 0) * $PAGE);
+}
+
+# After each request: recycle as Recycling.reason decides, with its log lines.
+sub _recycle {
+    my $self = shift;
+    return if ($self->{now} || Time::HiRes::time()) - $self->{spawned} < $self->{min_lifetime};
+    if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
+        _log("...The work of process $$ is done. Seeya!");
+    }
+    elsif ($self->{rss_limit}) {
+        my $used = (_memory())[1];
+        return unless $used > $self->{rss_limit};
+        _log("worker $self->{wid} (pid: $$) RSS $used bytes over reload-on-rss "
+             . "$self->{rss_limit} bytes, recycling");
+    }
+    else {
+        return;
+    }
+    $STOPPING = 1;
+}
+
+sub _addr {
+    my ($self, $env) = @_;
+    return $env->{HTTP_X_FORWARDED_FOR} if $self->{forwarded} && $env->{HTTP_X_FORWARDED_FOR};
+    return $env->{REMOTE_ADDR} // '';
+}
+
 sub _log_request {
     my ($self, $req, $env, $elapsed) = @_;
+    return _log($self->_custom($req, $env, $elapsed)) if defined $self->{format};
     my $total = $self->_instance_requests;
-    _log(sprintf "[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s %s => "
-        . "generated %d bytes in %d msecs%s(%s %d) %d headers in %d bytes (1 switches on core 0)",
-        $$, $self->{requests}, $total, $env->{REMOTE_ADDR} // '', $env->{REMOTE_USER} // '',
+    my $prefix = '';
+    if ($self->{memory}) {
+        my ($vsz, $rss) = _memory();
+        $prefix = sprintf '{address space usage: %d bytes/%dMB} {rss usage: %d bytes/%dMB} ',
+            $vsz, $vsz >> 20, $rss, $rss >> 20;
+    }
+    _log(sprintf "%s[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s %s => "
+        . "generated %d bytes in %s%s(%s %d) %d headers in %d bytes (1 switches on core 0)",
+        $prefix, $$, $self->{requests}, $total, $self->_addr($env), $env->{REMOTE_USER} // '',
         ($req->{nvars} || 0) * 2, $req->{pktsize} || 0, scalar localtime int $req->{start},
-        $env->{REQUEST_METHOD}, $env->{REQUEST_URI} // '', $req->{tx}, $elapsed * 1000,
+        $env->{REQUEST_METHOD}, $env->{REQUEST_URI} // '', $req->{tx},
+        $self->{micros} ? int($elapsed * 1e6) . ' micros' : int($elapsed * 1000) . ' msecs',
         $req->{sendfile} ? ' via sendfile() ' : ' ', $env->{SERVER_PROTOCOL} // '',
         $req->{status}, $req->{headers}, $req->{head_bytes});
+}
+
+# --logformat: the `%(name)` fields of reqlog.py (RequestLog.custom); an unknown name is `-`.
+my @MONTHS = qw(Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec);    # %b without a locale
+my %FIELD = (
+    uri      => sub { $_[1]{REQUEST_URI} || ($_[1]{PATH_INFO} // '') },
+    method   => sub { $_[1]{REQUEST_METHOD} // '' },
+    user     => sub { $_[1]{REMOTE_USER} // '-' },
+    addr     => sub { $_[0]->_addr($_[1]) },
+    host     => sub { $_[1]{HTTP_HOST} // '' },
+    proto    => sub { $_[1]{SERVER_PROTOCOL} // '' },
+    uagent   => sub { $_[1]{HTTP_USER_AGENT} // '' },
+    referer  => sub { $_[1]{HTTP_REFERER} // '' },
+    status   => sub { $_[2]{status} },
+    rsize    => sub { $_[2]{tx} },
+    hsize    => sub { $_[2]{head_bytes} },
+    size     => sub { $_[2]{tx} + $_[2]{head_bytes} },
+    cl       => sub { $_[1]{CONTENT_LENGTH} || '0' },
+    micros   => sub { int($_[3] * 1e6) },
+    msecs    => sub { int($_[3] * 1000) },
+    secs     => sub { sprintf '%.6f', $_[3] },
+    time     => sub { int $_[2]{start} },
+    epoch    => sub { int Time::HiRes::time() },
+    ctime    => sub { scalar localtime int $_[2]{start} },
+    ltime    => sub {
+        my @t = localtime int $_[2]{start};
+        POSIX::strftime('%d/', @t) . $MONTHS[$t[4]] . POSIX::strftime('/%Y:%H:%M:%S %z', @t);
+    },
+    pid      => sub { $$ },
+    wid      => sub { $_[0]{wid} },
+    switches => sub { 1 },
+    vars     => sub { ($_[2]{nvars} || 0) * 2 },
+    core     => sub { 0 },
+    pktsize  => sub { $_[2]{pktsize} || 0 },
+    headers  => sub { $_[2]{headers} },
+    rss      => sub { (_memory())[1] },
+    vsz      => sub { (_memory())[0] },
+    rssM     => sub { (_memory())[1] >> 20 },
+    vszM     => sub { (_memory())[0] >> 20 },
+);
+
+sub _custom {
+    my ($self, $req, $env, $elapsed) = @_;
+    (my $line = $self->{format}) =~ s{%\(([^)]+)\)}{
+        my $name = $1;
+        my $value = substr($name, 0, 4) eq 'var.' ? $env->{substr $name, 4}
+                  : $FIELD{$name} ? $FIELD{$name}->($self, $env, $req, $elapsed) : undef;
+        defined $value ? $value : '-';
+    }ge;
+    return $line;
 }
 
 package Plack::Handler::Pymaster::Gone;

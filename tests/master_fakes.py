@@ -1,0 +1,166 @@
+"""Fakes for unit tests of the master: an injected `System` and helpers around an Arbiter.
+
+The arbiter under test is the real one, with a real Config (parsed from options) and a real
+scoreboard (an in-process memfd); only the operating system is fake: `fork` hands out pids
+and never forks, `kill` and `execve` are recorded, `waitpid` returns the exits a test
+queued, the clock is whatever the test sets.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import signal
+
+from pymaster.config import parse
+from pymaster.master.arbiter import Arbiter, Child
+from pymaster.workers import scoreboard as sb
+
+START = 1_000_000.0  # the fake epoch
+
+
+class Reexec(Exception):
+    """Raised by FakeSystem.execve: the real one never returns."""
+
+
+class FakeSystem:
+    def __init__(self) -> None:
+        self.now = START
+        self.pids = itertools.count(1000)
+        self.forked: list[int] = []
+        self.sent: list[tuple[int, int]] = []  # (pid, signal) in order
+        self.exits: collections.deque[tuple[int, int]] = collections.deque()
+        self.rss_of: dict[int, int] = {}
+        self.queued = 0  # connections waiting in the listen queues
+        self.gone: set[int] = set()  # kill() raises ProcessLookupError for these
+        self.pid = 4242
+        self.execs: list[tuple[str, list[str], dict[str, str]]] = []
+        self.chdirs: list[str] = []
+
+    def fork(self) -> int:
+        pid = next(self.pids)
+        self.forked.append(pid)
+        return pid
+
+    def kill(self, pid: int, sig: int) -> None:
+        if pid in self.gone:
+            raise ProcessLookupError(pid)
+        self.sent.append((pid, sig))
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        return self.exits.popleft() if self.exits else (0, 0)
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def getpid(self) -> int:
+        return self.pid
+
+    def rss(self, pid: int) -> int | None:
+        return self.rss_of.get(pid)
+
+    def listen_queue(self, listeners: list) -> int:
+        return self.queued
+
+    def chdir(self, path: str) -> None:
+        self.chdirs.append(path)
+
+    def execve(self, path: str, argv: list[str], env: dict[str, str]):
+        self.execs.append((path, argv, env))
+        raise Reexec()
+
+    def signals_to(self, pid: int) -> list[int]:
+        return [s for p, s in self.sent if p == pid]
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self, status: str) -> None:
+        self.sent.append(f"READY {status}")
+
+    def reloading(self) -> None:
+        self.sent.append("RELOADING")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING")
+
+    def tick(self, now: float) -> None:
+        pass
+
+
+def exited(code: int) -> int:
+    """A waitpid status: exited with `code`."""
+    return code << 8
+
+
+def killed(sig: int) -> int:
+    """A waitpid status: killed by `sig`."""
+    return int(sig)
+
+
+def make_arbiter(*options: str, processes: int | None = None, start: bool = True):
+    """(arbiter, system) as cli.py builds a master: worker slots (cheaped beyond the
+    cheaper's initial count), spawned unless `start` is False."""
+    args = list(options)
+    if processes is not None:
+        args += ["--processes", str(processes)]
+    cfg = parse(args, {})
+    system = FakeSystem()
+    arbiter = Arbiter(cfg, [], sb.Scoreboard(16), system=system)
+    arbiter.notifier = FakeNotifier()  # type: ignore[assignment]
+    arbiter.worker_target = lambda child: None
+    for i in range(max(1, cfg.processes)):
+        child = arbiter.add_worker()
+        assert child is not None
+        child.cheaped = i >= arbiter.cheaper.initial
+    if start:
+        for child in arbiter.slots:
+            if not child.cheaped:
+                arbiter.spawn(child)
+    return arbiter, system
+
+
+def worker(arbiter: Arbiter, number: int) -> Child:
+    return next(c for c in arbiter.slots if c.kind == "worker" and c.number == number)
+
+
+def accept(arbiter: Arbiter, child: Child) -> None:
+    """The worker reports itself idle (accepting) in its scoreboard slot."""
+    slot = arbiter.scoreboard.slot(child.number - 1)
+    slot.reset(child.pid, arbiter.system.time())
+    slot.set_state(sb.IDLE)
+
+
+def busy(arbiter: Arbiter, child: Child, since: float, what: bytes = b"GET /slow") -> None:
+    """The worker is in a request that started at `since`."""
+    slot = arbiter.scoreboard.slot(child.number - 1)
+    if slot.read()["pid"] != child.pid:
+        slot.reset(child.pid, since)
+    slot.begin(since, what)
+
+
+def exit_child(arbiter: Arbiter, system: FakeSystem, child: Child, status: int) -> int:
+    """The child exits with `status`; the arbiter reaps it. Returns the old pid."""
+    pid = child.pid
+    system.exits.append((pid, status))
+    arbiter.reap()
+    return pid
+
+
+def tick(arbiter: Arbiter, system: FakeSystem, seconds: float = 1.0) -> None:
+    """Let `seconds` pass, then run the periodic checks."""
+    system.now += seconds
+    arbiter.tick(system.now)
+
+
+def lines(capfd) -> list[str]:
+    """The log lines written since the last call."""
+    return capfd.readouterr().err.splitlines()
+
+
+SIGHUP, SIGINT, SIGKILL, SIGTERM = signal.SIGHUP, signal.SIGINT, signal.SIGKILL, signal.SIGTERM
