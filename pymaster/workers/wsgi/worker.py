@@ -537,7 +537,7 @@ class Worker:
             ):
                 req.keep_alive = False
             if not self._serve_http_request(c, req):
-                self._linger(c)
+                self._close_after_response(c)
                 return
         if parser.error is not None:  # a bad request after good ones in the same bytes
             self._refuse(c, parser.error)
@@ -555,6 +555,23 @@ class Worker:
             if self.stop_hard is not None:
                 c.deadline = min(c.deadline, now + conns.STOP_GRACE)
         self._park(c)
+
+    def _close_after_response(self, c: Conn) -> None:
+        """The last answer is sent: when the client has nothing more on its way (no byte
+        unread, no request begun) a plain close is a clean FIN; otherwise half-close."""
+        pending = c.queue or (c.parser is not None and c.parser.in_message)
+        if not pending:
+            try:
+                data = c.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                self._drop(c)
+                return
+            except OSError:
+                data = _EMPTY
+            if not data:
+                self._drop(c)
+                return
+        self._linger(c)
 
     def _refuse(self, c: Conn, error) -> None:
         """Answer a bad request, then half-close so that the answer is read, not reset."""
