@@ -521,7 +521,8 @@ class Worker:
         parser = c.parser
         assert parser is not None
         while c.queue:
-            if not self._body_ready(c):
+            if not self._body_ready(c):  # a small chunked body still arriving
+                c.deadline = time.monotonic() + self.head_timeout
                 self._park(c)
                 return
             req = c.queue.pop(0)
@@ -610,7 +611,7 @@ class Worker:
             left = deadline - time.monotonic()
             if body.error is not None or body.received - start > http.DRAIN_BYTES or left <= 0:
                 return False
-            if not select.select([c.sock], [], [], left)[0]:
+            if not _wait_readable(c.sock, left):
                 return False
             try:
                 data = c.sock.recv(65536, socket.MSG_DONTWAIT)
@@ -805,6 +806,13 @@ class Worker:
             conn.sendall(data)
         except OSError:
             pass
+
+
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """poll(2), not select(2): descriptors above 1024 are common with many connections."""
+    p = select.poll()
+    p.register(sock, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
 
 
 def _since(c: Conn) -> float:
