@@ -21,6 +21,8 @@ from pymaster.config.table import OPTIONS
 from pymaster.log import log
 from pymaster.master import privileges, sockets
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
+from pymaster.protocols.address import AddressError
+from pymaster.protocols.subscription import SubscriptionError
 from pymaster.workers.contract import EXIT_FAILED_APP
 from pymaster.workers.scoreboard import Scoreboard
 from pymaster.workers.wsgi.worker import Worker  # imported before fork (and before --uid)
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         log(str(exc))
         return exc.code
-    except (sockets.SocketError, privileges.PrivilegeError) as exc:
-        log(f"pymaster: {exc}")
+    except (sockets.SocketError, privileges.PrivilegeError, AddressError, SubscriptionError) as exc:
+        log(f"pymaster: {exc}")  # a bad address, subscription or router setting: named in exc
         return 1
 
 
@@ -142,10 +144,14 @@ def _apply_environment(cfg: Config) -> None:
 
 
 def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
+    """(kind, address) of every socket the master binds: the workers' and the routers'."""
     specs = [("uwsgi", s) for s in cfg.socket]
     specs += [("http", s) for s in cfg.http_socket + cfg.http11_socket]
-    specs += [("fastrouter", s) for s in cfg.fastrouter]
-    specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
+    if cfg.fastrouter:
+        specs += [("fastrouter", s) for s in cfg.fastrouter]
+        specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
+        if cfg.fastrouter_stats is not None:
+            specs.append(("fastrouter-stats", cfg.fastrouter_stats))
     return specs
 
 
@@ -170,10 +176,11 @@ def _load_app(cfg: Config) -> Callable | None:
         raise StartupError(
             f"{exc}\n*** no app loaded. GAME OVER ***", EXIT_FAILED_APP if cfg.need_app else 1
         ) from None
-    log(
-        f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
-        f"on interpreter pid: {os.getpid()} (default app)"
-    )
+    if not cfg.mount:  # with mounts, load_app logs each app in order
+        log(
+            f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+            f"on interpreter pid: {os.getpid()} (default app)"
+        )
     return app
 
 
@@ -208,11 +215,20 @@ def run(cfg: Config) -> int:
     log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)
+    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount)
+    if cfg.psgi and cfg.mount:
+        raise StartupError(
+            "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
+            "Plack::Builder's `mount` (one --psgi app per instance)"
+        )
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
         app_configured and "LISTEN_FDS" in os.environ
     )
     has_gateway = bool(cfg.fastrouter)
+    if not has_gateway:
+        for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
+            if cfg.is_set(name):
+                log(f"option --{name} has no effect without --fastrouter")
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError(
             "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "

@@ -56,6 +56,11 @@ class Options:
     need_app: bool = False
     enable_threads: bool = False
     single_interpreter: bool = False
+    mount: list[str] = field(default_factory=list)
+    manage_script_name: bool = False
+    no_default_app: bool = False
+    spooler: list[str] = field(default_factory=list)
+    cache2: list[str] = field(default_factory=list)
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False

@@ -268,6 +268,39 @@ APPLICATIONS = _section(
         inert="there is one interpreter per process",
     ),
     opt(
+        "mount",
+        "list",
+        help="load another app under a mountpoint, `MOUNTPOINT=APP` (APP: a .py/.wsgi file or "
+        "`module[:callable]`); the request's SCRIPT_NAME (or UWSGI_APPID) picks the app",
+        metavar="MOUNTPOINT=APP",
+    ),
+    opt(
+        "manage-script-name",
+        "bool",
+        help="set SCRIPT_NAME from the longest mountpoint that prefixes PATH_INFO (cut from it)",
+    ),
+    opt(
+        "no-default-app",
+        "bool",
+        help="a request no mountpoint matches gets a 500 instead of the first app",
+    ),
+    opt(
+        "spooler",
+        "list",
+        help="uWSGI's spooler directory (tasks queued through the `uwsgi` Python module)",
+        metavar="DIR",
+        inert="pymaster has no `uwsgi` Python module, so `uwsgi.spool` is absent: an app must "
+        "fall back when `import uwsgi` fails (isso does) or use a task queue (Celery, RQ)",
+    ),
+    opt(
+        "cache2",
+        "list",
+        help="uWSGI's shared cache (used through the `uwsgi` Python module)",
+        metavar="SPEC",
+        inert="pymaster has no `uwsgi` Python module, so `uwsgi.cache_*` is absent: an app must "
+        "fall back when `import uwsgi` fails (isso does) or use Redis/memcached",
+    ),
+    opt(
         "wsgi-env-behaviour/wsgi-env-behavior",
         "str",
         help="uWSGI's environ reuse between requests (`cheat` or `holy`)",

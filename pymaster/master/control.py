@@ -259,7 +259,7 @@ class StatsServer:
 
     def __init__(self, address: str, arbiter: Arbiter):
         self.arbiter = arbiter
-        self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address))
+        self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address, "stats"))
         self.listener.bind(arbiter.cfg.listen)
         assert self.listener.sock is not None
         self.sock = self.listener.sock

@@ -1,36 +1,113 @@
-"""Attach what else the master runs besides workers: fastrouter children, subscriptions."""
+"""Attach what else the master runs besides workers: fastrouter children, subscriptions.
+
+The master binds every router socket (`fastrouter`, `subscription`, `fastrouter-stats`
+listeners, see sockets.py), makes the routers' private state directory and, with several
+router processes, binds one relay socket per router in it; then it forks
+`--fastrouter-processes` router children, supervised like workers (respawn, reload, titles
+`fastrouter N`). In each child the target asks to die with the master
+(`workers.contract.die_with_master`), closes the sockets that are not that router's (only
+router 1 keeps the stats socket) and runs `routers.fastrouter.run`. The master removes the
+relay sockets when it shuts down.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 
-def attach(arbiter, cfg, listeners) -> None:
-    """Add gateway children and subscription heartbeats to `arbiter` as configured."""
-    if getattr(cfg, "fastrouter", None):
+from pymaster.config import Config
+from pymaster.log import log
+from pymaster.master import sockets
+
+
+def attach(arbiter, cfg: Config, listeners) -> None:
+    """Add gateway children and subscription heartbeats to `arbiter` as configured.
+    Bad router or subscription configuration raises (AddressError, SubscriptionError)."""
+    if cfg.fastrouter:
         _attach_fastrouter(arbiter, cfg, listeners)
-    if getattr(cfg, "subscribe_to", None) or getattr(cfg, "subscribe2", None):
+    if cfg.subscribe_to or cfg.subscribe2:
         _attach_subscriber(arbiter, cfg, listeners)
 
 
-def _attach_fastrouter(arbiter, cfg, listeners) -> None:
+def _attach_fastrouter(arbiter, cfg: Config, listeners: list[sockets.Listener]) -> None:
+    from pymaster import procname
     from pymaster.routers import fastrouter
+    from pymaster.workers.contract import die_with_master
 
+    fastrouter.check(cfg)  # a bad --fastrouter-to, secret or allow list stops the start
     front = [lst for lst in listeners if lst.kind == "fastrouter"]
     subs = [lst for lst in listeners if lst.kind == "subscription"]
-    mine = {id(lst) for lst in front + subs}
+    stats = [lst for lst in listeners if lst.kind == "fastrouter-stats"]
+    mine = {id(lst) for lst in front + subs + stats}
+    count = cfg.fastrouter_processes  # >= 1: the table maps 0 to 1, as uWSGI
+    directory = fastrouter.state_dir([lst.bound for lst in subs]) if subs else None
+    relays = _bind_relays(directory, count) if directory is not None and count > 1 else []
+    if relays:
+        arbiter.on_stop.append(lambda _graceful: _remove_relays(arbiter, relays))
 
     def target(child):
+        # SIGTERM, not SIGKILL: the router saves its subscription table on the way out
+        die_with_master(signal.SIGTERM)
         for lst in listeners:
             if id(lst) not in mine:
-                lst.sock.close()
-        from pymaster import procname
-
+                lst.bound.close()
+        stats_sock = None
+        for lst in stats:  # served by the first router only, as uWSGI
+            if child.number == 1:
+                stats_sock = lst.bound
+            else:
+                lst.bound.close()
+        relay = None
+        for rid, lst in enumerate(relays, 1):
+            if rid == child.number:
+                relay = lst.bound
+            else:
+                lst.bound.close()
         procname.set_title(cfg, child.title)
         fastrouter.run(
-            cfg, [lst.sock for lst in front], [lst.sock for lst in subs], None, child.number
+            cfg,
+            [lst.bound for lst in front],
+            [lst.bound for lst in subs],
+            stats_sock,
+            child.number,
+            directory,
+            relay,
         )
 
-    for _ in range(max(1, getattr(cfg, "fastrouter_processes", 1) or 1)):
+    for _ in range(count):
         arbiter.add("fastrouter", target)
+
+
+def _bind_relays(directory: str, count: int) -> list[sockets.Listener]:
+    """One unix datagram socket per router process (`relay-N.sock`), bound before any router
+    runs; [] (pools are then per process) when one cannot be bound."""
+    from pymaster.routers.fastrouter import relay_path
+
+    relays: list[sockets.Listener] = []
+    for rid in range(1, count + 1):
+        path = relay_path(directory, rid)
+        lst = sockets.Listener(path, "relay", socket.AF_UNIX, path)
+        try:
+            lst.bind(0)
+        except sockets.SocketError as exc:
+            log(f"[uwsgi-fastrouter] {exc}: router processes do not share subscriptions")
+            for done in relays:
+                done.bound.close()
+            return []
+        lst.bound.set_inheritable(False)  # for the routers (fork), not for a re-exec
+        relays.append(lst)
+    return relays
+
+
+def _remove_relays(arbiter, relays: list[sockets.Listener]) -> None:
+    """On shutdown (not on a reload: the next image binds them again)."""
+    if arbiter.state.mode != "stopping":
+        return
+    for lst in relays:
+        with contextlib.suppress(OSError):
+            os.unlink(lst.name)
 
 
 def stats_load(arbiter) -> int:
@@ -44,14 +121,14 @@ def stats_load(arbiter) -> int:
     )
 
 
-def _attach_subscriber(arbiter, cfg, listeners) -> None:
+def _attach_subscriber(arbiter, cfg: Config, listeners) -> None:
     from pymaster.master.subscriber import Subscriber
 
     own = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
     default_address = own[0].name if own else ""
-    cores = max(1, cfg.processes or 1)
-    sub = Subscriber(cfg, default_address, cores, [lst.name for lst in own])
-    if not getattr(cfg, "start_unsubscribed", False):
+    # cores announced: the workers (a router-only instance, processes 0, still counts 1)
+    sub = Subscriber(cfg, default_address, max(1, cfg.processes), [lst.name for lst in own])
+    if not cfg.start_unsubscribed:
         sub.start()
 
     def heartbeat(now: float) -> None:
@@ -62,9 +139,7 @@ def _attach_subscriber(arbiter, cfg, listeners) -> None:
     arbiter.on_pause.append(lambda paused: sub.pause() if paused else sub.resume())
     arbiter.on_stop.append(
         lambda reloading: (
-            None
-            if reloading and not getattr(cfg, "unsubscribe_on_graceful_reload", False)
-            else sub.unsubscribe()
+            None if reloading and not cfg.unsubscribe_on_graceful_reload else sub.unsubscribe()
         )
     )
     arbiter.subscriber = sub

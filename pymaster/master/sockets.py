@@ -1,8 +1,11 @@
 """Listening sockets as objects: parse uWSGI addresses, bind, and inherit them across re-exec.
 
-An address is `host:port`, `:port` (all interfaces), `[v6]:port`, a filesystem path (unix
-socket) or `@name` (abstract unix socket). Inherited sockets arrive the systemd way:
-LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds.
+Addresses follow `pymaster.protocols.address` (`host:port`, `:port`, `*:port`, `[v6]:port`,
+a unix path, `@name`); binding resolves names there too. Kinds: `uwsgi` and `http` (the
+workers'), `fastrouter`, `subscription` (UDP or unix datagram) and `fastrouter-stats` (the
+routers'), `relay` (unix datagram sockets between router processes, see gateways.py) and
+`stats` (the master's own, see control.py). Inherited sockets arrive the systemd
+way: LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds.
 """
 
 from __future__ import annotations
@@ -10,46 +13,39 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import re
 import socket
+import stat
 from dataclasses import dataclass
 
 from pymaster.log import log
+from pymaster.protocols.address import AddressError, SockAddr, sockaddr_text
+from pymaster.protocols.address import parse as parse_text
 
 SD_LISTEN_FDS_START = 3
 ACTIVATED = "sd-"  # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
+DATAGRAM_KINDS = ("subscription", "relay")
 
 
 class SocketError(Exception):
     """A socket that cannot be parsed or bound; the message names the address."""
 
 
-def parse_address(spec: str):
-    """(family, sockaddr) for a uWSGI-style address string."""
-    if not spec:
-        raise SocketError("empty socket address: expected host:port, :port or a unix path")
-    if spec.startswith("@"):
-        return socket.AF_UNIX, "\0" + spec[1:]
-    if "/" in spec or ":" not in spec:
-        return socket.AF_UNIX, spec
-    host, _, port = spec.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise SocketError(f"invalid port in socket address '{spec}': expected 1-65535")
-    if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    if host in ("", "*"):
-        host = "0.0.0.0"
+def parse_address(spec: str, kind: str = "uwsgi") -> tuple[int, SockAddr]:
+    """(family, sockaddr) to bind a `kind` socket on `spec`; names are resolved."""
+    stype = socket.SOCK_DGRAM if kind in DATAGRAM_KINDS else socket.SOCK_STREAM
     try:
-        host = socket.gethostbyname(host)
-    except OSError as exc:
-        raise SocketError(f"cannot resolve host in socket address '{spec}': {exc}") from None
-    return socket.AF_INET, (host, int(port))
+        return parse_text(spec, f"{kind} socket").resolve(stype, bind=True)
+    except AddressError as exc:
+        raise SocketError(str(exc)) from None
 
 
-def _same_address(family, want, got) -> bool:
+def _same_address(family: int, want: SockAddr, got) -> bool:
     if family == socket.AF_UNIX:
-        got = got.decode("latin-1") if isinstance(got, bytes) else got
-        return got == want
-    return (got[0], got[1]) == (want[0], want[1])
+        return isinstance(want, str) and os.fsencode(want) == (
+            got if isinstance(got, bytes) else os.fsencode(got)
+        )
+    return isinstance(want, tuple) and (got[0], got[1]) == (want[0], want[1])
 
 
 @dataclass
@@ -57,20 +53,28 @@ class Listener:
     """One configured listening socket: its name as given, kind and the bound socket."""
 
     name: str
-    kind: str  # "uwsgi" | "http" | "fastrouter" | "subscription" | "stats"
+    # "uwsgi" | "http" | "fastrouter" | "subscription" | "fastrouter-stats" | "stats" | "relay"
+    kind: str
     family: int = socket.AF_INET
-    address: object = None
+    address: SockAddr = ""
     sock: socket.socket | None = None
     inherited: bool = False
     activated: bool = False  # handed to us by systemd, not in the configuration
 
     @property
+    def bound(self) -> socket.socket:
+        """The socket, once bound or adopted."""
+        if self.sock is None:
+            raise SocketError(f"{self.kind} socket '{self.name}' is not bound")
+        return self.sock
+
+    @property
     def fd(self) -> int:
-        return self.sock.fileno()
+        return self.bound.fileno()
 
     @property
     def datagram(self) -> bool:
-        return self.kind == "subscription"
+        return self.kind in DATAGRAM_KINDS
 
     def describe(self) -> str:
         if self.family == socket.AF_UNIX:
@@ -78,23 +82,37 @@ class Listener:
         proto = "UDP" if self.datagram else "TCP"
         return f"{proto if self.family == socket.AF_INET else proto + '6'} address {self.name}"
 
+    @property
+    def path(self) -> str | None:
+        """The filesystem path of a unix socket (None for inet and abstract sockets)."""
+        if isinstance(self.address, str) and not self.address.startswith("\0"):
+            return self.address
+        return None
+
     def bind(self, backlog: int, chmod: str | None = None) -> None:
+        """Bind and listen; a stale unix socket file is replaced (never another kind of file).
+        `chmod` is `--chmod-socket`, an octal mode for filesystem unix sockets."""
+        path = self.path
+        mode = None
+        if chmod is not None and path is not None:
+            if not re.fullmatch(r"[0-7]{3,4}", chmod):
+                raise SocketError(
+                    f"invalid --chmod-socket '{chmod}' for socket '{self.name}': "
+                    f"expected an octal mode such as 660"
+                )
+            mode = int(chmod, 8)
         stype = socket.SOCK_DGRAM if self.datagram else socket.SOCK_STREAM
         sock = socket.socket(self.family, stype)
         try:
             if self.family != socket.AF_UNIX:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            elif not self.address.startswith("\0") and os.path.exists(self.address):
-                os.unlink(self.address)
+            elif path is not None and os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
             sock.bind(self.address)
             if not self.datagram:
                 sock.listen(backlog)
-            if (
-                chmod is not None
-                and self.family == socket.AF_UNIX
-                and not self.address.startswith("\0")
-            ):
-                os.chmod(self.address, int(chmod or "666", 8))
+            if mode is not None and path is not None:
+                os.chmod(path, mode)
         except OSError as exc:
             sock.close()
             raise SocketError(
@@ -141,16 +159,21 @@ def setup(
         inherited.append((sock, kind))
     listeners = []
     for index, (kind, spec) in enumerate(specs):
-        family, address = parse_address(spec)
+        family, address = parse_address(spec, kind)
         lst = Listener(spec, kind, family, address)
+        stype = socket.SOCK_DGRAM if lst.datagram else socket.SOCK_STREAM
         for i, (sock, _kind) in enumerate(inherited):
-            if sock.family == family and _same_address(family, address, sock.getsockname()):
+            if (
+                sock.family == family
+                and sock.type == stype
+                and _same_address(family, address, sock.getsockname())
+            ):
                 lst.sock, lst.inherited = sock, True
                 inherited.pop(i)
                 break
         if lst.sock is None:
             lst.bind(backlog, chmod)
-        lst.sock.set_inheritable(True)
+        lst.bound.set_inheritable(True)
         verb = "inherited" if lst.inherited else "bound to"
         log(f"{kind} socket {index} {verb} {lst.describe()} fd {lst.fd}")
         listeners.append(lst)
@@ -162,11 +185,7 @@ def setup(
             continue
         kind = kind if kind in ("uwsgi", "http") else "uwsgi"
         name = sock.getsockname()
-        if isinstance(name, tuple):
-            name = f"{name[0]}:{name[1]}"
-        elif isinstance(name, bytes):
-            name = "@" + name[1:].decode("latin-1")
-        lst = Listener(str(name), kind, sock.family, sock.getsockname(), sock, True, True)
+        lst = Listener(sockaddr_text(name), kind, sock.family, name, sock, True, True)
         log("- SystemD socket activation detected -")
         log(f"{kind} socket {len(listeners)} inherited {lst.describe()} fd {lst.fd}")
         listeners.append(lst)
@@ -178,7 +197,7 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
 
     LISTEN_PID is our own pid: exec keeps it, so the new image adopts exactly these fds.
     """
-    fds = [lst.sock.fileno() for lst in listeners]
+    fds = [lst.fd for lst in listeners]
     # dup out of the way first (above any fd the targets could be), then down to 3..
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
     targets = range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + len(fds))
@@ -186,7 +205,7 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
         if fd not in targets:
             os.close(fd)
     for lst in listeners:
-        lst.sock.detach()
+        lst.bound.detach()
     for i, fd in enumerate(high):
         os.dup2(fd, SD_LISTEN_FDS_START + i, inheritable=True)
         os.close(fd)
@@ -233,9 +252,9 @@ def refuse_new_connections(listeners: list[Listener]) -> None:
 def remove_unix(listeners: list[Listener]) -> None:
     """--vacuum: remove the filesystem unix sockets we bound."""
     for lst in listeners:
-        if lst.family == socket.AF_UNIX and not lst.address.startswith("\0"):
+        if lst.path is not None:
             try:
-                os.unlink(lst.address)
-                log(f"VACUUM: unix socket {lst.address} removed.")
+                os.unlink(lst.path)
+                log(f"VACUUM: unix socket {lst.path} removed.")
             except OSError:
                 pass

@@ -2,9 +2,11 @@
 
 Cadence as uWSGI 2.0.21: once at start, again 1 s later, then every `--subscribe-freq`
 seconds counted from the start (t0, t0+1, t0+F, t0+2F, ...). Each datagram goes out on a
-fresh non-blocking socket (UDP for `host:port`, unix datagram for a path) and is never
-answered. Nothing here raises into the master loop: send errors are logged once per
-destination per minute.
+fresh non-blocking socket (UDP for `host:port` / `[v6]:port`, unix datagram for a path) and
+is never answered; server names are resolved by `pymaster.protocols.address` (cached for a
+minute), the announced address is sent as given. Bad configuration raises
+`SubscriptionError` from the constructor; after that nothing here raises into the master
+loop: send errors are logged once per destination per minute.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import socket
 import time
 from dataclasses import replace
 
+from pymaster.config import Config
 from pymaster.log import log, log_verbose
+from pymaster.protocols.address import SockAddr
+from pymaster.protocols.address import parse as parse_address
 from pymaster.protocols.subscription import (
     SUBSCRIBE,
     UNSUBSCRIBE,
@@ -22,7 +27,6 @@ from pymaster.protocols.subscription import (
     Target,
     Throttle,
     build_packet,
-    connect_address,
     expand_keys_file,
     parse_subscribe2,
     parse_subscribe_to,
@@ -30,43 +34,36 @@ from pymaster.protocols.subscription import (
 )
 
 
-def _opt(cfg, name, default=None):
-    value = getattr(cfg, name, default)
-    return default if value is None else value
-
-
 class Subscriber:
     """Announces this instance to routers. Used by the master loop only."""
 
-    def __init__(self, cfg, default_address: str, cores: int, own_sockets: list[str] | None = None):
+    def __init__(
+        self, cfg: Config, default_address: str, cores: int, own_sockets: list[str] | None = None
+    ):
         self.cfg = cfg
-        self.cores = max(1, int(cores or 1))
+        self.cores = max(1, cores)
         self.load = 0
-        self.freq = max(1, int(_opt(cfg, "subscribe_freq", 10)))
-        weight = int(_opt(cfg, "weight", 0) or 0)
-        if _opt(cfg, "auto_weight", False) not in (False, None, "", "false", "0", 0):
-            weight = self.cores
-        self.weight = weight
-        self.notify = _opt(cfg, "subscription_notify_socket", None)
-        self.force_m1 = _opt(cfg, "subscribe_with_modifier1", None)
+        self.freq = cfg.subscribe_freq  # >= 1 (the table refuses 0: uWSGI divides by it)
+        self.weight = self.cores if cfg.auto_weight else cfg.weight
+        self.notify: str | None = cfg.subscription_notify_socket
         self.secret = None
-        secret_file = _opt(cfg, "subscriptions_sign_secret", None)
-        if secret_file:
-            self.secret = read_secret(secret_file)  # a bad secret file is a startup error
+        if cfg.subscriptions_sign_secret is not None:
+            self.secret = read_secret(cfg.subscriptions_sign_secret)  # bad file: startup error
         self.targets: list[Target] = []
-        for value in _opt(cfg, "subscribe_to", []) or []:
+        for value in cfg.subscribe_to:
             self.targets.append(parse_subscribe_to(value, default_address, own_sockets))
-        for value in _opt(cfg, "subscribe2", []) or []:
+        for value in cfg.subscribe2:
             self.targets.append(parse_subscribe2(value, default_address, own_sockets))
-        if self.force_m1 is not None:
-            self.targets = [replace(t, modifier1=int(self.force_m1)) for t in self.targets]
-        self.paused = bool(_opt(cfg, "start_unsubscribed", False))
+        forced = cfg.subscribe_with_modifier1  # 0-255 (the table checks it)
+        if forced is not None:  # as uWSGI (it tests the string), 0 forces 0 too
+            self.targets = [replace(t, modifier1=forced) for t in self.targets]
+        self.paused = cfg.start_unsubscribed
         self.started = False
         self.t0 = 0.0
         self.next_due = float("inf")
         self.sent = 0
         self.errors = Throttle(60.0)
-        self._addr_cache: dict[str, tuple] = {}
+        self._addr_cache: dict[str, tuple[int, SockAddr, float]] = {}
 
     # ------------------------------------------------------------------ master API
     def start(self, now: float | None = None) -> None:
@@ -178,14 +175,12 @@ class Subscriber:
         for server, data in self.packets(cmd, now):
             self._send(server, data, now)
 
-    def _resolve(self, server: str, now: float):
+    def _resolve(self, server: str, now: float) -> tuple[int, SockAddr]:
         cached = self._addr_cache.get(server)
         if cached is not None and now - cached[2] < 60:
             return cached[0], cached[1]
-        family, addr = connect_address(server)
-        if family != socket.AF_UNIX:
-            info = socket.getaddrinfo(addr[0], addr[1], family, socket.SOCK_DGRAM)
-            family, addr = info[0][0], info[0][4]
+        target = parse_address(server, "subscription server")
+        family, addr = target.resolve(socket.SOCK_DGRAM)
         self._addr_cache[server] = (family, addr, now)
         return family, addr
 

@@ -4,10 +4,12 @@
 Wire format (byte-compatible with uWSGI 2.0.21): header `e0 <u16le size> <cmd>` with cmd 0 =
 subscribe/heartbeat, 1 = unsubscribe, then the vars `key`, `address`, `modifier1`,
 `modifier2`, `cores`, `load`, `weight` in that order, then optionally `sni_*`, `notify`,
-and when signing `unix` and `sign` (last). See docs/subscriptions.md.
+and when signing `unix` and `sign` (last). See docs/subscriptions.md. Subscription servers
+are addresses of `pymaster.protocols.address`, checked here and kept as written.
 
 Pure functions over bytes and strings; nothing here does I/O except `read_secret` and
-`expand_keys_file`. Bad input raises `SubscriptionError` with a message naming the thing.
+`expand_keys_file` (which raises OSError for an unreadable keys file). Bad input raises
+`SubscriptionError` with a message naming the thing.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from pymaster.protocols.address import AddressError
+from pymaster.protocols.address import parse as parse_address
 from pymaster.protocols.uwsgi import HEADER, UwsgiError, encode_vars, iter_vars
 
 MODIFIER1 = 224
@@ -34,29 +37,6 @@ class SubscriptionError(ValueError):
     """A subscription spec or datagram that cannot be used; the message says why."""
 
 
-# --------------------------------------------------------------------------- addresses
-
-
-def split_address(addr: str):
-    """'host:port' / ':port' / '[v6]:port' -> (AF_INET[6], (host, port)); a path (or
-    '@abstract') -> (AF_UNIX, path). Raises ValueError for a non-numeric port."""
-    if addr.startswith(("/", ".", "@")) or ":" not in addr:
-        return socket.AF_UNIX, ("\0" + addr[1:] if addr.startswith("@") else addr)
-    host, _, port = addr.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit():
-        raise ValueError(f"invalid address '{addr}' (expected HOST:PORT or a unix path)")
-    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
-
-
-def connect_address(addr: str):
-    """Like split_address, with a wildcard host ('', '*', 0.0.0.0) meaning 127.0.0.1."""
-    family, where = split_address(addr)
-    if family == socket.AF_INET and where[0] in ("", "*", "0.0.0.0"):
-        where = ("127.0.0.1", where[1])
-    return family, where
-
-
 # --------------------------------------------------------------------------- grammar
 
 
@@ -64,7 +44,7 @@ def connect_address(addr: str):
 class Target:
     """One subscription: where to announce, what key, which address and modifiers."""
 
-    server: str  # 'host:port' (UDP) or a unix datagram path
+    server: str  # as given: 'host:port' / '[v6]:port' (UDP) or a unix datagram path
     key: str
     address: str
     modifier1: int = 0
@@ -94,19 +74,31 @@ def _small_int(text: str, what: str, value: str) -> int:
     return int(text)
 
 
+def _server(text: str, value: str) -> str:
+    """Check a subscription server address (pymaster.protocols.address); kept as given."""
+    try:
+        parse_address(text, "subscription server")
+    except AddressError as exc:
+        raise SubscriptionError(f"{exc} (in subscription '{value}')") from None
+    return text
+
+
 def _split_server(rest: str, value: str) -> tuple[str, str]:
-    """'host:port:KEY...' or '/unix/path:KEY...' -> (server, key part)."""
+    """'host:port:KEY...', '[v6]:port:KEY...' or '/unix/path:KEY...' -> (server, key part)."""
     if rest.startswith(("/", ".", "@")):
         server, sep, keypart = rest.partition(":")
     else:
-        host, sep1, after = rest.partition(":")
-        port, sep, keypart = after.partition(":")
-        if not sep1 or not port.isdigit() or not 0 < int(port) < 65536:
+        close = rest.find("]:") + 1 if rest.startswith("[") else 0
+        host_end = rest.find(":", close)
+        port_end = rest.find(":", host_end + 1) if host_end >= 0 else -1
+        if host_end < 0:
             raise SubscriptionError(
                 f"invalid subscription server in '{value}' "
-                f"(expected HOST:PORT:KEY or /unix/path:KEY)"
+                f"(expected HOST:PORT:KEY, [V6]:PORT:KEY or /unix/path:KEY)"
             )
-        server = f"{host}:{port}"
+        server = rest if port_end < 0 else rest[:port_end]
+        sep, keypart = (":", rest[port_end + 1 :]) if port_end >= 0 else ("", "")
+    _server(server, value)
     if not sep or not keypart:
         raise SubscriptionError(
             f"missing key in subscription '{value}' "
@@ -126,10 +118,10 @@ def split_key(keypart: str, value: str = "") -> tuple[str, int, int, str | None]
     value = value or keypart
     if "," in keypart:
         key, _, tail = keypart.partition(",")
-        m1_text, _, sign = tail.partition(",")
+        m1_text, _, sign_text = tail.partition(",")
         m1 = _small_int(m1_text, "modifier1", value) if m1_text else 0
         m2 = 0
-        sign = sign or None
+        sign = sign_text or None
     else:
         parts = keypart.split(":")
         mods: list[int] = []
@@ -153,8 +145,9 @@ def parse_subscribe_to(
     """Parse one `--subscribe-to` value.
 
     Forms: `[NAME=]SERVER:KEY[,MODIFIER1[,SIGN]]`, `=N=SERVER:KEY...` (address = own
-    socket N), `SERVER:@FILE`, with SERVER `host:port` or a unix path, and the seed's
-    `host:port:KEY:MODIFIER1[:MODIFIER2]`.
+    socket N), `SERVER:@FILE`, with SERVER `host:port`, `[v6]:port` or a unix path, and the
+    seed's `host:port:KEY:MODIFIER1[:MODIFIER2]`. The address announced (`NAME`, own socket
+    or the default) is kept as text, never parsed or resolved.
     """
     text = value.strip()
     address = default_address
@@ -229,7 +222,7 @@ def parse_subscribe2(
     m1 = _small_int(items["modifier1"], "modifier1", value) if items.get("modifier1") else 0
     m2 = _small_int(items["modifier2"], "modifier2", value) if items.get("modifier2") else 0
     extra = tuple((k, items[k]) for k in ("sni_key", "sni_crt", "sni_ca") if items.get(k))
-    server = items["server"]
+    server = _server(items["server"], value)
     if len(items["key"].encode("latin-1", "replace")) > MAX_NAME:
         raise SubscriptionError(f"key longer than {MAX_NAME} bytes in --subscribe2 '{value}'")
     return Target(
@@ -288,7 +281,7 @@ def build_packet(
     now: float | None = None,
 ) -> bytes:
     """One subscription datagram, vars in uWSGI 2.0.21's order; signed when `secret`."""
-    pairs = [
+    pairs: list[tuple[str, str | int]] = [
         ("key", key),
         ("address", address),
         ("modifier1", modifier1),
@@ -360,7 +353,7 @@ def parse_packet(data: bytes) -> Announcement:
     except UwsgiError as exc:
         raise SubscriptionError(f"malformed subscription datagram: {exc}") from None
     sign = found.get(b"sign")
-    if sign is not None and signed_end + 8 + len(sign) != pos:
+    if sign is not None and signed_end is not None and signed_end + 8 + len(sign) != pos:
         sign = b""  # vars after `sign` would be unsigned: never valid
     key, address = found.get(b"key", b""), found.get(b"address", b"")
     if not 0 < len(key) <= MAX_NAME:
@@ -417,8 +410,14 @@ def verify(ann: Announcement, secret: bytes, now: float, tolerance: float) -> st
 
 def read_secret(path: str) -> bytes:
     """The signing secret: the file's bytes without surrounding whitespace."""
-    with open(path, "rb") as fh:
-        secret = fh.read().strip()
+    try:
+        with open(path, "rb") as fh:
+            secret = fh.read().strip()
+    except OSError as exc:
+        raise SubscriptionError(
+            f"cannot read the subscription secret file '{path}' "
+            f"(--subscriptions-sign-secret): {exc.strerror}"
+        ) from None
     if len(secret) < 16:
         raise SubscriptionError(
             f"subscription secret in {path} is too short "

@@ -1,27 +1,29 @@
 """The fastrouter: a uwsgi-protocol load balancer (asyncio, uvloop when importable).
 
-The master binds the sockets and calls `run()` in a forked child, once per router process
-(`--fastrouter-processes N`). Per client connection: read the uwsgi header and vars, pick
-the key (UWSGI_FASTROUTER_KEY > HTTP_HOST > SERVER_NAME), pick a node (subscription pools
-with uWSGI's wrr, else static `--fastrouter-to` round robin), connect, rewrite header bytes
-0 and 3 to the node's modifier1/modifier2, and stream both ways until the node closes.
+Run only under a master: `pymaster --fastrouter ADDR [--fastrouter-subscription-server ADDR]
+[--fastrouter-to ADDR] [--fastrouter-stats ADDR] ...`. The master binds every socket (the
+stats one too) and calls `run()` in a forked child, once per router process
+(`--fastrouter-processes N`), supervising them like workers (master/gateways.py); the router
+binds nothing itself.
+
+Per client connection: read the uwsgi header and vars, pick the key (UWSGI_FASTROUTER_KEY >
+HTTP_HOST > SERVER_NAME), pick a node (subscription pools with uWSGI's wrr, else static
+`--fastrouter-to` round robin), connect, rewrite header bytes 0 and 3 to the node's
+modifier1/modifier2, and stream both ways until the node closes.
 
 Sharing one table across router processes: every process reads the (inherited) subscription
 socket; whoever receives a datagram applies it and relays the raw bytes to its siblings over
-unix datagram sockets in a private 0700 state directory. The same directory holds the table
-snapshot (`table.json`) that lets pools survive a reload of the router. See
-docs/subscriptions.md.
-
-Dev entry point (tests use it): `python -m pymaster.routers.fastrouter --fastrouter ADDR
-[--fastrouter-subscription-server ADDR] [--fastrouter-to ADDR] [--fastrouter-processes N]
-[--fastrouter-stats ADDR] [--subscription-tolerance N] ...`.
+unix datagram sockets (`relay-N.sock`) in a private 0700 state directory. The master makes
+the directory (`state_dir`) and binds the relay sockets before it forks the routers, so a
+datagram relayed to a sibling that is not running yet (start, respawn) waits in its queue.
+The same directory holds the table snapshot (`table.json`) that lets pools survive a reload
+of the router. See docs/subscriptions.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hashlib
 import json
@@ -34,73 +36,50 @@ import tempfile
 import time
 from typing import NoReturn
 
+from pymaster.config import Config
 from pymaster.log import log
-from pymaster.protocols.subscription import SubscriptionError, read_secret, split_address
-from pymaster.routers.pools import DEFAULT_TOLERANCE, StaticNodes, Table, parse_allow
+from pymaster.protocols.address import AddressError, sockaddr_text
+from pymaster.protocols.address import parse as parse_address
+from pymaster.protocols.subscription import SubscriptionError, read_secret
+from pymaster.routers.pools import Node, StaticNodes, Table, parse_allow
 from pymaster.routers.session import ClientSession
 
 CHUNK = 65536
 
 
-def _opt(cfg, name, default=None):
-    value = getattr(cfg, name, None)
-    return default if value is None else value
+# --------------------------------------------------------------------------- configuration
+# Explicit zeroes are mapped by the option table, as uWSGI's corerouter maps them:
+# `--fastrouter-timeout 0` is 60 s (`if (!ucr->socket_timeout) ucr->socket_timeout = 60`),
+# `--fastrouter-processes 0` is 1 (`if (ucr->processes < 1) ucr->processes = 1`);
+# `--subscription-tolerance 0` is taken as given (see routers/pools.py).
 
 
-# --------------------------------------------------------------------------- addresses
-
-
-def _bind(addr: str, kind: int) -> socket.socket:
-    family, where = split_address(addr)
-    if family != socket.AF_UNIX and where[0] in ("", "*"):
-        where = ("0.0.0.0", where[1])
-    sock = socket.socket(family, kind)
-    try:
-        if family == socket.AF_UNIX:
-            if (
-                not where.startswith("\0")
-                and os.path.exists(where)
-                and stat.S_ISSOCK(os.stat(where).st_mode)
-            ):
-                os.unlink(where)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(where)
-        if kind == socket.SOCK_STREAM:
-            sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot bind '{addr}': {exc.strerror}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def bind_subscription_server(addr: str) -> socket.socket:
-    """The subscription socket: UDP for `host:port` (`:port` = all addresses), unix
-    datagram for a path."""
-    return _bind(addr, socket.SOCK_DGRAM)
-
-
-def bind_listener(addr: str) -> socket.socket:
-    """A stream listening socket (`--fastrouter`, `--fastrouter-stats`)."""
-    return _bind(addr, socket.SOCK_STREAM)
+def check(cfg: Config) -> None:
+    """Raise for router configuration that cannot work (called by the master before it forks
+    routers): a malformed `--fastrouter-to` node (AddressError), an unreadable or short
+    signing secret, a bad `--subscription-allow` entry (SubscriptionError, OSError)."""
+    for node in cfg.fastrouter_to:
+        parse_address(node, "--fastrouter-to node")
+    if cfg.subscriptions_sign_secret is not None:
+        read_secret(cfg.subscriptions_sign_secret)
+    parse_allow(cfg.subscription_allow)
 
 
 def socket_name(sock: socket.socket) -> str:
-    name = sock.getsockname()
-    if isinstance(name, tuple):
-        return f"{name[0]}:{name[1]}"
-    if isinstance(name, bytes):
-        name = name.decode("latin-1")
-    return "@" + name[1:] if name.startswith("\0") else name
+    return sockaddr_text(sock.getsockname())
 
 
-def state_dir(cfg, subscription_socks) -> str | None:
+def relay_path(directory: str, router_id: int) -> str:
+    """The relay socket of router `router_id` in the state directory."""
+    return os.path.join(directory, f"relay-{router_id}.sock")
+
+
+def state_dir(subscription_socks: list[socket.socket]) -> str | None:
     """Private per-router directory for the relay sockets and the table snapshot, keyed by
-    the subscription addresses; None when it cannot be made safe."""
+    the subscription addresses, under $PYMASTER_RUNTIME_DIR, else $XDG_RUNTIME_DIR, else the
+    temp dir; None when it cannot be made safe. Made by the master (master/gateways.py)."""
     base = (
-        _opt(cfg, "runtime_dir")
-        or os.environ.get("PYMASTER_RUNTIME_DIR")
+        os.environ.get("PYMASTER_RUNTIME_DIR")
         or os.environ.get("XDG_RUNTIME_DIR")
         or tempfile.gettempdir()
     )
@@ -120,12 +99,6 @@ def state_dir(cfg, subscription_socks) -> str | None:
         log(f"[uwsgi-fastrouter] cannot create state directory {path}: {exc.strerror}")
         return None
     return path
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 # --------------------------------------------------------------------------- the router
@@ -152,7 +125,23 @@ def _502(key: str) -> bytes:
 
 
 class Router:
-    def __init__(self, cfg, listen_socks, subscription_socks, stats_sock, router_id: int):
+    """One router process: its sockets (inherited, bound by the master: listening,
+    subscription, stats for router 1, its own relay socket when there are siblings), the
+    state directory, the subscription table and the static nodes."""
+
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[int]
+
+    def __init__(
+        self,
+        cfg: Config,
+        listen_socks: list[socket.socket],
+        subscription_socks: list[socket.socket],
+        stats_sock: socket.socket | None,
+        router_id: int,
+        directory: str | None = None,
+        relay_sock: socket.socket | None = None,
+    ):
         self.cfg = cfg
         self.id = router_id
         self.pid = os.getpid()
@@ -160,31 +149,26 @@ class Router:
         self.listen_socks = list(listen_socks)
         self.sub_socks = list(subscription_socks)
         self.stats_sock = stats_sock
-        self.timeout = float(_opt(cfg, "fastrouter_timeout", 60) or 60)
-        self.processes = max(1, int(_opt(cfg, "fastrouter_processes", 1) or 1))
-        tolerance = float(
-            _opt(cfg, "subscription_tolerance", DEFAULT_TOLERANCE) or DEFAULT_TOLERANCE
-        )
-        secret_file = _opt(cfg, "subscriptions_sign_secret")
-        secret = read_secret(secret_file) if secret_file else None
+        self.timeout = float(cfg.fastrouter_timeout)
+        self.processes = cfg.fastrouter_processes
+        secret_file = cfg.subscriptions_sign_secret
+        secret = read_secret(secret_file) if secret_file is not None else None
         self.table = Table(
-            tolerance,
+            cfg.subscription_tolerance,
             secret,
-            parse_allow(_opt(cfg, "subscription_allow", [])),
+            parse_allow(cfg.subscription_allow),
             self.pid,
             log,
             self._notify,
         )
         self.use_subscriptions = bool(self.sub_socks)
-        self.static = StaticNodes(_opt(cfg, "fastrouter_to", []) or [])
+        self.static = StaticNodes(cfg.fastrouter_to)
         self.active = 0
         self.sessions: set[ClientSession] = set()
-        self.loop = None
         self.stopping = False
-        self.servers: list = []
-        self.done: asyncio.Future | None = None
-        self.dir = state_dir(cfg, self.sub_socks) if self.sub_socks else None
-        self.relay_sock: socket.socket | None = None
+        self.servers: list[asyncio.Server] = []
+        self.dir = directory
+        self.relay_sock = relay_sock
         self.last_dump = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -204,9 +188,7 @@ class Router:
             # create_server listens again: keep the master's --listen backlog
             self.servers.append(
                 await loop.create_server(
-                    lambda: ClientSession(self),
-                    sock=sock,
-                    backlog=int(_opt(self.cfg, "listen", 100) or 100),
+                    lambda: ClientSession(self), sock=sock, backlog=self.cfg.listen
                 )
             )
         if self.stats_sock is not None:
@@ -218,7 +200,6 @@ class Router:
         finally:
             ticker.cancel()
             self._dump(force=True)
-            self._close_relay()
 
     def stop(self, graceful: bool) -> None:
         if self.stopping and graceful:
@@ -267,39 +248,19 @@ class Router:
             else:
                 self.table.handle_datagram(data, None, now, check_source=False)
 
-    def _relay_path(self, rid: int) -> str:
-        return os.path.join(self.dir, f"relay-{rid}.sock")
-
-    def _open_relay(self, loop) -> None:
-        if self.dir is None or self.processes < 2:
-            return
-        path = self._relay_path(self.id)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(path)
-            sock.setblocking(False)
-        except OSError as exc:
-            log(f"[uwsgi-fastrouter] cannot bind relay socket {path}: {exc.strerror}")
-            return
-        self.relay_sock = sock
-        loop.add_reader(sock.fileno(), self._on_datagrams, sock, False)
-
-    def _close_relay(self) -> None:
+    def _open_relay(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read what siblings relay; the socket (and its path) stay the master's."""
         if self.relay_sock is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._relay_path(self.id))
-            self.relay_sock.close()
-            self.relay_sock = None
+            self.relay_sock.setblocking(False)
+            loop.add_reader(self.relay_sock.fileno(), self._on_datagrams, self.relay_sock, False)
 
     def _relay(self, data: bytes) -> None:
-        if self.relay_sock is None:
+        if self.relay_sock is None or self.dir is None:
             return
         for rid in range(1, self.processes + 1):
-            if rid != self.id:
+            if rid != self.id:  # a full queue (a sibling stopped for long) drops the copy
                 with contextlib.suppress(OSError):
-                    self.relay_sock.sendto(data, self._relay_path(rid))
+                    self.relay_sock.sendto(data, relay_path(self.dir, rid))
 
     def _notify(self, path: str, data: bytes) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -381,7 +342,6 @@ class Router:
             writer.close()
 
     # ------------------------------------------------------------------ sessions
-    # ------------------------------------------------------------------ sessions
     def opened(self, session: ClientSession) -> None:
         self.sessions.add(session)
         self.active += 1
@@ -407,16 +367,16 @@ class Router:
     def bad_gateway(key: str) -> bytes:
         return _502(key)
 
-    def choose(self, key: str):
+    def choose(self, key: str) -> Node | None:
         if self.use_subscriptions:
             return self.table.pick(key) if key else None
         return self.static.pick() if self.static.nodes else None
 
-    def connected(self, node) -> None:
+    def connected(self, node: Node) -> None:
         if self.use_subscriptions:
             self.table.connected(node)
 
-    def failed(self, key: str, node) -> None:
+    def failed(self, key: str, node: Node) -> None:
         if self.use_subscriptions:
             self.table.fail(key, node)
             self.table.release(key, node)
@@ -424,7 +384,7 @@ class Router:
             self.static.fail(node)
             node.ref = max(0, node.ref - 1)
 
-    def release(self, key: str, node) -> None:
+    def release(self, key: str, node: Node) -> None:
         if self.use_subscriptions:
             self.table.release(key, node)
         else:
@@ -451,14 +411,18 @@ def _new_loop():
 
 
 def run(
-    cfg,
+    cfg: Config,
     listen_socks: list[socket.socket],
     subscription_socks: list[socket.socket],
     stats_sock: socket.socket | None,
     router_id: int,
+    directory: str | None = None,
+    relay_sock: socket.socket | None = None,
 ) -> NoReturn:
-    """Run router process `router_id` (1-based) on already bound, inherited sockets; never
-    returns (exits 0 on SIGINT/SIGTERM/SIGQUIT, and on SIGHUP once in-flight sessions end)."""
+    """Run router process `router_id` (1-based) on sockets the master bound (`stats_sock` for
+    router 1 only, `relay_sock` with siblings) with the state `directory` it made; never
+    returns (exits 0 on SIGINT/SIGTERM/SIGQUIT, and on SIGHUP once in-flight sessions end).
+    Death with the master is the caller's (master/gateways.py)."""
     code = 1
     try:
         with contextlib.suppress(ValueError, OSError):
@@ -468,16 +432,13 @@ def run(
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGTSTP):
             signal.signal(sig, signal.SIG_IGN)
-        _die_with_parent()
-        if stats_sock is None and router_id == 1 and _opt(cfg, "fastrouter_stats"):
-            stats_sock = bind_listener(cfg.fastrouter_stats)
-        elif router_id != 1 and stats_sock is not None:
-            stats_sock = None  # served by the first router only
-        router = Router(cfg, listen_socks, subscription_socks, stats_sock, router_id)
+        router = Router(
+            cfg, listen_socks, subscription_socks, stats_sock, router_id, directory, relay_sock
+        )
         loop = _new_loop()
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(router.main())
-    except (OSError, SubscriptionError, ValueError) as exc:
+    except (OSError, SubscriptionError, AddressError, ValueError) as exc:
         log(f"[uwsgi-fastrouter] router {router_id} cannot run: {exc}")
         code = 1
     except BaseException as exc:  # never return into the master's code
@@ -489,75 +450,3 @@ def run(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-
-# --------------------------------------------------------------------------- dev entry point
-
-
-def _dev_args(argv):
-    import argparse
-    from types import SimpleNamespace
-
-    p = argparse.ArgumentParser(
-        prog="python -m pymaster.routers.fastrouter",
-        description="run a fastrouter without a pymaster master",
-    )
-    p.add_argument("--fastrouter", action="append", required=True)
-    p.add_argument("--fastrouter-subscription-server", action="append", default=[])
-    p.add_argument("--fastrouter-to", action="append", default=[])
-    p.add_argument("--fastrouter-processes", type=int, default=1)
-    p.add_argument("--fastrouter-timeout", type=int, default=60)
-    p.add_argument("--fastrouter-stats")
-    p.add_argument("--subscription-tolerance", type=int, default=DEFAULT_TOLERANCE)
-    p.add_argument("--subscriptions-sign-secret")
-    p.add_argument("--subscription-allow", action="append", default=[])
-    p.add_argument("--runtime-dir")
-    return SimpleNamespace(**vars(p.parse_args(argv)))
-
-
-def main(argv=None) -> int:
-    """A tiny supervisor: bind, fork the routers, forward signals. SIGHUP restarts the
-    routers on the same sockets (as a master reload would); SIGINT/SIGTERM stop them."""
-    cfg = _dev_args(sys.argv[1:] if argv is None else argv)
-    listen = [bind_listener(a) for a in cfg.fastrouter]
-    subs = [bind_subscription_server(a) for a in cfg.fastrouter_subscription_server]
-    stats = bind_listener(cfg.fastrouter_stats) if cfg.fastrouter_stats else None
-    for sock in listen + subs:
-        log(f"pymaster fastrouter bound on {socket_name(sock)} fd {sock.fileno()}")
-    children: dict[int, int] = {}
-    events: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: events.append(s))
-
-    def spawn(rid: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            run(cfg, listen, subs, stats if rid == 1 else None, rid)
-        children[pid] = rid
-        log(f"spawned pymaster fastrouter {rid} (pid: {pid})")
-
-    for rid in range(1, cfg.fastrouter_processes + 1):
-        spawn(rid)
-    stopping = False
-    while children:
-        while events:
-            sig = events.pop(0)
-            stopping = stopping or sig != signal.SIGHUP
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            time.sleep(0.05)
-            continue
-        rid = children.pop(pid, None)
-        if rid is not None and not stopping:
-            spawn(rid)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

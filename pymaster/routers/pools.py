@@ -167,7 +167,8 @@ class Table:
         notify_send: Callable[[str, bytes], None] | None = None,
     ):
         self.pools: dict[str, Pool] = {}
-        self.tolerance = tolerance or DEFAULT_TOLERANCE
+        # taken as given, 0 too: uWSGI has no default for 0 (a node then expires at once)
+        self.tolerance = tolerance
         self.secret = secret
         self.allow = list(allow)
         self.pid = pid or os.getpid()
@@ -214,7 +215,7 @@ class Table:
             ann = parse_packet(data)
             if self.secret is not None:
                 reason = verify(ann, self.secret, now, self.tolerance)
-                if reason is None:
+                if reason is None and ann.unix is not None:  # verified: it is signed
                     ident = (ann.key, ann.address)
                     prev = self.last_unix.get(ident)
                     if prev is not None and ann.unix <= prev[0]:
@@ -309,7 +310,7 @@ class Table:
     def unsubscribe(self, key: str, address: str) -> bool:
         pool = self.pools.get(key)
         node = pool.find(address) if pool else None
-        if node is None:
+        if pool is None or node is None:
             return False
         self._mark(pool, node)
         return True

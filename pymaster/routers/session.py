@@ -4,19 +4,26 @@ The client side reads the uwsgi header and vars, asks the router for a node (ret
 next node on a failed connect), rewrites header bytes 0 and 3 to the node's modifiers and
 from then on forwards bytes as they come, both ways, with transport-level flow control
 (a full write buffer pauses reading on the other side). No task per chunk, no buffering of
-bodies; idle sessions are cut by the router's ticker after `--fastrouter-timeout`.
+bodies; idle sessions are cut by the router's ticker after `--fastrouter-timeout`. Node
+addresses are parsed by `pymaster.protocols.address`; asyncio resolves names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import socket
+import os
 import struct
+from typing import TYPE_CHECKING
 
 from pymaster.log import log
-from pymaster.protocols.subscription import connect_address
+from pymaster.protocols.address import Address
+from pymaster.protocols.address import parse as parse_address
 from pymaster.protocols.uwsgi import HEADER, UwsgiError
+
+if TYPE_CHECKING:
+    from pymaster.routers.fastrouter import Router
+    from pymaster.routers.pools import Node
 
 MAX_RETRIES = 3
 KEY_VARS = (b"UWSGI_FASTROUTER_KEY", b"HTTP_HOST", b"SERVER_NAME")
@@ -57,11 +64,13 @@ def route_key(block) -> str:
 class NodeSide(asyncio.Protocol):
     """The connection to the chosen node: its bytes go straight to the client."""
 
-    __slots__ = ("session", "transport")
+    __slots__ = ("session", "transport", "node")
 
-    def __init__(self, session: ClientSession):
+    transport: asyncio.Transport
+
+    def __init__(self, session: ClientSession, node: Node):
         self.session = session
-        self.transport = None
+        self.node = node
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -69,7 +78,7 @@ class NodeSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         s = self.session
         s.last = s.loop.time()
-        s.node.rx += len(data)
+        self.node.rx += len(data)
         s.transport.write(data)
 
     def eof_received(self) -> bool:
@@ -90,19 +99,20 @@ class NodeSide(asyncio.Protocol):
 class ClientSession(asyncio.Protocol):
     """A client connection on a --fastrouter socket."""
 
-    def __init__(self, router):
+    transport: asyncio.Transport
+
+    def __init__(self, router: Router):
         self.router = router
         self.loop = router.loop
-        self.transport = None
-        self.buf = bytearray()
+        self.buf = bytearray()  # header and vars until a node is connected
         self.pending: list[bytes] = []  # body bytes that arrive while connecting
-        self.node = None
+        self.node: Node | None = None
         self.node_side: NodeSide | None = None
         self.key = ""
         self.routing = False
         self.finished = False
         self.last = 0.0
-        self.task = None
+        self.task: asyncio.Task[None] | None = None
         self.paused = False
 
     # -- client transport events ------------------------------------------------------
@@ -113,9 +123,10 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self.loop.time()
-        if self.node_side is not None:
-            self.node.tx += len(data)
-            self.node_side.transport.write(data)
+        side = self.node_side
+        if side is not None:
+            side.node.tx += len(data)
+            side.transport.write(data)
             return
         if self.routing:  # body bytes while we connect: keep them, but stop
             self.pending.append(data)  # reading more until a node is there
@@ -189,7 +200,7 @@ class ClientSession(asyncio.Protocol):
             self.node, self.node_side = node, side
             self.buf[0], self.buf[3] = node.modifier1, node.modifier2
             first = bytes(self.buf) + b"".join(self.pending)
-            self.buf = self.pending = None
+            self.buf, self.pending = bytearray(), []  # from now on bytes go straight through
             node.tx += len(first)
             side.transport.write(first)
             if self.paused:
@@ -207,14 +218,18 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(router.unavailable(self.key))
         self.transport.close()
 
-    async def _connect(self, node) -> NodeSide:
+    async def _connect(self, node: Node) -> NodeSide:
         """No timeout object per connect: a session that makes no progress for
         --fastrouter-timeout is aborted by the router's ticker, which cancels this too."""
-        family, where = _address(node.name)
-        if family == socket.AF_UNIX:
-            _t, side = await self.loop.create_unix_connection(lambda: NodeSide(self), where)
+        where = _address(node.name)
+        if where.unix:
+            _t, side = await self.loop.create_unix_connection(
+                lambda: NodeSide(self, node), where.path
+            )
         else:
-            _t, side = await self.loop.create_connection(lambda: NodeSide(self), where[0], where[1])
+            _t, side = await self.loop.create_connection(
+                lambda: NodeSide(self, node), where.connect_host, where.port
+            )
         return side
 
     def finish(self) -> None:
@@ -234,14 +249,12 @@ class ClientSession(asyncio.Protocol):
 
 
 @functools.lru_cache(maxsize=4096)
-def _address(name: str):
-    """(family, sockaddr) of a node name, parsed once."""
-    return connect_address(name)
+def _address(name: str) -> Address:
+    """A node's address (as announced or given to --fastrouter-to), parsed once."""
+    return parse_address(name, "node address")
 
 
 def _reason(exc: BaseException) -> str:
-    import os
-
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, OSError) and exc.errno:

@@ -67,7 +67,7 @@ def test_pools_survive_a_router_reload(app_file):
         subscribe_once(fr.sub_port, "reload.test", f"127.0.0.1:{port}")
         assert wait_pids(fr.port, "reload.test", 1) <= worker_pids(b)
         old = [c for c in fr.children()]
-        os.kill(fr.pid, signal.SIGHUP)              # the launcher restarts its routers
+        os.kill(fr.pid, signal.SIGHUP)              # the master reloads, routers too
         wait_until(lambda: fr.logtext().count("spawned pymaster fastrouter 1") == 2, 10,
                    "router respawn")
         assert not set(old) & set(fr.children())
@@ -109,7 +109,7 @@ def test_signing_and_allow(app_file, tmp_path):
         wait_until(lambda: "unsigned" in fr.logtext(), 5, "unsigned uWSGI packets rejected")
         assert request(fr.port, "signed.test").status == 503
         subscribe_once(fr.sub_port, "signed.test", f"127.0.0.1:{port}",
-                       subscriptions_sign_secret=str(secret))
+                       "--subscriptions-sign-secret", str(secret))
         wait_pids(fr.port, "signed.test", 1, timeout=5)
     with router("--subscription-allow", "10.0.0.0/8") as fr:
         subscribe_once(fr.sub_port, "allow.test", "127.0.0.1:1")

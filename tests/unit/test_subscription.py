@@ -3,12 +3,12 @@ grammar, HMAC signing, and the master-side Subscriber (cadence, pause, errors)."
 
 import socket
 import time
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pymaster.config import Config, parse
 from pymaster.master.subscriber import Subscriber
 from pymaster.protocols.subscription import (
     SubscriptionError,
@@ -188,6 +188,10 @@ def test_read_secret(tmp_path):
     f.write_bytes(b"short\n")
     with pytest.raises(SubscriptionError):
         read_secret(str(f))
+    with pytest.raises(SubscriptionError, match=r"cannot read the subscription secret file "
+                                                 r"'.*missing' \(--subscriptions-sign-secret\): "
+                                                 r"No such file or directory"):
+        read_secret(str(f) + ".missing")
 
 
 @settings(max_examples=300, deadline=None)
@@ -203,12 +207,9 @@ def test_fuzz_parse_raises_only_subscription_error(data):
 
 # --------------------------------------------------------------------------- Subscriber
 
-def cfg(**kw):
-    base = dict(subscribe_to=[], subscribe2=[], subscribe_freq=10, weight=0, auto_weight=False,
-                start_unsubscribed=False, subscriptions_sign_secret=None,
-                subscription_notify_socket=None, subscribe_with_modifier1=None)
-    base.update(kw)
-    return SimpleNamespace(**base)
+def cfg(*args: str) -> Config:
+    """A real Config from command-line options (table defaults for the rest)."""
+    return parse(list(args), {})
 
 
 @pytest.fixture
@@ -231,7 +232,8 @@ def drain(sock):
 
 def test_subscriber_cadence_and_logs(udp, capfd):
     port = udp.getsockname()[1]
-    sub = Subscriber(cfg(subscribe_to=[f"127.0.0.1:{port}:psgi_cluster:5"], subscribe_freq=3),
+    sub = Subscriber(cfg("--subscribe-to", f"127.0.0.1:{port}:psgi_cluster:5",
+                         "--subscribe-freq", "3"),
                      "127.0.0.1:4002", 2)
     t0 = 1000.0
     sub.start(t0)
@@ -253,7 +255,7 @@ def test_subscriber_cadence_and_logs(udp, capfd):
 
 
 def test_subscriber_default_freq_cadence(udp):
-    sub = Subscriber(cfg(subscribe_to=[f"127.0.0.1:{udp.getsockname()[1]}:k"]), "a:1", 1)
+    sub = Subscriber(cfg("--subscribe-to", f"127.0.0.1:{udp.getsockname()[1]}:k"), "a:1", 1)
     sub.start(0.0)
     sent = []
     for i in range(1, 26):
@@ -264,10 +266,23 @@ def test_subscriber_default_freq_cadence(udp):
     assert sent == [1, 10, 20]
 
 
+def test_subscriber_explicit_zeroes(udp):
+    # --subscribe-with-modifier1 0 forces 0 (uWSGI tests the string, so "0" forces too);
+    # --weight 0 is sent as 0 (the router reads it as 1)
+    port = udp.getsockname()[1]
+    sub = Subscriber(cfg("--subscribe-to", f"127.0.0.1:{port}:k,5", "--subscribe-freq", "1",
+                         "--subscribe-with-modifier1", "0", "--weight", "0"), "a:1", 1)
+    sub.start(0.0)
+    for i in range(1, 4):
+        sub.tick(float(i))
+    anns = drain(udp)
+    assert len(anns) == 4 and {(a.modifier1, a.weight) for a in anns} == {(0, 0)}
+
+
 def test_subscriber_unsubscribe_pause_resume(udp, capfd):
     port = udp.getsockname()[1]
-    sub = Subscriber(cfg(subscribe_to=[f"127.0.0.1:{port}:k"], start_unsubscribed=True,
-                         weight=4), "127.0.0.1:9", 1)
+    sub = Subscriber(cfg("--subscribe-to", f"127.0.0.1:{port}:k", "--start-unsubscribed",
+                         "--weight", "4"), "127.0.0.1:9", 1)
     sub.tick(time.time() + 100)
     assert drain(udp) == []                      # start-unsubscribed: nothing until toggled
     sub.toggle()
@@ -296,9 +311,9 @@ def test_subscriber_auto_weight_subscribe2_signing_unix(tmp_path):
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     try:
-        sub = Subscriber(cfg(subscribe_to=[f"{path}:k1"], auto_weight=True,
-                             subscribe2=[f"server={path},key=k2,weight=9,modifier2=4"],
-                             subscriptions_sign_secret=str(secret)), "127.0.0.1:9", 3)
+        sub = Subscriber(cfg("--subscribe-to", f"{path}:k1", "--auto-weight",
+                             "--subscribe2", f"server={path},key=k2,weight=9,modifier2=4",
+                             "--subscriptions-sign-secret", str(secret)), "127.0.0.1:9", 3)
         sub.start()
         anns = drain(rx)
     finally:
@@ -308,9 +323,9 @@ def test_subscriber_auto_weight_subscribe2_signing_unix(tmp_path):
 
 
 def test_subscriber_send_errors_never_raise_and_are_throttled(tmp_path, capfd):
-    sub = Subscriber(cfg(subscribe_to=[f"{tmp_path}/missing.sock:k",
-                                       "127.0.0.1:1:k", f"127.0.0.1:1:@{tmp_path}/nokeys"]),
-                     "127.0.0.1:9", 1)
+    sub = Subscriber(cfg("--subscribe-to", f"{tmp_path}/missing.sock:k",
+                         "--subscribe-to", "127.0.0.1:1:k",
+                         "--subscribe-to", f"127.0.0.1:1:@{tmp_path}/nokeys"), "127.0.0.1:9", 1)
     sub.start()
     for i in range(30):
         sub.tick(time.time() + i)
@@ -321,5 +336,5 @@ def test_subscriber_send_errors_never_raise_and_are_throttled(tmp_path, capfd):
 
 def test_subscriber_bad_config_is_an_error():
     with pytest.raises(SubscriptionError):
-        Subscriber(cfg(subscribe_to=["127.0.0.1:1"]), "x", 1)
+        Subscriber(cfg("--subscribe-to", "127.0.0.1:1"), "x", 1)
     assert isinstance(parse_subscribe_to("127.0.0.1:1:k", "x"), Target)
