@@ -31,8 +31,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Pymaster:
     """A real `python -m pymaster` process with its log in a file."""
 
-    def __init__(self, args, tmp_path, env=None, cwd=None, prefix=()):
-        """`prefix`: a command the interpreter runs under (e.g. setpriv to another user)."""
+    def __init__(self, args, tmp_path, env=None, cwd=None, prefix=(), preexec_fn=None):
+        """`prefix`: a command the interpreter runs under (e.g. setpriv to another user);
+        `preexec_fn`: run in the child before exec (e.g. a lower RLIMIT_NOFILE)."""
         self.args = [str(a) for a in args]
         self.logpath = Path(tmp_path) / f"pymaster-{time.monotonic_ns()}.log"
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -40,7 +41,7 @@ class Pymaster:
         self._log = open(self.logpath, "wb")
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "pymaster", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=cwd or ROOT)
+                                     env=full_env, cwd=cwd or ROOT, preexec_fn=preexec_fn)
 
     @property
     def pid(self) -> int:

@@ -29,8 +29,10 @@ class Options:
     uid: str | None = None
     gid: str | None = None
     http_keepalive: int = 5
-    limit_post: int = 0
+    limit_post: int = 1073741824
     post_buffering: int = 0
+    header_timeout: int = 10
+    max_idle_connections: int = 0
     max_vars: int = 64
     thunder_lock: bool = False
     http11_socket: list[str] = field(default_factory=list)

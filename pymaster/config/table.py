@@ -146,16 +146,41 @@ SOCKETS = _section(
     opt(
         "limit-post",
         "size",
-        0,
-        "largest request body accepted, in bytes (0 = no limit)",
+        1 << 30,
+        "largest request body accepted, in bytes; a bigger Content-Length is answered 413 "
+        "before the app runs, a chunked body is cut off at the limit (0 = no limit, uWSGI's "
+        "default). pymaster's default, 1 GiB, lets every ordinary upload through (photos, "
+        "archives, video clips) while a client that announces gigabytes is refused at once "
+        "instead of holding a worker or filling a disk with --post-buffering",
         worker=True,
     ),
     opt(
         "post-buffering",
         "size",
         0,
-        "uWSGI buffers bodies up to N bytes before calling the app",
-        inert="bodies are read on demand as the app reads wsgi.input",
+        "read the whole request body before calling the app, as uWSGI does: in memory when "
+        "its length is below this many bytes, else in a temporary file (a slow upload then "
+        "holds the worker); 0 = the app reads the body from the socket as it goes (Python worker)",
+    ),
+    opt(
+        "header-timeout",
+        "int",
+        10,
+        "seconds a connection has to send a complete request head, from its accept or from "
+        "the first byte of its next request on a keep-alive connection; heads are read by "
+        "the worker's event loop, so a slow or silent client never occupies a worker, and "
+        "past this it is closed (408 when part of a head came; Python worker)",
+        minimum=1,
+    ),
+    opt(
+        "max-idle-connections",
+        "int",
+        0,
+        "connections one worker holds while no request runs on them (keep-alive waits and "
+        "heads still arriving); at the limit the oldest keep-alive ones are closed and new "
+        "connections wait in the listen queue for another worker. 0 = from the open files "
+        "limit (RLIMIT_NOFILE): that limit minus a quarter of it (at least 16) kept for the "
+        "app (Python worker)",
     ),
     opt(
         "max-vars/-v",

@@ -1,16 +1,20 @@
 """HTTP/1.1 request parsing (httptools) and response head writing for `--http-socket`.
 
-`RequestParser` is fed bytes and yields complete requests (method, target, version, headers,
-body spooled to a file, keep-alive); limits raise `HttpError` carrying the status to answer
-(400 bad request, 413 body too large, 431 headers too large).
+`RequestParser` is fed bytes and returns the requests whose heads are complete (method,
+target, version, headers, keep-alive); each request's body is an `HttpInput` that the same
+parser keeps filling as more bytes are fed, so a body is read only as the app reads it.
+Limits raise `HttpError` carrying the status to answer (400 bad request, 413 body too
+large, 431 headers too large).
 """
 
 from __future__ import annotations
 
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
+
+from pymaster.protocols.body import BodyError, InputStream
 
 REASONS = {
     100: "Continue",
@@ -31,7 +35,8 @@ REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-SPOOL_IN_MEMORY = 1 << 20
+DRAIN_BYTES = 1 << 20  # unread body bytes a server reads away to keep a connection
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class HttpError(Exception):
@@ -43,6 +48,52 @@ class HttpError(Exception):
         self.reason = reason
 
 
+class HttpInput(InputStream):
+    """One request's body. The parser pushes what it decodes (Content-Length or chunked);
+    when the app wants more, `fill()` (set by the server) reads the socket and feeds the
+    parser. Without `fill` (bytes fed by hand) a read ends where the bytes end."""
+
+    def __init__(self, length: int | None, expect_continue: bool = False):
+        super().__init__()
+        self.length = length  # None: chunked
+        self.received = 0
+        self.complete = False
+        self.error: HttpError | None = None
+        self.expect_continue = expect_continue
+        self.continued = False  # 100 Continue sent
+        self.fill: Callable[[], None] | None = None
+
+    def push(self, data: bytes) -> None:
+        self.received += len(data)
+        if not self.closed:
+            self._buf += data
+
+    def _more(self, want: int) -> bool:
+        if self.error is not None:
+            raise BodyError(f"request body: {self.error.reason}", self.error.status)
+        if self.complete or self.closed or self.fill is None:
+            return False
+        self.fill()
+        if self.error is not None:
+            raise BodyError(f"request body: {self.error.reason}", self.error.status)
+        return True
+
+    def unread(self) -> int | None:
+        """Body bytes still to come: None when unknown (chunked)."""
+        if self.complete:
+            return 0
+        return None if self.length is None else self.length - self.received
+
+    def drainable(self, budget: int = DRAIN_BYTES) -> bool:
+        """Can the rest be read away after the response so that the connection is kept?"""
+        if self.complete:
+            return True
+        if self.error is not None or (self.expect_continue and not self.continued):
+            return False  # broken, or the client waits for a 100 Continue that never came
+        left = self.unread()
+        return left is None or left <= budget
+
+
 @dataclass
 class Request:
     method: str = ""
@@ -50,25 +101,37 @@ class Request:
     version: str = "1.1"
     headers: list = field(default_factory=list)  # [(name bytes, value bytes)]
     head_size: int = 0
-    body: tempfile.SpooledTemporaryFile | None = None
-    body_size: int = 0
+    body: HttpInput | None = None
     keep_alive: bool = True
     expect_continue: bool = False
+    upgrade: bool = False
+
+    @property
+    def body_size(self) -> int:
+        return self.body.received if self.body is not None else 0
 
 
 class RequestParser:
-    """Incremental parser for one connection; `feed()` returns finished requests."""
+    """Incremental parser for one connection; `feed()` returns requests whose heads completed.
+
+    The request whose body is still arriving keeps being filled by later `feed()` calls.
+    After a parse error or a protocol upgrade nothing more is parsed (`broken`): the
+    connection ends after the requests already returned. An error in the body of a request
+    already handed out goes to that body (its reader raises BodyError); an error after
+    complete requests of the same bytes waits in `self.error` until they are served.
+    """
 
     def __init__(self, max_head: int = 8192, max_body: int = 0):
         self.max_head = max_head
         self.max_body = max_body
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._current: Request | None = None
         self._done: list[Request] = []
         self._head_bytes = 0
         self._url = b""
         self.headers_complete = False
         self.error: HttpError | None = None  # set when requests before it completed
+        self.broken = False
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
@@ -93,36 +156,44 @@ class RequestParser:
     def on_headers_complete(self):
         req = self._req()
         p = self._parser
+        assert p is not None
         req.method = p.get_method().decode("latin-1")
         req.target = self._url.decode("latin-1")
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
         req.head_size = self._head_bytes
         length = None
+        chunked = False
         for name, value in req.headers:
             lname = name.lower()
             if lname == b"expect" and value.lower() == b"100-continue":
                 req.expect_continue = True
             elif lname == b"content-length":
                 length = int(value) if value.isdigit() else None
+            elif lname == b"transfer-encoding":
+                chunked = True
         if self.max_body and length is not None and length > self.max_body:
             raise HttpError(413, f"Content-Length {length} over the limit of {self.max_body}")
+        if p.should_upgrade():  # answered once, then the connection closes (never upgraded)
+            req.upgrade = True
+            req.keep_alive = False
+        elif chunked or length:
+            req.body = HttpInput(None if chunked else length, req.expect_continue)
+        self._done.append(req)
         self.headers_complete = True
 
     def on_body(self, body: bytes):
         req = self._req()
-        if req.body is None:
-            req.body = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)
-        req.body.write(body)
-        req.body_size += len(body)
-        if self.max_body and req.body_size > self.max_body:
+        if req.body is None:  # an upgrade request's "body" is the next protocol: ignored
+            return
+        req.body.push(body)
+        if self.max_body and req.body.received > self.max_body:
             raise HttpError(413, f"request body over the limit of {self.max_body} bytes")
 
     def on_message_complete(self):
         req = self._req()
         if req.body is not None:
-            req.body.seek(0)
-        self._done.append(req)
+            req.body.complete = True
         self._current = None
 
     # API -----------------------------------------------------------------------------
@@ -132,21 +203,50 @@ class RequestParser:
             raise HttpError(431, f"request head over {self.max_head} bytes (--buffer-size)")
 
     def feed(self, data: bytes) -> list[Request]:
-        """Finished requests; a malformed one raises HttpError, or, when requests before it
-        in the same bytes completed, is kept in `self.error` for after they are served."""
+        """Requests whose heads completed in these bytes. A malformed request raises
+        HttpError, or, when requests before it in the same bytes completed, is kept in
+        `self.error` for after they are served."""
+        if self.broken or self._parser is None:
+            return []
         try:
             self._parser.feed_data(data)
-        except (HttpError, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            error = _as_http_error(exc)
-            if not self._done:
-                raise error from None
-            self.error = error
+        except httptools.HttpParserUpgrade:
+            self.broken = True
+        except (HttpError, httptools.HttpParserError) as exc:
+            self.broken = True
+            error: HttpError | None = _as_http_error(exc)
+            cur = self._current
+            if cur is not None and cur.body is not None:
+                if cur in self._done:  # not handed out yet: never served
+                    self._done.remove(cur)
+                else:  # the app reading this body gets the error
+                    cur.body.error = error
+                    error = None
+            if error is not None:
+                if not self._done:
+                    raise error from None
+                self.error = error
         done, self._done = self._done, []
         return done
 
     @property
     def in_message(self) -> bool:
         return self._current is not None
+
+    @property
+    def partial_head(self) -> bool:
+        """Bytes of a request head arrived, the head is not complete yet."""
+        return self._current is not None and not self.headers_complete
+
+    def close(self) -> None:
+        """The connection ended: the body in progress is dropped and the parser released."""
+        cur = self._current
+        if cur is not None and cur.body is not None:
+            cur.body.close()
+        self._current = None
+        self._done = []
+        self._parser = None
+        self.broken = True
 
 
 def _as_http_error(exc: Exception) -> HttpError:
@@ -176,14 +276,21 @@ def error_response(status: int, detail: str = "") -> bytes:
 class HttpFraming:
     """Response framing on an HTTP socket: HTTP/1.1 keep-alive, chunked when length unknown."""
 
-    __slots__ = ("version", "keep_alive", "chunked")
+    __slots__ = ("version", "keep_alive", "chunked", "body")
 
-    def __init__(self, version: str, keep_alive: bool):
+    def __init__(self, version: str, keep_alive: bool, body: HttpInput | None = None):
         self.version = version
         self.keep_alive = keep_alive
         self.chunked = False
+        self.body = body  # the request's body: a rest too big to read away means close
+
+    def usable(self) -> bool:
+        """Can the connection carry another request after this response?"""
+        return self.keep_alive and (self.body is None or self.body.drainable())
 
     def head(self, status: str, headers, length, no_body) -> bytes:
+        if self.keep_alive and not self.usable():
+            self.keep_alive = False
         parts = [f"HTTP/{self.version} {status}\r\n"]
         has_length = False
         for name, value in headers:

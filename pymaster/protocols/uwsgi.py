@@ -10,6 +10,8 @@ import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from pymaster.protocols.body import InputStream
+
 HEADER = struct.Struct("<BHB")
 _U16 = struct.Struct("<H")
 MAX_DATASIZE = 65535
@@ -120,6 +122,24 @@ def content_length(value: str | None) -> int:
     return int(value[:digits]) if digits else 0
 
 
+def packet_size(buf: bytes | bytearray, buffer_size: int) -> int:
+    """How many bytes the packet at the start of `buf` spans (header + vars), 0 while the
+    header is incomplete; UwsgiError when the vars block is over `buffer_size`."""
+    if len(buf) < 4:
+        return 0
+    datasize = HEADER.unpack_from(buf, 0)[1]
+    if datasize > buffer_size:
+        raise UwsgiError(f"invalid request block size: {datasize} (max {buffer_size})...skip")
+    return 4 + datasize
+
+
+def parse_packet(buf: bytes | bytearray, size: int) -> Packet:
+    """The packet of `size` bytes (see packet_size) at the start of `buf`."""
+    modifier1, datasize, modifier2 = HEADER.unpack_from(buf, 0)
+    env, nvars = decode_environ(memoryview(buf)[4:size])
+    return Packet(modifier1, modifier2, env, datasize, nvars)
+
+
 def read_packet(recv_into_buf, buffer_size: int) -> tuple[Packet, bytes]:
     """Read one request packet with `recv(n) -> bytes`; return it and the bytes read past it.
 
@@ -171,16 +191,20 @@ class RawFraming:
         return b""
 
 
-class BodyReader:
-    """A request body of known length read from a socket: the WSGI/PSGI input stream."""
+class BodyReader(InputStream):
+    """A request body of known length read from a socket on demand: the WSGI input stream."""
 
     def __init__(self, recv, length: int, already: bytes = b""):
+        super().__init__(already[:length])
         self._recv = recv
-        self._buf = bytearray(already[:length])
         self._left = length - len(self._buf)
 
-    def _fill(self, want: int) -> bool:
-        if self._left <= 0:
+    @property
+    def complete(self) -> bool:
+        return self._left <= 0
+
+    def _more(self, want: int) -> bool:
+        if self._left <= 0 or self.closed:
             return False
         chunk = self._recv(min(max(want, 65536), self._left, 1 << 20))
         if not chunk:
@@ -188,49 +212,3 @@ class BodyReader:
         self._left -= len(chunk)
         self._buf += chunk
         return True
-
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        return data
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill(self._left):
-                pass
-            size = len(self._buf)
-        while len(self._buf) < size and self._fill(size - len(self._buf)):
-            pass
-        return self._take(size)
-
-    def readline(self, size: int = -1) -> bytes:
-        limit = size if size is not None and size >= 0 else None
-        start = 0
-        while True:
-            pos = self._buf.find(b"\n", start)
-            if pos >= 0 and (limit is None or pos < limit):
-                return self._take(pos + 1)
-            if limit is not None and limit <= len(self._buf):
-                return self._take(limit)
-            start = len(self._buf)
-            if not self._fill(65536):
-                return self._take(len(self._buf))
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        lines: list[bytes] = []
-        total = 0
-        while True:
-            line = self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                return lines
-
-    def __iter__(self):
-        while True:
-            line = self.readline()
-            if not line:
-                return
-            yield line

@@ -21,6 +21,7 @@ ZERO_IS_ZERO = {
     "http-keepalive": "no keep-alive",
     "limit-post": "no limit",
     "post-buffering": "off",
+    "max-idle-connections": "derived from RLIMIT_NOFILE when the worker starts",
     "max-vars": "accepted, no effect",
     "processes": "no workers (gateways only)",
     "harakiri": "off",
@@ -57,7 +58,7 @@ ZERO_IS_DEFAULT = {
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
 }
 # Where 0 cannot work (uWSGI divides by it, or nothing could ever be served).
-ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq"}
+ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq", "header-timeout"}
 
 
 def test_every_numeric_option_has_a_declared_meaning_for_zero():

@@ -28,16 +28,40 @@ def test_request_split_across_feeds():
 @pytest.mark.parametrize("raw,status", [
     (b"BLAH\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nX: " + b"a" * 5000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 501),
 ])
 def test_bad_requests_map_to_statuses(raw, status):
+    with pytest.raises(HttpError) as info:
+        RequestParser(4096).feed(raw)
+    assert info.value.status == status
+
+
+def test_upgrade_request_is_served_once_then_the_connection_ends():
+    """Issue 13 item 9: the app answers an Upgrade request (never upgraded); no 501 after."""
     parser = RequestParser(4096)
-    try:
-        done = parser.feed(raw)
-    except HttpError as exc:
-        assert exc.status == status
-    else:       # the upgrade request itself completed: it is served, then answered 501
-        assert done and parser.error is not None and parser.error.status == status
+    (req,) = parser.feed(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                         b"\x81\x05hello")
+    assert req.upgrade and not req.keep_alive and parser.error is None and parser.broken
+    assert parser.feed(b"GET / HTTP/1.1\r\n\r\n") == []
+
+
+def test_body_is_filled_as_bytes_arrive_and_ends_with_empty_reads():
+    parser = RequestParser(4096)
+    (req,) = parser.feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello")
+    assert req.body.read(3) == b"hel" and not req.body.complete and req.body.unread() == 6
+    feeds = [b" worl", b"dGET /next HTTP/1.1\r\n\r\n"]
+    nxt = []
+    req.body.fill = lambda: nxt.extend(parser.feed(feeds.pop(0)))
+    assert req.body.read() == b"lo world" and req.body.read() == b"" and req.body.complete
+    assert [r.target for r in nxt] == ["/next"]
+
+
+def test_chunked_error_goes_to_the_body_being_read():
+    parser = RequestParser(4096, max_body=8)
+    (req,) = parser.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    req.body.fill = lambda: parser.feed(b"9\r\n123456789\r\n0\r\n\r\n")
+    with pytest.raises(OSError) as info:
+        req.body.read()
+    assert info.value.status == 413 and parser.broken and parser.error is None
 
 
 def test_good_requests_before_a_bad_one_are_served_first():

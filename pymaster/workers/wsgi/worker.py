@@ -7,6 +7,7 @@ SIGTERM end the process at once, as the worker contract says.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import io
 import os
@@ -15,13 +16,16 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 import traceback
+from functools import partial
 from urllib.parse import unquote_to_bytes
 
 from pymaster.apps import wsgi
 from pymaster.log import log
 from pymaster.protocols import http, uwsgi
+from pymaster.protocols.body import BodyError
 from pymaster.workers import scoreboard as sb
 from pymaster.workers.contract import (
     EXIT_FAILED_APP,
@@ -30,6 +34,8 @@ from pymaster.workers.contract import (
     Recycling,
     die_with_master,
 )
+from pymaster.workers.wsgi import conns
+from pymaster.workers.wsgi.conns import Conn
 from pymaster.workers.wsgi.poller import Poller
 from pymaster.workers.wsgi.reqlog import Record, RequestLog
 
@@ -40,15 +46,6 @@ _BODY_500 = b"Internal Server Error"
 
 def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
-
-
-class Idle:
-    """An HTTP keep-alive connection parked in the selector between requests."""
-
-    __slots__ = ("parser", "lst", "remote", "port", "since")
-
-    def __init__(self, parser, lst, remote, port, since):
-        self.parser, self.lst, self.remote, self.port, self.since = parser, lst, remote, port, since
 
 
 class Worker:
@@ -71,7 +68,14 @@ class Worker:
         self.timeout = _timeval(cfg.socket_timeout)
         self.keepalive = cfg.http_keepalive
         self.recycling = Recycling.for_worker(cfg, wid)
-        self.idle: dict[socket.socket, Idle] = {}
+        self.head_timeout = cfg.header_timeout
+        self.max_idle = conns.idle_limit(cfg.max_idle_connections)
+        self.conns: set[Conn] = set()  # held in the poller: no app runs for them
+        self.paused = False  # listeners not polled (idle limit, no descriptors, stopping)
+        self.resume_at = 0.0
+        self.stop_hard: float | None = None  # set when stopping began: the latest exit
+        self.fd_errors = 0
+        self.fd_log_at = 0.0
         self.sel = Poller()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -134,32 +138,36 @@ class Worker:
             # accepted sockets inherit these: no setsockopt per connection
             lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeout)
             lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeout)
-            sel.register(lst.sock, lst, exclusive=True)
+            conns.defer_accept(lst.sock, self.cfg.socket_timeout)
+        self._listen(True)
         sel.register(self._wake, None)
         self.slot.set_state(sb.IDLE)
         next_check = 0.0
-        while not self.stopping:
-            timeout = 1.0
-            if self.idle:
-                timeout = min(timeout, self.keepalive / 2 or 0.5)
-            for fileobj, data in sel.poll(timeout):
+        while True:
+            if self.stopping and self.stop_hard is None:
+                self._begin_stop()
+            now = time.monotonic()
+            if self.stop_hard is not None and (not self.conns or now >= self.stop_hard):
+                break
+            if self.conns or self.stop_hard is not None:
+                tick = 0.1 if self.stop_hard is not None else 0.5
+            else:
+                tick = 1.0
+            for _fileobj, data in sel.poll(max(0.0, min(tick, next_check - now))):
                 if data is None:
                     self._drain_wake()
-                elif type(data) is Idle:
-                    self._resume_keepalive(fileobj, data)
-                else:
+                elif type(data) is Conn:
+                    self._readable(data)
+                elif not self.paused:
                     self._accept(data)
-                if self.stopping:
+                if self.stopping and self.stop_hard is None:
                     break
             now = time.monotonic()
             if now >= next_check:
-                next_check = now + 1.0
+                next_check = now + tick
                 self._periodic(now)
-        self.slot.set_state(sb.STOPPING)
-        for conn, idle in list(self.idle.items()):
-            self._finish_idle(conn, idle)
-        if self.scoreboard.master_state == sb.MASTER_STOPPING:
-            self._drain_backlog()
+        for c in list(self.conns):
+            self._drop(c)
 
     def _drain_wake(self) -> None:
         try:
@@ -168,35 +176,82 @@ class Worker:
         except BlockingIOError:
             pass
 
+    def _listen(self, on: bool) -> None:
+        """Poll the listening sockets, or stop (at the idle limit, short of descriptors,
+        stopping): new connections then wait in the listen queue for another worker."""
+        for lst in self.listeners:
+            if on:
+                self.sel.register(lst.sock, lst, exclusive=True)
+            else:
+                self.sel.unregister(lst.sock)
+        self.paused = not on
+
+    def _pause(self, seconds: float) -> None:
+        if not self.paused:
+            self._listen(False)
+        self.resume_at = time.monotonic() + seconds
+
     def _periodic(self, now: float) -> None:
         if self.master_pid is not None and os.getppid() != self.master_pid:
             self.stopping = True
-            return
-        if self.keepalive:
-            deadline = now - self.keepalive
-            for conn, idle in list(self.idle.items()):
-                if idle.since < deadline:
-                    self._close_idle(conn)
+        for c in [c for c in self.conns if c.deadline <= now]:
+            self._expire(c, now)
+        if (
+            self.paused
+            and self.stop_hard is None
+            and now >= self.resume_at
+            and len(self.conns) < self.max_idle
+        ):
+            self._listen(True)
 
-    def _finish_idle(self, conn, idle) -> None:
-        """Stopping: a request already sent on an idle connection is served, then closed."""
-        readable = select_ready(conn)
-        self._close_idle(conn, close=not readable)
-        if readable:
-            conn.setblocking(True)
-            self._serve_http(conn, idle.parser, idle.remote, idle.port, idle.lst, keep=False)
+    def _expire(self, c: Conn, now: float) -> None:
+        """A deadline passed: a half-closed connection is closed, an idle one half-closed,
+        one whose head did not arrive in time answered 408 (HTTP) and half-closed."""
+        if c.closing:
+            self._drop(c)
+        elif c.idle:
+            self._linger(c)
+        elif c.is_http:
+            self._refuse(c, http.HttpError(408, f"no complete request in {self.head_timeout} s"))
+        else:
+            log(f"uwsgi_proto_uwsgi_parser(): timeout [worker {self.wid}] ({c.remote})")
+            self._drop(c)
 
-    def _close_idle(self, conn, close: bool = True) -> None:
-        self.idle.pop(conn, None)
-        try:
-            self.sel.unregister(conn)
-        except (KeyError, ValueError):
-            pass
-        if close:
-            conn.close()
+    def _begin_stop(self) -> None:
+        """Finish without losing a request: no new connections; a request already on its
+        way on a held connection is answered with `Connection: close`; idle connections are
+        half-closed after STOP_GRACE, so their clients retry on a new connection."""
+        self.slot.set_state(sb.STOPPING)
+        now = time.monotonic()
+        self.stop_hard = now + max(self.head_timeout, conns.STOP_GRACE) + conns.LINGER_SECONDS
+        if not self.paused:
+            self._listen(False)
+        if self.scoreboard.master_state == sb.MASTER_STOPPING:
+            self._drain_backlog()
+        grace = time.monotonic() + conns.STOP_GRACE
+        for c in self.conns:
+            c.keep = False
+            if c.idle and not c.closing:
+                c.deadline = min(c.deadline, grace)
+
+    def _drain_backlog(self) -> None:
+        """Shutting down: take what already waits in the backlog (the master has stopped
+        new handshakes, so the queue is finite; still bounded in count and time)."""
+        budget = 10 * max(1, self.cfg.listen)
+        deadline = time.monotonic() + 10.0
+        for lst in self.listeners:
+            while budget > 0 and time.monotonic() < deadline:
+                try:
+                    sock, addr = lst.sock.accept()
+                except OSError:
+                    break
+                budget -= 1
+                self._new_conn(sock, addr, lst, keep=False)
 
     def _after_request(self) -> None:
         self.requests += 1
+        if self.stopping:
+            return
         reason = self.recycling.reason(
             self.requests, time.time() - self.spawned, _rss, self.pid, self.wid
         )
@@ -204,35 +259,161 @@ class Worker:
             log(reason)
             self.stopping = True
 
-    def _drain_backlog(self) -> None:
-        """Shutting down: serve what already waits in the backlog (the master has stopped
-        new handshakes, so the queue is finite; still bounded in count and time)."""
-        budget = 10 * max(1, self.cfg.listen)
-        deadline = time.monotonic() + 10.0
-        for lst in self.listeners:
-            while budget > 0 and time.monotonic() < deadline:
-                try:
-                    conn, addr = lst.sock.accept()
-                except OSError:
-                    break
-                budget -= 1
-                self._serve_accepted(conn, addr, lst, keep=False)
+    def _last_request(self) -> bool:
+        """The next request is the last one (--max-requests): its answer closes."""
+        r = self.recycling
+        return (
+            r.max_requests > 0
+            and self.requests + 1 >= r.max_requests
+            and time.time() - self.spawned >= r.min_lifetime
+        )
 
     # -- connections ------------------------------------------------------------------
     def _accept(self, lst) -> None:
         try:
-            conn, addr = lst.sock.accept()
+            sock, addr = lst.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:
-            log(f"accept(): {exc.strerror} [worker {self.wid}]")
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._short_of_fds(exc)
+            else:
+                log(f"accept(): {exc.strerror} [worker {self.wid}]")
             return
-        self._serve_accepted(conn, addr, lst, keep=True)
+        self._new_conn(sock, addr, lst, keep=True)
+        if len(self.conns) >= self.max_idle:
+            self._make_room()
 
-    def _serve_accepted(self, conn, addr, lst, keep: bool) -> None:
-        self._guard(conn, self._serve_connection, conn, addr, lst, keep)
+    def _new_conn(self, sock, addr, lst, keep: bool) -> None:
+        c = Conn(sock, lst, addr, time.monotonic(), self.head_timeout, keep)
+        if lst.kind == "http":
+            c.parser = http.RequestParser(self.buffer_size, self.cfg.limit_post)
+        self._readable(c)  # with TCP_DEFER_ACCEPT the head is usually there already
 
-    def _guard(self, conn, fn, *args) -> None:
+    def _short_of_fds(self, exc: OSError) -> None:
+        """accept() failed for want of descriptors: close the longest idle connections to
+        make room, or stop polling the listeners for a second; logged once per 10 s."""
+        now = time.monotonic()
+        self.fd_errors += 1
+        if now >= self.fd_log_at:
+            more = f" ({self.fd_errors} times in the last 10 s)" if self.fd_errors > 1 else ""
+            log(
+                f"accept(): {exc.strerror} [worker {self.wid}]{more}: "
+                f"{len(self.conns)} connections held, closing idle ones"
+            )
+            self.fd_log_at = now + 10.0
+            self.fd_errors = 0
+        if not self._evict(max(1, len(self.conns) // 8)):
+            self._pause(1.0)
+
+    def _make_room(self) -> None:
+        """At --max-idle-connections: the longest idle connections go; when none is idle,
+        new connections wait in the listen queue until some leave."""
+        self._evict(len(self.conns) - self.max_idle + 1)
+        if len(self.conns) >= self.max_idle:
+            self._pause(0.5)
+
+    def _evict(self, n: int) -> int:
+        idle = sorted((c for c in self.conns if c.idle and not c.closing), key=_since)
+        for c in idle[:n]:
+            self._drop(c)
+        return min(n, len(idle))
+
+    def _park(self, c: Conn) -> None:
+        if not c.registered:
+            self.sel.register(c.sock, c)
+            c.registered = True
+            self.conns.add(c)
+
+    def _drop(self, c: Conn) -> None:
+        if c.registered:
+            self.sel.unregister(c.sock)
+            c.registered = False
+            self.conns.discard(c)
+        if c.parser is not None:
+            c.parser.close()
+        for req in c.queue:
+            if req.body is not None:
+                req.body.close()
+        c.queue = []
+        c.sock.close()
+
+    def _linger(self, c: Conn) -> None:
+        """Half-close: the client reads every byte sent, then EOF; what it still sends is
+        read away until its EOF or LINGER_SECONDS, and only then the socket is closed."""
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(c)
+            return
+        if c.parser is not None:
+            c.parser.close()
+        c.closing = True
+        c.idle = False
+        c.deadline = time.monotonic() + conns.LINGER_SECONDS
+        self._park(c)
+
+    def _readable(self, c: Conn) -> None:
+        """Bytes (or EOF) on a held connection, read without blocking."""
+        try:
+            data = c.sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            if not c.closing:
+                self._park(c)
+            return
+        except OSError:
+            data = _EMPTY
+        if c.closing or not data:
+            if not data:
+                self._drop(c)
+            return
+        if c.idle:
+            c.idle = False
+            c.deadline = time.monotonic() + self.head_timeout
+        if c.parser is not None:
+            try:
+                c.queue.extend(c.parser.feed(data))
+            except http.HttpError as exc:
+                self._refuse(c, exc)
+                return
+            if c.queue and self._body_ready(c):
+                self._guard(c, self._serve_http, c)
+            else:
+                self._park(c)
+            return
+        c.buf += data
+        try:
+            size = uwsgi.packet_size(c.buf, self.buffer_size)
+        except uwsgi.UwsgiError as exc:
+            log(str(exc))
+            self._drop(c)
+            return
+        if size and len(c.buf) >= size:
+            self._guard(c, self._serve_uwsgi, c, size)
+        else:
+            self._park(c)
+
+    def _body_ready(self, c: Conn) -> bool:
+        """A small chunked body is read here, by the loop, so the app gets CONTENT_LENGTH;
+        a big one streams. The client waiting for `100 Continue` gets it first."""
+        body = c.queue[0].body
+        if (
+            body is None
+            or body.complete
+            or body.error is not None
+            or body.length is not None
+            or body.received > conns.CHUNKED_INLINE
+            or self.cfg.post_buffering
+            or c.parser is None
+            or c.parser.broken
+        ):
+            return True
+        if body.expect_continue and not body.continued:
+            body.continued = True
+            self._send_quiet(c.sock, http.CONTINUE)
+        return False
+
+    def _guard(self, c: Conn, fn, *args) -> None:
         """Serve through `fn`; whatever goes wrong with one connection, the worker goes on."""
         try:
             fn(*args)
@@ -241,67 +422,63 @@ class Worker:
                 f"worker {self.wid}: error on a connection (closed):\n"
                 f"{traceback.format_exc().rstrip()}"
             )
-            self.idle.pop(conn, None)
-            self.sel.unregister(conn)
-            conn.close()
+            self._drop(c)
 
-    def _serve_connection(self, conn, addr, lst, keep: bool) -> None:
-        """`conn` is blocking (accept4 without SOCK_NONBLOCK) with the listener's timeouts."""
-        remote = addr[0] if isinstance(addr, tuple) else ""
-        port = str(addr[1]) if isinstance(addr, tuple) else ""
-        if lst.kind == "http":
-            self._serve_http(
-                conn,
-                http.RequestParser(self.buffer_size, self.cfg.limit_post),
-                remote,
-                port,
-                lst,
-                keep,
-            )
-        else:
-            try:
-                self._serve_uwsgi(conn, remote, port, lst)
-            finally:
-                conn.close()
-
-    def _serve_uwsgi(self, conn, remote: str, port: str, lst) -> None:
+    def _serve_uwsgi(self, c: Conn, size: int) -> None:
         start = time.time()
+        if c.registered:  # one request per connection: it leaves the poller for good
+            self.sel.unregister(c.sock)
+            c.registered = False
+            self.conns.discard(c)
         try:
-            packet, rest = uwsgi.read_packet(conn.recv, self.buffer_size)
+            packet = uwsgi.parse_packet(c.buf, size)
         except uwsgi.UwsgiError as exc:
             log(str(exc))
+            self._drop(c)
             return
-        except OSError as exc:
-            log(f"uwsgi_proto_uwsgi_parser(): {exc.strerror or 'timeout'}")
-            return
+        rest = bytes(c.buf[size:])
+        c.buf = bytearray()
         env = packet.vars
         if packet.modifier1 not in (0, 30):
             log(f"-- unavailable modifier requested: {packet.modifier1} --")
+            self._drop(c)
             return
         protocol = env.get("SERVER_PROTOCOL")
-        env.setdefault("REMOTE_ADDR", remote)
-        env.setdefault("REMOTE_PORT", port)
+        env.setdefault("REMOTE_ADDR", c.remote)
+        env.setdefault("REMOTE_PORT", c.port)
         if "SERVER_NAME" not in env:
-            env["SERVER_NAME"] = self._server_name(lst)
+            env["SERVER_NAME"] = self._server_name(c.lst)
         if "SERVER_PORT" not in env:
-            env["SERVER_PORT"] = self._server_port(lst)
-        length = uwsgi.content_length(env.get("CONTENT_LENGTH"))
+            env["SERVER_PORT"] = self._server_port(c.lst)
+        try:
+            length = uwsgi.content_length(env.get("CONTENT_LENGTH"))
+        except uwsgi.UwsgiError as exc:
+            log(str(exc))
+            self._drop(c)
+            return
         limit = self.cfg.limit_post
         if limit and length > limit:  # answered as on HTTP sockets
             self._refuse(
-                conn,
-                remote,
-                http.HttpError(413, f"Content-Length {length} over the limit of {limit}"),
+                c, http.HttpError(413, f"Content-Length {length} over the limit of {limit}")
             )
             return
-        body = uwsgi.BodyReader(conn.recv, length, rest) if length or rest else io.BytesIO()
+        reader = uwsgi.BodyReader(c.sock.recv, length, rest)
+        body: object = reader if length else io.BytesIO()
+        if length and self.cfg.post_buffering:
+            try:
+                body = self._post_buffer(reader, length)
+            except (OSError, uwsgi.UwsgiError) as exc:
+                log(f"uwsgi_postbuffer_do(): {exc} [{env.get('REQUEST_URI', '')}]")
+                self._drop(c)
+                return
+            env["CONTENT_LENGTH"] = str(length)
         if packet.modifier1 == 30:
             script = env.get("SCRIPT_NAME", "")
             path = env.get("PATH_INFO", "")
             if script and path.startswith(script):
                 env["PATH_INFO"] = path[len(script) :]
         self._dispatch(
-            conn,
+            c.sock,
             env,
             body,
             uwsgi.RawFraming(protocol),
@@ -310,74 +487,150 @@ class Worker:
             packet.datasize,
             protocol,
         )
+        if reader.complete and not rest[length:]:
+            self._drop(c)
+        else:  # the body was left unread: no reset that would eat the answer
+            self._linger(c)
 
-    def _serve_http(self, conn, parser, remote, port, lst, keep: bool = True) -> None:
-        """Serve requests on `conn` until it goes idle (kept) or must close."""
-        while True:
+    def _post_buffer(self, stream, length: int | None):
+        """--post-buffering: the whole body now, in memory below the threshold, else in a
+        temporary file (closed with its request, whatever way the request ends)."""
+        if length is not None and length < self.cfg.post_buffering:
+            data = stream.read()
+            if len(data) < length:
+                raise BodyError("client closed the connection before the end of the body")
+            return io.BytesIO(data)
+        spool = tempfile.TemporaryFile()
+        try:
+            while True:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                spool.write(chunk)
+            if length is not None and spool.tell() < length:
+                raise BodyError("client closed the connection before the end of the body")
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    def _serve_http(self, c: Conn) -> None:
+        """Serve the requests whose heads (and small chunked bodies) arrived on `c`, then
+        hold `c` for its next request, or half-close it."""
+        parser = c.parser
+        assert parser is not None
+        while c.queue:
+            if not self._body_ready(c):  # a small chunked body still arriving
+                c.deadline = time.monotonic() + self.head_timeout
+                self._park(c)
+                return
+            req = c.queue.pop(0)
+            if req.body is not None and req.body.error is not None:  # the app never ran
+                self._refuse(c, req.body.error)
+                return
+            if (
+                not c.keep
+                or not self.keepalive
+                or self.stopping
+                or self._last_request()
+                or (parser.broken and not c.queue and parser.error is None)
+            ):
+                req.keep_alive = False
+            if not self._serve_http_request(c, req):
+                self._close_after_response(c)
+                return
+        if parser.error is not None:  # a bad request after good ones in the same bytes
+            self._refuse(c, parser.error)
+            return
+        if parser.broken:
+            self._linger(c)
+            return
+        now = time.monotonic()
+        if parser.in_message:  # part of the next head is here: it has head-timeout
+            c.deadline = now + self.head_timeout
+        else:
+            c.idle = True
+            c.since = now
+            c.deadline = now + self.keepalive
+            if self.stop_hard is not None:
+                c.deadline = min(c.deadline, now + conns.STOP_GRACE)
+        self._park(c)
+
+    def _close_after_response(self, c: Conn) -> None:
+        """The last answer is sent: when the client has nothing more on its way (no byte
+        unread, no request begun) a plain close is a clean FIN; otherwise half-close."""
+        pending = c.queue or (c.parser is not None and c.parser.in_message)
+        if not pending:
             try:
-                data = conn.recv(65536)
+                data = c.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                self._drop(c)
+                return
             except OSError:
                 data = _EMPTY
             if not data:
-                conn.close()
+                self._drop(c)
                 return
-            try:
-                requests = parser.feed(data)
-            except http.HttpError as exc:
-                self._refuse(conn, remote, exc)
-                return
-            if not requests and parser.headers_complete and parser.in_message:
-                self._maybe_continue(conn, parser)
-            for req in requests:
-                if not keep or self.stopping or parser.error:
-                    req.keep_alive = False
-                if not self._serve_http_request(conn, req, remote, port, lst) or not req.keep_alive:
-                    break
-            if parser.error:  # a bad request after good ones in the same bytes
-                self._refuse(conn, remote, parser.error)
-                return
-            if any(not r.keep_alive for r in requests):
-                conn.close()
-                return
-            if requests and not parser.in_message:
-                if self.keepalive and not self.stopping and keep:
-                    idle = Idle(parser, lst, remote, port, time.monotonic())
-                    self.idle[conn] = idle
-                    conn.setblocking(False)
-                    self.sel.register(conn, idle)
-                    return
-                conn.close()
-                return
+        self._linger(c)
 
-    def _refuse(self, conn, remote: str, error) -> None:
-        """Answer a bad request, then close so that the answer is read, not reset: stop
-        writing, and drain what the client still sends for a short while."""
-        log(f"HTTP error from {remote}: {error}")
-        self._send_quiet(conn, http.error_response(error.status, error.reason))
+    def _refuse(self, c: Conn, error) -> None:
+        """Answer a bad request, then half-close so that the answer is read, not reset."""
+        log(f"HTTP error from {c.remote}: {error}")
+        self._send_quiet(c.sock, http.error_response(error.status, error.reason))
+        self._linger(c)
+
+    def _fill(self, c: Conn, body: http.HttpInput) -> None:
+        """The app wants more of the body: one blocking read (bounded by --socket-timeout),
+        fed to the parser (which fills `body`, and queues pipelined requests)."""
+        parser = c.parser
+        assert parser is not None
+        if body.expect_continue and not body.continued:
+            body.continued = True
+            self._send_quiet(c.sock, http.CONTINUE)
         try:
-            conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(0.2)
-            deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline and conn.recv(65536):
-                pass
-        except OSError:
-            pass
-        conn.close()
+            data = c.sock.recv(65536)
+        except (BlockingIOError, TimeoutError):
+            raise BodyError("timeout reading the request body", 408) from None
+        except OSError as exc:
+            raise BodyError(f"reading the request body: {exc.strerror}") from None
+        if not data:
+            raise BodyError("client closed the connection before the end of the body")
+        try:
+            c.queue.extend(parser.feed(data))
+        except http.HttpError as exc:  # a bad request after this body: answered after it
+            parser.error = exc
 
-    def _maybe_continue(self, conn, parser) -> None:
-        req = parser._current
-        if req is not None and req.expect_continue and not getattr(req, "continued", False):
-            req.continued = True
-            self._send_quiet(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+    def _drain(self, c: Conn, body: http.HttpInput) -> bool:
+        """After the app: read away the body it left, within a byte and time budget."""
+        parser = c.parser
+        assert parser is not None
+        deadline = time.monotonic() + conns.DRAIN_SECONDS
+        start = body.received
+        while not body.complete:
+            left = deadline - time.monotonic()
+            if body.error is not None or body.received - start > http.DRAIN_BYTES or left <= 0:
+                return False
+            if not _wait_readable(c.sock, left):
+                return False
+            try:
+                data = c.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return False
+            if not data:
+                return False
+            try:
+                c.queue.extend(parser.feed(data))
+            except http.HttpError as exc:
+                parser.error = exc
+        return True
 
-    def _resume_keepalive(self, conn, idle) -> None:
-        self.sel.unregister(conn)
-        self.idle.pop(conn, None)
-        conn.setblocking(True)
-        self._guard(conn, self._serve_http, conn, idle.parser, idle.remote, idle.port, idle.lst)
-
-    def _serve_http_request(self, conn, req, remote, port, lst) -> bool:
+    def _serve_http_request(self, c: Conn, req: http.Request) -> bool:
+        """Run the app for one request; True when the connection can carry another."""
         start = time.time()
+        lst = c.lst
         target = req.target
         path, _, query = target.partition("?")
         env = {
@@ -387,8 +640,8 @@ class Worker:
             "QUERY_STRING": query,
             "REQUEST_URI": target,
             "SERVER_PROTOCOL": f"HTTP/{req.version}",
-            "REMOTE_ADDR": remote,
-            "REMOTE_PORT": port,
+            "REMOTE_ADDR": c.remote,
+            "REMOTE_PORT": c.port,
             "SERVER_NAME": self._server_name(lst),
             "SERVER_PORT": self._server_port(lst),
         }
@@ -405,19 +658,45 @@ class Worker:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + val
             else:
                 env[key] = val
-        if req.body is not None:
-            env["CONTENT_LENGTH"] = str(req.body_size)
-            body = req.body
-        else:
-            body = io.BytesIO()
         host = env.get("HTTP_HOST")
         if host:
             env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        framing = http.HttpFraming(req.version, req.keep_alive)
+        body = req.body
+        wsgi_input: object = io.BytesIO()
+        if body is not None:
+            body.fill = partial(self._fill, c, body)
+            wsgi_input = body
+            if body.complete and body.length is None:  # a small chunked body, read whole
+                env["CONTENT_LENGTH"] = str(body.received)
+            elif self.cfg.post_buffering:
+                try:
+                    wsgi_input = self._post_buffer(body, body.length)
+                except OSError as exc:
+                    body.fill = None
+                    log(f"HTTP error from {c.remote}: {exc} [{req.method} {target}]")
+                    status = getattr(exc, "status", 400)
+                    if body.error is not None:
+                        self._send_quiet(c.sock, http.error_response(status, str(exc)))
+                    return False
+                env["CONTENT_LENGTH"] = str(body.received)
+        framing = http.HttpFraming(req.version, req.keep_alive, body)
         ok = self._dispatch(
-            conn, env, body, framing, start, len(env), req.head_size, env["SERVER_PROTOCOL"]
+            c.sock,
+            env,
+            wsgi_input,
+            framing,
+            start,
+            len(env),
+            req.head_size,
+            env["SERVER_PROTOCOL"],
         )
-        return ok and framing.keep_alive
+        usable = ok and framing.keep_alive
+        if body is not None:
+            body.close()
+            if usable and not body.complete:
+                usable = self._drain(c, body)
+            body.fill = None  # no cycle left between the body and the connection
+        return usable
 
     @staticmethod
     def _server_name(lst) -> str:
@@ -458,7 +737,9 @@ class Worker:
         except BaseException as exc:  # the app's failure must never kill the worker
             failed = True
             usable = False
-            if isinstance(exc, OSError) and call.head_sent:
+            if isinstance(exc, BodyError):  # the body could not be read: the client's fault
+                log(f"{exc} [{method} {uri}]")
+            elif isinstance(exc, OSError) and call.head_sent:
                 log(
                     f"uwsgi_response_write_body_do(): {exc.strerror or exc} "
                     f"[{method} {uri}] (client gone)"
@@ -468,7 +749,12 @@ class Worker:
                     f"Traceback of the exception in {method} {uri}:\n"
                     f"{traceback.format_exc().rstrip()}"
                 )
-            if not call.head_sent:
+            if not call.head_sent and isinstance(exc, BodyError):
+                status = exc.status
+                answer = http.error_response(status, str(exc))
+                self._send_quiet(conn, answer)
+                call.head_bytes, call.header_count = answer.index(b"\r\n\r\n") + 4, 3
+            elif not call.head_sent:
                 status = 500
                 head = framing.head(
                     "500 Internal Server Error",
@@ -479,6 +765,10 @@ class Worker:
                 self._send_quiet(conn, head + _BODY_500)
                 call.head_bytes, call.header_count = len(head), 2
                 call.tx = len(_BODY_500)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:  # the body (and any file behind it) ends with its request
+                close()
         elapsed = time.time() - start
         self.slot.end(elapsed, call.tx, failed)
         self._after_request()
@@ -518,12 +808,15 @@ class Worker:
             pass
 
 
-def select_ready(conn) -> bool:
-    """True when `conn` has bytes (or EOF) waiting to be read."""
-    try:
-        return bool(select.select([conn], [], [], 0)[0])
-    except (OSError, ValueError):
-        return False
+def _wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """poll(2), not select(2): descriptors above 1024 are common with many connections."""
+    p = select.poll()
+    p.register(sock, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
+def _since(c: Conn) -> float:
+    return c.since
 
 
 def _rss() -> int:
