@@ -24,6 +24,7 @@ encodes and writes it (`--log-master`, implied by `--logger`, `--log-route`, `--
 from __future__ import annotations
 
 import fcntl
+import json as _json
 import os
 import re
 import socket
@@ -322,24 +323,12 @@ class Encoder:
         return b"".join(out)
 
 
-_JSON_ESCAPES = {0x09: b"\\t", 0x0A: b"\\n", 0x0D: b"\\r", 0x22: b'\\"', 0x5C: b"\\\\"}
-
-
 def escape_json(data: bytes) -> bytes:
     """uWSGI's escape_json (tab, newline, return, quote, backslash), plus what it leaves out
-    and a JSON reader refuses: other control characters as \\u00XX, bytes that are not
-    UTF-8 as the text `\\xNN`."""
+    and a JSON reader refuses: other control characters (\\u00XX, \\b, \\f), and bytes that
+    are not UTF-8 as the text `\\xNN`."""
     text = data.decode("utf-8", "backslashreplace")
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code in _JSON_ESCAPES:
-            out.append(_JSON_ESCAPES[code].decode())
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out).encode("utf-8")
+    return _json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
 
 
 def parse_encoder(spec: str, option: str = "log-encoder") -> Encoder:
