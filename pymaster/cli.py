@@ -1,7 +1,9 @@
 """Entry point: parse options, pick the run mode (single process or master), exit codes.
 
 Exit codes: 0 clean stop, 1 bad configuration or an app that cannot load, 22 with
-`--need-app` when no app could be loaded (as uWSGI).
+`--need-app` when no app could be loaded (as uWSGI). With `PYMASTER_RELOAD_CHECK` in the
+environment this image is a reload check (master/reloadcheck.py): it goes through start-up up
+to the app import, binds nothing, and exits 0 if a re-exec would start.
 """
 
 from __future__ import annotations
@@ -19,15 +21,22 @@ from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
 from pymaster.log import log
-from pymaster.master import logmaster, privileges, sockets
+from pymaster.master import logmaster, privileges, reloadcheck, sockets, vacuum
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
+from pymaster.master.cheaper import Cheaper
 from pymaster.protocols.address import AddressError
 from pymaster.protocols.subscription import SubscriptionError
 from pymaster.workers.contract import EXIT_FAILED_APP
 from pymaster.workers.scoreboard import Scoreboard
 from pymaster.workers.wsgi.worker import Worker  # imported before fork (and before --uid)
 
-INTERNAL_ENV = (RELOADS_ENV, "UWSGI_ORIGINAL_PROC_NAME", "UWSGI_VASSALS_DIR")
+INTERNAL_ENV = (
+    RELOADS_ENV,
+    "UWSGI_ORIGINAL_PROC_NAME",
+    "UWSGI_VASSALS_DIR",
+    reloadcheck.CHECK_ENV,
+    vacuum.INODES_ENV,
+)
 MIN_SLOTS = 64
 
 
@@ -70,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return _signal_pidfile(cfg.reload, signal.SIGHUP)
     if cfg.stop:
         return _signal_pidfile(cfg.stop, signal.SIGINT)
+    if os.environ.get(reloadcheck.CHECK_ENV):
+        return check_reload(cfg)
     if cfg.daemonize and RELOADS_ENV not in os.environ and _daemonize():
         return 0  # the parent: the daemon goes on in the background
     hold_signals()  # until the handlers are in place (a re-exec arrives held)
@@ -162,17 +173,19 @@ def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
     return specs
 
 
+GAME_OVER = "*** no app loaded. GAME OVER ***"
+
+
 def _load_app(cfg: Config) -> Callable | None:
-    """Preload the WSGI app (or check the PSGI side); StartupError on failure."""
+    """Preload the WSGI app (or check the PSGI side); StartupError with the cause on failure
+    (the caller adds GAME_OVER when it gives up)."""
     if cfg.psgi:
         from pymaster.workers.psgi import bridge as psgi
 
         try:
             psgi.preflight(cfg)
         except RuntimeError as exc:
-            raise StartupError(
-                f"{exc}\n*** no app loaded. GAME OVER ***", EXIT_FAILED_APP if cfg.need_app else 1
-            ) from None
+            raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
         return None
     from pymaster.apps import wsgi
 
@@ -180,13 +193,12 @@ def _load_app(cfg: Config) -> Callable | None:
     try:
         app = wsgi.load_app(cfg)
     except wsgi.AppLoadError as exc:
-        raise StartupError(
-            f"{exc}\n*** no app loaded. GAME OVER ***", EXIT_FAILED_APP if cfg.need_app else 1
-        ) from None
-    log(
-        f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
-        f"on interpreter pid: {os.getpid()} (default app)"
-    )
+        raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
+    if not cfg.mount:  # with mounts, load_app logs each app in order
+        log(
+            f"WSGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+            f"on interpreter pid: {os.getpid()} (default app)"
+        )
     return app
 
 
@@ -205,28 +217,24 @@ def _needs_master(cfg: Config, has_gateway: bool) -> bool:
     return bool(cfg.master)
 
 
-def run(cfg: Config) -> int:
-    reloaded = RELOADS_ENV in os.environ
-    log(
-        f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
-    )
-    for path in cfg.ini_files:
-        log(f"[pymaster] getting INI configuration from {path}")
-    start_cwd = os.getcwd()
+def _prepare(cfg: Config) -> bool:
+    """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
+    sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
-    if not cfg.honour_stdin and not reloaded:
-        _stdin_to_devnull()
-    log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi)
+    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount)
+    if cfg.psgi and cfg.mount:
+        raise StartupError(
+            "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
+            "Plack::Builder's `mount` (one --psgi app per instance)"
+        )
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
         app_configured and "LISTEN_FDS" in os.environ
     )
-    has_gateway = bool(cfg.fastrouter)
-    if not has_gateway:
+    if not cfg.fastrouter:
         for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
             if cfg.is_set(name):
                 log(f"option --{name} has no effect without --fastrouter")
@@ -244,12 +252,62 @@ def run(cfg: Config) -> int:
             "processes = 0 leaves the app without a worker (uWSGI's no-workers mode): "
             "use processes >= 1, or no app for a router-only instance"
         )
-    master = _needs_master(cfg, has_gateway)
     privileges.check_backlog(cfg.listen)
-    listeners = sockets.setup(specs, cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded)
+    privileges.check(cfg.uid, cfg.gid)  # refused before anything is bound or written
+    return has_app
+
+
+def check_reload(cfg: Config) -> int:
+    """The reload check: what `run` would do up to the app import, nothing bound or written;
+    0 if a re-exec would start, else 1 with the reason on stderr (the arbiter's pipe, where
+    also goes whatever the app prints while it is imported; pymaster's own lines are dropped)."""
+    logmod.quiet()
+    try:
+        try:
+            logmaster.configure(cfg, activate=False)
+        except logmaster.LogConfigError as exc:
+            raise StartupError(f"pymaster: {exc}") from None
+        has_app = _prepare(cfg)
+        for _kind, spec in _socket_specs(cfg):
+            sockets.parse_address(spec)
+        if _needs_master(cfg, bool(cfg.fastrouter)):
+            problem = Cheaper(cfg).validate()
+            if problem:
+                raise StartupError(problem)
+        if has_app:
+            _load_app(cfg)  # with --lazy-apps too: the workers would import it
+    except (
+        StartupError,
+        sockets.SocketError,
+        privileges.PrivilegeError,
+        AddressError,
+        SubscriptionError,
+    ) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    return 0
+
+
+def run(cfg: Config) -> int:
+    reloaded = RELOADS_ENV in os.environ
+    log(
+        f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
+    )
+    for path in cfg.ini_files:
+        log(f"[pymaster] getting INI configuration from {path}")
+    start_cwd = os.getcwd()
+    if not cfg.honour_stdin and not reloaded:
+        _stdin_to_devnull()
+    log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
+    has_app = _prepare(cfg)
+    master = _needs_master(cfg, bool(cfg.fastrouter))
+    listeners = sockets.setup(
+        _socket_specs(cfg), cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded
+    )
     if cfg.chown_socket and not reloaded:
         unix = [lst.name for lst in listeners if lst.family == socket.AF_UNIX and not lst.inherited]
         privileges.chown_sockets(cfg.chown_socket, [p for p in unix if not p.startswith("@")])
+    owned = vacuum.Owned.at_start(listeners, vacuum.inherited_record() if reloaded else None)
     log(f"your server socket listen backlog is limited to {cfg.listen} connections")
     if cfg.pidfile and not reloaded:
         log(f"writing pidfile to {cfg.pidfile}")
@@ -258,15 +316,26 @@ def run(cfg: Config) -> int:
     privileges.drop(cfg.uid, cfg.gid)
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None
-    if has_app and not (cfg.lazy_apps or cfg.lazy):
-        app = _load_app(cfg)
-    elif has_app and cfg.psgi:
-        _load_app(cfg)
     processes = cfg.processes if has_app else 0
-    scoreboard = Scoreboard(max(MIN_SLOTS, processes * 2))
+    try:
+        if has_app and not (cfg.lazy_apps or cfg.lazy):
+            app = _load_app(cfg)
+        elif has_app and cfg.psgi:
+            _load_app(cfg)
+    except StartupError as exc:
+        if not (reloaded and master) or cfg.need_app:
+            raise StartupError(f"{exc}\n{GAME_OVER}", exc.code) from None
+        log(str(exc))
+        log(
+            "*** the reloaded app does not load: no worker is started, the sockets stay open "
+            "and connections wait in the backlog; fix the app and reload (SIGHUP, touch, "
+            "fifo r) ***"
+        )
+        processes = 0
+    scoreboard = Scoreboard(max(MIN_SLOTS, (cfg.processes if has_app else 0) * 2))
     if not master:
         return _run_single(cfg, listeners, app, scoreboard)
-    return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded)
+    return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded, owned)
 
 
 def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
@@ -306,9 +375,17 @@ def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
 
 
 def _run_master(
-    cfg: Config, listeners, app, scoreboard, processes: int, start_cwd: str, reloaded: bool
+    cfg: Config,
+    listeners,
+    app,
+    scoreboard,
+    processes: int,
+    start_cwd: str,
+    reloaded: bool,
+    owned: vacuum.Owned,
 ) -> int:
     arbiter = Arbiter(cfg, listeners, scoreboard)
+    arbiter.before_exec.append(owned.to_environ)
     problem = arbiter.cheaper.validate()
     if problem:
         raise StartupError(problem)
@@ -345,16 +422,12 @@ def _run_master(
     try:
         code = arbiter.run()
     finally:
-        for closer in getattr(arbiter, "closers", []):
+        for closer in arbiter.closers:
             closer()
     if cfg.vacuum:
         if cfg.pidfile:
-            try:
-                os.unlink(cfg.pidfile)
-                log("VACUUM: pidfile removed.")
-            except OSError:
-                pass
-        sockets.remove_unix(listeners)
+            vacuum.remove_pidfile(cfg.pidfile, os.getpid())
+        owned.remove_sockets()
     return code
 
 
@@ -362,7 +435,6 @@ def _attach_control(arbiter: Arbiter, cfg: Config) -> None:
     """Master FIFO, stats server and touch files, as configured."""
     from pymaster.master import checks, control
 
-    arbiter.closers = []
     if cfg.master_fifo:
         fifo = control.MasterFifo(list(cfg.master_fifo), arbiter)
         arbiter.closers.append(fifo.close)

@@ -40,6 +40,13 @@ def setup(logto: str | None = None, truncate: bool = False) -> None:
     sys.stderr.flush()
 
 
+def quiet() -> None:
+    """Drop every line from now on (the reload check reports only its verdict, on stderr)."""
+    global _fd, _sink
+    _fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    _sink = None
+
+
 def date_format(value: str | None) -> str | None:
     """uWSGI's `--log-date [FORMAT]`: None (off), "" (ctime, for true/1/on/yes) or a strftime
     format. A false word turns it off (uWSGI would take it as a format)."""

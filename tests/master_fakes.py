@@ -3,13 +3,15 @@
 The arbiter under test is the real one, with a real Config (parsed from options) and a real
 scoreboard (an in-process memfd); only the operating system is fake: `fork` hands out pids
 and never forks, `kill` and `execve` are recorded, `waitpid` returns the exits a test
-queued, the clock is whatever the test sets.
+queued, the clock is whatever the test sets. A reload check (`spawn_check`) gets a pid and
+a real pipe: the test writes its output to `check_out` and queues its exit like any other.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import os
 import signal
 
 from pymaster.config import parse
@@ -36,6 +38,8 @@ class FakeSystem:
         self.pid = 4242
         self.execs: list[tuple[str, list[str], dict[str, str]]] = []
         self.chdirs: list[str] = []
+        self.checks: list[tuple[int, list[str], dict[str, str], str]] = []  # pid, argv, env, cwd
+        self.check_out = -1  # write end of the newest check's output pipe
 
     def fork(self) -> int:
         pid = next(self.pids)
@@ -72,6 +76,15 @@ class FakeSystem:
         self.execs.append((path, argv, env))
         raise Reexec()
 
+    def spawn_check(self, argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int]:
+        pid = next(self.pids)
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.check_out >= 0:
+            os.close(self.check_out)
+        self.check_out = wfd
+        self.checks.append((pid, argv, env, cwd))
+        return pid, rfd
+
     def signals_to(self, pid: int) -> list[int]:
         return [s for p, s in self.sent if p == pid]
 
@@ -88,6 +101,9 @@ class FakeNotifier:
 
     def stopping(self) -> None:
         self.sent.append("STOPPING")
+
+    def status(self, text: str) -> None:
+        self.sent.append(f"STATUS {text}")
 
     def tick(self, now: float) -> None:
         pass
@@ -164,3 +180,22 @@ def lines(capfd) -> list[str]:
 
 
 SIGHUP, SIGINT, SIGKILL, SIGTERM = signal.SIGHUP, signal.SIGINT, signal.SIGKILL, signal.SIGTERM
+
+
+def finish_check(arbiter: Arbiter, system: FakeSystem, status: int = 0, output: bytes = b"") -> None:
+    """The running reload check writes `output`, exits with `status`; one loop pass."""
+    check = arbiter.reload_check
+    assert check is not None, "no reload check is running"
+    if output:
+        os.write(system.check_out, output)
+    os.close(system.check_out)
+    system.check_out = -1
+    check.read()  # what wait_events does when the pipe is readable
+    system.exits.append((check.pid, status))
+    arbiter.cycle()
+
+
+def reload_now(arbiter: Arbiter, system: FakeSystem, graceful: bool = True) -> None:
+    """Ask for a reload and let its check pass: the reload itself begins."""
+    arbiter.reload(graceful)
+    finish_check(arbiter, system, exited(0))

@@ -31,13 +31,14 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Pymaster:
     """A real `python -m pymaster` process with its log in a file."""
 
-    def __init__(self, args, tmp_path, env=None, cwd=None):
+    def __init__(self, args, tmp_path, env=None, cwd=None, prefix=()):
+        """`prefix`: a command the interpreter runs under (e.g. setpriv to another user)."""
         self.args = [str(a) for a in args]
         self.logpath = Path(tmp_path) / f"pymaster-{time.monotonic_ns()}.log"
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self._log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pymaster", *self.args],
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "pymaster", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env=full_env, cwd=cwd or ROOT)
 

@@ -17,9 +17,12 @@ import re
 import site
 import stat
 import sys
+import time
 import traceback
+from typing import Any
 
 from pymaster import log as _log
+from pymaster.apps import mount
 from pymaster.config import Config
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -65,7 +68,8 @@ def _use_virtualenv(home: str) -> None:
 
 
 def load_app(cfg: Config):
-    """Import and return the WSGI callable; AppLoadError with the cause on any failure."""
+    """Import and return the WSGI callable (a `Mounts` dispatcher when `--mount` is given);
+    AppLoadError with the cause on any failure."""
     if cfg.home:
         _use_virtualenv(cfg.home)
     for path in reversed(cfg.pythonpath):
@@ -73,15 +77,48 @@ def load_app(cfg: Config):
             sys.path.insert(0, path)
     callable_name = cfg.callable or "application"
     target = cfg.wsgi_file or cfg.module
-    if not target:
+    if not target and not cfg.mount:
         raise AppLoadError(
             "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
         )
+    start = time.time()
+    main = load_target(target, callable_name, bool(cfg.wsgi_file)) if target else None
+    if not cfg.mount:
+        assert main is not None
+        return main
+    apps: list[tuple[str, Any]] = []
+    if main is not None:
+        _ready(0, "", start)
+        apps.append(("", main))
+    for spec in cfg.mount:
+        try:
+            mountpoint, where = mount.split_mount(spec)
+        except ValueError as exc:
+            raise AppLoadError(str(exc)) from None
+        _log.log(f"mounting {where} on {mountpoint}")
+        start = time.time()
+        app = load_target(where, callable_name, where.endswith((".py", ".wsgi")))
+        _ready(len(apps), mountpoint, start)
+        apps.append((mountpoint, app))
+    return mount.Mounts(apps, cfg.manage_script_name, not cfg.no_default_app)
+
+
+def _ready(number: int, mountpoint: str, start: float) -> None:
+    """uWSGI's line for a loaded app (app 0 is the default app)."""
+    default = " (default app)" if number == 0 else ""
+    _log.log(
+        f"WSGI app {number} (mountpoint='{mountpoint}') ready in {int(time.time() - start)} "
+        f"seconds on interpreter pid: {os.getpid()}{default}"
+    )
+
+
+def load_target(target: str, callable_name: str, is_file: bool):
+    """The callable of one app: a Python file (any extension), or `module[:callable]`."""
     try:
-        if cfg.wsgi_file:
-            module = _load_file(cfg.wsgi_file)
+        if is_file:
+            module = _load_file(target)
         else:
-            modname, _, attr = (cfg.module or "").partition(":")
+            modname, _, attr = target.partition(":")
             if modname.endswith(".py") and os.path.isfile(modname):
                 module = _load_file(modname)
             else:

@@ -54,6 +54,11 @@ class Options:
     need_app: bool = False
     enable_threads: bool = False
     single_interpreter: bool = False
+    mount: list[str] = field(default_factory=list)
+    manage_script_name: bool = False
+    no_default_app: bool = False
+    spooler: list[str] = field(default_factory=list)
+    cache2: list[str] = field(default_factory=list)
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
@@ -62,6 +67,7 @@ class Options:
     pidfile: str | None = None
     vacuum: bool = False
     die_on_term: bool = False
+    no_reload_check: bool = False
     daemonize: str | None = None
     harakiri: int = 0
     max_requests: int = 0
@@ -153,6 +159,7 @@ class Options:
     fastrouter_subscription_server: list[str] = field(default_factory=list)
     fastrouter_to: list[str] = field(default_factory=list)
     fastrouter_timeout: int = 60
+    fastrouter_connect_timeout: int = 3
     fastrouter_processes: int = 1
     fastrouter_stats: str | None = None
     fastrouter_events: int = 64

@@ -243,6 +243,39 @@ APPLICATIONS = _section(
         inert="there is one interpreter per process",
     ),
     opt(
+        "mount",
+        "list",
+        help="load another app under a mountpoint, `MOUNTPOINT=APP` (APP: a .py/.wsgi file or "
+        "`module[:callable]`); the request's SCRIPT_NAME (or UWSGI_APPID) picks the app",
+        metavar="MOUNTPOINT=APP",
+    ),
+    opt(
+        "manage-script-name",
+        "bool",
+        help="set SCRIPT_NAME from the longest mountpoint that prefixes PATH_INFO (cut from it)",
+    ),
+    opt(
+        "no-default-app",
+        "bool",
+        help="a request no mountpoint matches gets a 500 instead of the first app",
+    ),
+    opt(
+        "spooler",
+        "list",
+        help="uWSGI's spooler directory (tasks queued through the `uwsgi` Python module)",
+        metavar="DIR",
+        inert="pymaster has no `uwsgi` Python module, so `uwsgi.spool` is absent: an app must "
+        "fall back when `import uwsgi` fails (isso does) or use a task queue (Celery, RQ)",
+    ),
+    opt(
+        "cache2",
+        "list",
+        help="uWSGI's shared cache (used through the `uwsgi` Python module)",
+        metavar="SPEC",
+        inert="pymaster has no `uwsgi` Python module, so `uwsgi.cache_*` is absent: an app must "
+        "fall back when `import uwsgi` fails (isso does) or use Redis/memcached",
+    ),
+    opt(
         "wsgi-env-behaviour/wsgi-env-behavior",
         "str",
         help="uWSGI's environ reuse between requests (`cheat` or `holy`)",
@@ -268,6 +301,12 @@ MASTER = _section(
     opt("pidfile", "str", help="write the master pid to this file", metavar="FILE"),
     opt("vacuum", "bool", help="remove the pidfile and UNIX sockets at exit"),
     opt("die-on-term", "bool", help="SIGTERM shuts down (pymaster does this anyway)"),
+    opt(
+        "no-reload-check",
+        "bool",
+        help="reload without first checking, in a child process, that the new configuration "
+        "and app load (a broken app then leaves the master with its sockets and no workers)",
+    ),
     opt(
         "daemonize/-d",
         "str",
@@ -710,6 +749,13 @@ FASTROUTER = _section(
     ),
     opt("fastrouter-to", "list", help="static backend node (round robin)", metavar="ADDR"),
     opt("fastrouter-timeout", "int", 60, "seconds before a client or backend is dropped", zero=60),
+    opt(
+        "fastrouter-connect-timeout",
+        "int",
+        3,
+        "seconds a connect to a node may take before it is marked failed and the next node "
+        "is tried (pymaster; 0: --fastrouter-timeout, as uWSGI)",
+    ),
     opt(
         "fastrouter-processes/fastrouter-workers",
         "int",

@@ -28,9 +28,10 @@ import psutil
 
 from pymaster import log as logmod
 from pymaster.log import log, log_verbose
-from pymaster.master import cheaper, checks, control, logmaster, sockets
+from pymaster.master import cheaper, checks, control, logmaster, reloadcheck, sockets
 from pymaster.master.chain import ChainReload
 from pymaster.master.notify import Notifier
+from pymaster.master.reloadcheck import ReloadCheck
 from pymaster.workers import scoreboard as sb
 from pymaster.workers.contract import EXIT_FAILED_APP
 
@@ -65,7 +66,7 @@ def release_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
 
-RELOADS_ENV = "UWSGI_RELOADS"  # as uWSGI: how many times this master re-exec'd
+RELOADS_ENV = reloadcheck.RELOADS_ENV  # as uWSGI: how many times this master re-exec'd
 
 
 class System:
@@ -105,6 +106,40 @@ class System:
 
     def execve(self, path: str, argv: list[str], env: dict[str, str]) -> NoReturn:
         os.execve(path, argv, env)
+
+    def spawn_check(self, argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int]:
+        """Run `argv` in `cwd` with stdout and stderr on a pipe and no other fd (the
+        listening sockets stay with us); (pid, non-blocking read end). Reaped by `waitpid`
+        like every child."""
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        hold_signals()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in HANDLED_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(wfd, 1)
+                os.dup2(wfd, 2)
+                for name in os.listdir("/proc/self/fd"):
+                    if int(name) > 2:
+                        try:
+                            os.set_inheritable(int(name), False)
+                        except OSError:
+                            pass
+                os.chdir(cwd)
+                release_signals()
+                os.execve(argv[0], argv, env)
+            except BaseException:
+                os.write(2, traceback.format_exc().encode())
+            finally:
+                os._exit(127)
+        release_signals()
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        return pid, rfd
 
 
 def _no_worker_target(child: Child) -> None:
@@ -205,6 +240,7 @@ class Arbiter:
         self.on_stop: list[Callable[[bool], None]] = []  # arg: True for a graceful reload
         self.on_pause: list[Callable[[bool], None]] = []  # arg: True when pausing
         self.closers: list[Callable[[], None]] = []  # run once the loop is over
+        self.before_exec: list[Callable[[dict[str, str]], None]] = []  # add to the new env
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0
         # as uWSGI, 0 is no mercy at all: a cursed worker is killed at the next check
@@ -214,6 +250,8 @@ class Arbiter:
         self.pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=16)
         self.harakiri_pids: set[int] = set()
         self.chain: ChainReload | None = None
+        self.reload_check: ReloadCheck | None = None
+        self.dropped_checks: set[int] = set()  # killed at shutdown: reaped quietly
         self.notifier = Notifier()
         self.ready_sent = False
         self.subscriber: Subscriber | None = None
@@ -374,6 +412,7 @@ class Arbiter:
         while self.queue:
             self.guarded(self.dispatch, self.queue.popleft())
         self.reap()
+        self.reload_check_step()
         self.chain_step()
         self.check_ready()
         now = self.system.monotonic()
@@ -414,6 +453,7 @@ class Arbiter:
 
     def tick(self, now: float) -> None:
         self.respawn_due(now)
+        self.reload_check_timeout()
         if not self.paused:
             self.check_mercy(now)
             checks.harakiri(self, now)
@@ -445,6 +485,10 @@ class Arbiter:
             child = self.children.pop(pid, None)
             if child is not None:
                 self.child_exited(child, pid, status)
+            elif self.reload_check is not None and pid == self.reload_check.pid:
+                self.reload_check.status = status
+            elif pid in self.dropped_checks:
+                self.dropped_checks.discard(pid)
             elif self.pid != 1:  # as PID 1 we reap strangers quietly
                 log(stranger_message(pid, status))
 
@@ -682,8 +726,77 @@ class Arbiter:
 
     # -- reload and shutdown --------------------------------------------------------------------
     def reload(self, graceful: bool) -> None:
+        """SIGHUP, fifo r/R, touch: check that the new code loads, then reload (or not)."""
         if self.state.mode != "running":
             return
+        check = self.reload_check
+        if check is not None:  # the newest request wins: what runs may check older code
+            check.again, check.graceful = True, graceful
+            log(
+                f"reload requested while the reload check (pid: {check.pid}) runs: "
+                "checking again once it is done"
+            )
+            return
+        if self.cfg.no_reload_check:
+            self.begin_reload(graceful)
+            return
+        self.start_reload_check(graceful)
+
+    def start_reload_check(self, graceful: bool) -> None:
+        argv, env = reloadcheck.command(self.cfg.argv, dict(os.environ), self.listeners, self.pid)
+        try:
+            pid, fd = self.system.spawn_check(argv, env, self.start_cwd)
+        except OSError as exc:
+            log(f"*** reload aborted: cannot start the reload check: {exc.strerror} ***")
+            return
+        self.reload_check = ReloadCheck(pid, fd, graceful, self.system.monotonic())
+        self.add_reader(fd, self.reload_check.read)
+        log(f"reload requested: checking that the new configuration and app load (pid: {pid})...")
+
+    def reload_check_step(self) -> None:
+        """A finished check: reload, check again, or log why not and keep the workers."""
+        check = self.reload_check
+        if check is None or check.status is None:
+            return
+        self.reload_check = None
+        self.remove_reader(check.fd)
+        check.close()
+        if self.state.mode != "running":
+            return
+        if check.again:
+            self.start_reload_check(check.graceful)
+            return
+        if check.passed:
+            log("reload check passed")
+            self.begin_reload(check.graceful)
+            return
+        log(check.failure())
+        log(
+            "*** reload aborted: the workers keep serving the code they loaded; "
+            "fix the app or configuration and reload again ***"
+        )
+        self.notifier.status("reload failed: still serving the previous code")
+
+    def reload_check_timeout(self) -> None:
+        check = self.reload_check
+        if check is None or check.timed_out:
+            return
+        if self.system.monotonic() - check.started > reloadcheck.TIMEOUT:
+            check.timed_out = True
+            self.kill(check.pid, signal.SIGKILL)
+
+    def drop_reload_check(self) -> None:
+        """Shutdown: a check still running is killed and forgotten."""
+        check = self.reload_check
+        if check is None:
+            return
+        self.reload_check = None
+        self.remove_reader(check.fd)
+        check.close()
+        self.kill(check.pid, signal.SIGKILL)
+        self.dropped_checks.add(check.pid)
+
+    def begin_reload(self, graceful: bool) -> None:
         if self.paused:
             self.on_SIGTSTP()
         self.chain = None
@@ -708,6 +821,7 @@ class Arbiter:
         if self.paused:
             self.on_SIGTSTP()
         self.chain = None
+        self.drop_reload_check()
         self.state = State("stopping", graceful, code)
         self.scoreboard.master_state = sb.MASTER_STOPPING
         self.notifier.stopping()
@@ -741,6 +855,8 @@ class Arbiter:
         for i, lst in enumerate(self.listeners):
             log(f"found fd {sockets.SD_LISTEN_FDS_START + i} mapped to socket {i} ({lst.name})")
         env[RELOADS_ENV] = str(int(env.get(RELOADS_ENV, "0")) + 1)
+        for hook in self.before_exec:
+            hook(env)
         argv = [sys.executable, "-m", "pymaster", *self.cfg.argv]
         log(f"running {sys.executable} -m pymaster")
         hold_signals()  # the mask survives exec: nothing is lost

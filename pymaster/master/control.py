@@ -15,7 +15,7 @@ import psutil
 
 from pymaster import __version__
 from pymaster.log import log
-from pymaster.master import sockets
+from pymaster.master import sockets, vacuum
 from pymaster.workers import scoreboard as sb
 
 if TYPE_CHECKING:
@@ -261,6 +261,7 @@ class StatsServer:
         self.arbiter = arbiter
         self.listener = sockets.Listener(address, "stats", *sockets.parse_address(address, "stats"))
         self.listener.bind(arbiter.cfg.listen)
+        self.owned = vacuum.Owned.at_start([self.listener])
         assert self.listener.sock is not None
         self.sock = self.listener.sock
         self.sock.set_inheritable(False)
@@ -299,5 +300,4 @@ class StatsServer:
     def close(self) -> None:
         self.arbiter.remove_reader(self.listener.fd)
         self.sock.close()
-        if self.listener.family == socket.AF_UNIX:
-            sockets.remove_unix([self.listener])
+        self.owned.remove_sockets()  # if still ours

@@ -7,7 +7,8 @@ router processes, binds one relay socket per router in it; then it forks
 `fastrouter N`). In each child the target asks to die with the master
 (`workers.contract.die_with_master`), closes the sockets that are not that router's (only
 router 1 keeps the stats socket) and runs `routers.fastrouter.run`. The master removes the
-relay sockets when it shuts down.
+relay sockets when it shuts down, and the state directory once its routers are gone (not on
+a reload, which carries the pools over).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _attach_fastrouter(arbiter, cfg: Config, listeners: list[sockets.Listener]) 
     relays = _bind_relays(directory, count) if directory is not None and count > 1 else []
     if relays:
         arbiter.on_stop.append(lambda _graceful: _remove_relays(arbiter, relays))
+    if directory is not None:  # once the routers are gone (they save the table on exit)
+        arbiter.closers.append(lambda: _remove_state_dir(arbiter, directory))
 
     def target(child):
         # SIGTERM, not SIGKILL: the router saves its subscription table on the way out
@@ -108,6 +111,23 @@ def _remove_relays(arbiter, relays: list[sockets.Listener]) -> None:
     for lst in relays:
         with contextlib.suppress(OSError):
             os.unlink(lst.name)
+
+
+def _remove_state_dir(arbiter, directory: str) -> None:
+    """When the instance stops for good: a reload (an exec, closers never run) or a router
+    respawn keeps the directory, whose snapshot carries the pools and the replay state."""
+    if arbiter.state.mode != "stopping":
+        return
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if name.startswith("relay-") or name.startswith("table.json"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log(f"[uwsgi-fastrouter] cannot remove the state directory {directory}: {exc.strerror}")
 
 
 def stats_load(arbiter) -> int:

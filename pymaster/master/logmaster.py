@@ -451,6 +451,13 @@ class LogMaster:
             self.req_write = wsock.detach()  # blocking: a busy master slows, never drops
         self.busy = False
 
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        if self.req_sock is not None:
+            self.req_sock.close()
+            os.close(self.req_write)
+
     # the master's own lines
     def own(self, data: bytes) -> None:
         self.drain()
@@ -589,10 +596,11 @@ def active() -> LogMaster | None:
     return _active
 
 
-def configure(cfg: Config) -> LogMaster | None:
+def configure(cfg: Config, activate: bool = True) -> LogMaster | None:
     """Build the log master the options ask for (None when none) and make it take the log;
     LogConfigError names what cannot work. Opens the `file:` loggers now, so a path that
-    cannot be written stops the start instead of losing lines later."""
+    cannot be written stops the start instead of losing lines later. `activate=False` (the
+    reload check) only checks: everything is closed again."""
     if not needed(cfg):
         return None
     logfile = cfg.logto or cfg.daemonize
@@ -651,6 +659,9 @@ def configure(cfg: Config) -> LogMaster | None:
     general = Stream(loggers, routes, encoders, main, drains, filters)
     requests = Stream(req_loggers, req_routes, req_encoders, main) if with_requests else None
     master = LogMaster(general, requests, main, sinks)
+    if not activate:
+        master.close()
+        return None
     set_active(master)
     for note in notes:
         log(note)

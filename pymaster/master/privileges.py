@@ -1,4 +1,12 @@
-"""Dropping root after the sockets are bound (`--uid`, `--gid`), and the backlog limit check."""
+"""Dropping root after the sockets are bound (`--uid`, `--gid`), and the backlog limit check.
+
+Only root can change its user or group. As uWSGI (core/utils.c uwsgi_as_root, its
+`nonroot:` branch), a non-root master asked for another uid or gid refuses to start
+("cannot setuid() as non-root user") instead of running as whoever started it; asked for
+the ids it already has, there is nothing to do (a master re-exec'd by a reload is in that
+case). uWSGI compares only ids given as numbers (a name is resolved only as root, so as
+non-root it is ignored); pymaster resolves names too and refuses them alike.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +33,37 @@ def _resolve(value: str, kind: str) -> int:
         ) from None
 
 
+def check(uid: str | None, gid: str | None) -> None:
+    """Before anything is bound: the names resolve, and a non-root process is asked for
+    nothing it cannot do (PrivilegeError naming the option and why)."""
+    g = _resolve(gid, "group") if gid else None
+    u = _resolve(uid, "user") if uid else None
+    if os.geteuid() == 0:
+        return
+    if g is not None and g != os.getgid():
+        raise PrivilegeError(
+            f"cannot setgid() as non-root user: --gid {gid} asks for gid {g}, but pymaster "
+            f"runs as uid {os.getuid()} gid {os.getgid()} and only root can change its group "
+            f"(start it as root, or drop --gid)"
+        )
+    if u is not None and u != os.getuid():
+        raise PrivilegeError(
+            f"cannot setuid() as non-root user: --uid {uid} asks for uid {u}, but pymaster "
+            f"runs as uid {os.getuid()} and only root can change its user "
+            f"(start it as root, or drop --uid)"
+        )
+
+
 def drop(uid: str | None, gid: str | None) -> None:
-    """setgid, initgroups, then setuid; logs uWSGI's lines. A no-op when not root (after a
-    reload the re-exec'd master already runs as the target user)."""
+    """setgid, initgroups, then setuid; logs uWSGI's lines. Not root (`check` passed): the
+    ids asked for are already ours, which is logged (after a reload the re-exec'd master
+    already runs as the target user)."""
     if os.geteuid() != 0:
+        check(uid, gid)
+        if gid:
+            log(f"--gid {gid}: already running as gid {os.getgid()}, nothing to do")
+        if uid:
+            log(f"--uid {uid}: already running as uid {os.getuid()}, nothing to do")
         return
     if gid:
         g = _resolve(gid, "group")

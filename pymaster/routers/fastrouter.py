@@ -16,8 +16,9 @@ socket; whoever receives a datagram applies it and relays the raw bytes to its s
 unix datagram sockets (`relay-N.sock`) in a private 0700 state directory. The master makes
 the directory (`state_dir`) and binds the relay sockets before it forks the routers, so a
 datagram relayed to a sibling that is not running yet (start, respawn) waits in its queue.
-The same directory holds the table snapshot (`table.json`) that lets pools survive a reload
-of the router. See docs/subscriptions.md.
+The same directory holds the table snapshot (`table.json`) that lets pools, and the last-seen
+signature timestamps that refuse replays, survive a reload or respawn of the router; the
+master removes the directory when the instance stops for good. See docs/subscriptions.md.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ class Router:
         self.sub_socks = list(subscription_socks)
         self.stats_sock = stats_sock
         self.timeout = float(cfg.fastrouter_timeout)
+        # a connect that takes longer marks the node failed and tries the next one; 0 is
+        # uWSGI's behaviour (the connect shares --fastrouter-timeout, the session is cut)
+        connect = cfg.fastrouter_connect_timeout
+        self.connect_timeout = min(float(connect), self.timeout) if connect else self.timeout
         self.processes = cfg.fastrouter_processes
         secret_file = cfg.subscriptions_sign_secret
         secret = read_secret(secret_file) if secret_file is not None else None
@@ -233,6 +238,13 @@ class Router:
     # ------------------------------------------------------------------ subscriptions
     def _on_datagrams(self, sock: socket.socket, external: bool) -> None:
         now = time.time()
+        try:
+            self._read_datagrams(sock, external, now)
+        finally:
+            if self.table.urgent:  # a signed join or leave: on disk before a crash loses it
+                self._dump(now, force=True)
+
+    def _read_datagrams(self, sock: socket.socket, external: bool, now: float) -> None:
         for _ in range(256):
             try:
                 data, source = sock.recvfrom(CHUNK)
@@ -273,21 +285,29 @@ class Router:
         return os.path.join(self.dir, "table.json") if self.dir else None
 
     def _restore(self) -> None:
+        """Load the snapshot: the last-seen signature timestamps always (so a restarted
+        router still refuses replays), the nodes when the file is younger than the
+        tolerance."""
         path = self._table_file()
         if path is None:
             return
         try:
-            if time.time() - os.stat(path).st_mtime > self.table.tolerance:
-                return
+            age = time.time() - os.stat(path).st_mtime
             with open(path, encoding="utf-8") as fh:
                 doc = json.load(fh)
         except (OSError, ValueError):
             return
-        count = self.table.restore(doc)
+        stamps = self.table.restore_replay(doc) if self.table.secret is not None else 0
+        count = self.table.restore(doc) if age <= self.table.tolerance else 0
         if count:
             log(
                 f"[uwsgi-subscription for pid {self.pid}] restored {count} node(s) in "
                 f"{len(self.table.pools)} pool(s) from {path}"
+            )
+        if stamps:
+            log(
+                f"[uwsgi-subscription for pid {self.pid}] restored {stamps} last-seen "
+                f"signature timestamp(s) from {path} (replays stay refused)"
             )
 
     def _dump(self, now: float | None = None, force: bool = False) -> None:
@@ -308,7 +328,7 @@ class Router:
             log(f"[uwsgi-fastrouter] cannot save the subscription table to {path}: {exc.strerror}")
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        self.table.dirty = False
+        self.table.dirty = self.table.urgent = False
         self.last_dump = now
 
     # ------------------------------------------------------------------ stats

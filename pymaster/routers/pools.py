@@ -175,8 +175,11 @@ class Table:
         self.log = log if log is not None else _default_log
         self.notify_send = notify_send
         self.throttle = Throttle(60.0)
+        # replay state: (key, address) -> (last accepted `unix`, when it was accepted);
+        # persisted with the pools (dump/restore) so a router restart does not forget it
         self.last_unix: dict[tuple[str, str], tuple[float, float]] = {}
         self.dirty = False
+        self.urgent = False  # a signed membership change: persist it now, not within 1 s
         self.accepted = self.rejected = 0
 
     # ------------------------------------------------------------------ intake
@@ -213,15 +216,22 @@ class Table:
                 self._reject(source, "source not in --subscription-allow", now, "allow")
                 return None
             ann = parse_packet(data)
+            fresh = False
             if self.secret is not None:
                 reason = verify(ann, self.secret, now, self.tolerance)
                 if reason is None and ann.unix is not None:  # verified: it is signed
                     ident = (ann.key, ann.address)
                     prev = self.last_unix.get(ident)
                     if prev is not None and ann.unix <= prev[0]:
+                        if not check_source:
+                            # a sibling's relayed copy of what a restored snapshot already
+                            # holds (the relay sockets are private): a duplicate, not an attack
+                            return None
                         reason = "replayed signature"
                     else:
                         self.last_unix[ident] = (ann.unix, now)
+                        self.dirty = True
+                        fresh = not ann.subscribe or self._is_new(ann.key, ann.address)
                 if reason is not None:
                     self._reject(
                         source,
@@ -232,12 +242,18 @@ class Table:
                     return None
             self.apply(ann, now)
             self.accepted += 1
+            self.urgent = self.urgent or fresh
             return ann
         except SubscriptionError as exc:
             self._reject(source, str(exc), now)
         except Exception as exc:  # a bug must not kill the router
             self._reject(source, f"internal error {exc!r}", now)
         return None
+
+    def _is_new(self, key: str, address: str) -> bool:
+        pool = self.pools.get(key)
+        node = pool.find(address) if pool is not None else None
+        return node is None or bool(node.death_mark)
 
     def apply(self, ann: Announcement, now: float) -> None:
         if ann.subscribe:
@@ -331,6 +347,15 @@ class Table:
                 k: v for k, v in self.last_unix.items() if now - v[1] <= 2 * self.tolerance
             }
 
+    def replay_state(self, now: float) -> list[list]:
+        """[key, address, unix] of every last-seen signature that can still matter: one
+        older than the tolerance is refused as stale anyway."""
+        return [
+            [key, address, unix]
+            for (key, address), (unix, _seen) in self.last_unix.items()
+            if unix >= now - self.tolerance
+        ]
+
     # ------------------------------------------------------------------ routing
     def pick(self, key: str, now: float | None = None) -> Node | None:
         """Choose a node for `key` (wrr) and take a reference on it; None if no live node."""
@@ -404,7 +429,32 @@ class Table:
                 }
                 for p in self.pools.values()
             ],
+            "replay": self.replay_state(now),
         }
+
+    def restore_replay(self, doc: dict, now: float | None = None) -> int:
+        """Load the last-seen signature timestamps of `dump()` output (whatever the age of
+        the pools); the newer one wins where this table already has one. Returns how many."""
+        now = time.time() if now is None else now
+        if not isinstance(doc, dict) or doc.get("format") != "pymaster-subscriptions-1":
+            return 0
+        count = 0
+        entries = doc.get("replay")
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                key, address, unix = entry
+                unix = float(unix)
+            except (TypeError, ValueError):
+                continue
+            if not isinstance(key, str) or not isinstance(address, str) or unix != unix:
+                continue
+            if unix < now - self.tolerance:
+                continue  # stale: refused by the signature check anyway
+            prev = self.last_unix.get((key, address))
+            if prev is None or prev[0] < unix:
+                self.last_unix[(key, address)] = (unix, now)
+                count += 1
+        return count
 
     def restore(self, doc: dict, now: float | None = None) -> int:
         """Load nodes from `dump()` output that are still within the tolerance."""

@@ -1,7 +1,7 @@
 """One routed uwsgi connection as a pair of asyncio Protocols: client side and node side.
 
 The client side reads the uwsgi header and vars, asks the router for a node (retrying the
-next node on a failed connect), rewrites header bytes 0 and 3 to the node's modifiers and
+next node on a failed or timed-out connect, --fastrouter-connect-timeout), rewrites header bytes 0 and 3 to the node's modifiers and
 from then on forwards bytes as they come, both ways, with transport-level flow control
 (a full write buffer pauses reading on the other side). No task per chunk, no buffering of
 bodies; idle sessions are cut by the router's ticker after `--fastrouter-timeout`. Node
@@ -176,8 +176,9 @@ class ClientSession(asyncio.Protocol):
             if node is None:
                 break
             try:
-                side = await self._connect(node)
-            except asyncio.CancelledError:  # cut by the ticker: the connect timed out
+                async with asyncio.timeout(router.connect_timeout):
+                    side = await self._connect(node)
+            except asyncio.CancelledError:  # cut by the ticker: the session timed out
                 log(
                     f'[uwsgi-fastrouter] unable to connect() to node "{node.name}" '
                     f"({attempt} retries): timeout"
@@ -191,6 +192,7 @@ class ClientSession(asyncio.Protocol):
                 )
                 failures += 1
                 router.failed(self.key, node)
+                self.last = self.loop.time()  # the next node gets a full timeout too
                 continue
             if self.transport.is_closing():  # the client went away meanwhile
                 side.transport.close()
@@ -219,8 +221,9 @@ class ClientSession(asyncio.Protocol):
         self.transport.close()
 
     async def _connect(self, node: Node) -> NodeSide:
-        """No timeout object per connect: a session that makes no progress for
-        --fastrouter-timeout is aborted by the router's ticker, which cancels this too."""
+        """Bounded by the caller (--fastrouter-connect-timeout: the node is marked failed
+        and the next one tried); a session that makes no progress for --fastrouter-timeout
+        is aborted by the router's ticker, which cancels this too."""
         where = _address(node.name)
         if where.unix:
             _t, side = await self.loop.create_unix_connection(

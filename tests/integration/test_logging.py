@@ -286,3 +286,24 @@ def test_a_worker_exit_line_comes_after_its_last_words(serve, tmp_path):
     assert log.index("APP-last-words") < log.index("The work of process") < log.index(
         "Respawned pymaster worker 1")
     assert os.path.exists(served.pm.logpath)
+
+
+def test_a_reload_into_a_broken_logger_keeps_the_instance(tmp_path):
+    """The reload check builds the new loggers too: an unknown plugin aborts the reload."""
+    main = tmp_path / "main.log"
+    app = tmp_path / "app.py"
+    app.write_text(WSGI_APP)
+    ini = tmp_path / "app.ini"
+    port = free_port()
+    ini.write_text(f"[uwsgi]\nsocket = 127.0.0.1:{port}\nwsgi-file = {app}\nmaster = true\n"
+                   f"logger = file:{main}\n")
+    with Pymaster(["--ini", ini], tmp_path) as pm:
+        wait_port(port)
+        wait_file(main, r"spawned pymaster worker 1")
+        ini.write_text(ini.read_text().replace(f"file:{main}", "zeromq:tcp://127.0.0.1:9"))
+        pm.signal(signal.SIGHUP)
+        text = wait_file(main, r"reload aborted")
+        assert "unable to find logger 'zeromq'" in text
+        served = Served(pm, port)
+        served.get("/say", "text=APP-still-here")
+        wait_file(main, r"^APP-still-here$")

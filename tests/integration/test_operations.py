@@ -324,19 +324,22 @@ def test_as_pid1_the_master_reaps_orphans_quietly(tmp_path):
         log.close()
 
 
-def test_full_reload_with_broken_code_exits_with_a_clear_error(tmp_path):
+def test_full_reload_with_broken_code_keeps_serving_with_a_clear_error(tmp_path):
+    # issue 13: a broken deploy no longer ends the instance (tests/integration/test_reload_failure.py)
     app = tmp_path / "app.py"
     app.write_text("def application(e, s):\n    s('200 OK', [])\n    return [b'ok']\n")
     port = free_port()
     with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", app, "-M", "-p", "1"], tmp_path) as pm:
         wait_port(port)
-        pm.wait_workers(1)
+        old = pm.wait_workers(1)
         app.write_text("def broken(:\n")
         pm.signal(signal.SIGHUP)
-        assert pm.wait(20) == 1                      # one clear error, no crash loop
+        pm.wait_log(r"\*\*\* reload aborted", timeout=20)  # one clear error, no crash loop
         log = pm.log()
-        assert "SyntaxError" in log and "*** no app loaded. GAME OVER ***" in log
-        assert log.count("binary reloading pymaster") == 1
+        assert "SyntaxError" in log and log.count("unable to load app from") == 1
+        assert "binary reloading pymaster" not in log
+        assert pm.proc.poll() is None and pm.workers() == old
+        assert one_uwsgi(port, "/").startswith(b"HTTP/1.1 200")
 
 
 @pytest.mark.parametrize("algo", ["spare", "busyness", "backlog"])

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pymaster.config import Config
 from pymaster.workers.psgi import bridge as psgi
 from pymaster.workers.scoreboard import BUSY, IDLE, Scoreboard
+from tests.conftest import config_with
 from tests.external import parse_http_response, uwsgi_packet, uwsgi_vars
 
 pytestmark = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup (libplack-perl) missing")
@@ -124,13 +124,7 @@ sub {
 
 
 def cfg_for(app, **kw):
-    """A real Config (the table's defaults) for `app` with `kw` set, as parsing would."""
-    cfg = Config()
-    cfg.psgi = str(app)
-    for key, value in kw.items():
-        assert hasattr(cfg, key), key
-        setattr(cfg, key, value)
-    return cfg
+    return config_with(psgi=str(app), **kw)
 
 
 def _listen() -> socket.socket:

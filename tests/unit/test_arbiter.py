@@ -16,9 +16,11 @@ from tests.master_fakes import (
     busy,
     exit_child,
     exited,
+    finish_check,
     killed,
     lines,
     make_arbiter,
+    reload_now,
     tick,
     worker,
 )
@@ -144,6 +146,11 @@ def test_sighup_reloads_gracefully_then_reexecs(capfd):
     arbiter.queue.append(signal.SIGHUP)
     arbiter.cycle()
     assert lines(capfd) == [
+        "reload requested: checking that the new configuration and app load (pid: 1003)..."
+    ]
+    finish_check(arbiter, system, exited(0))
+    assert lines(capfd) == [
+        "reload check passed",
         "...gracefully killing workers...",
         "Gracefully killing worker 1 (pid: 1000)...",
         "Gracefully killing worker 2 (pid: 1001)...",
@@ -176,8 +183,8 @@ def test_brutal_reload_interrupts_workers_and_kills_gateways(capfd):
     assert gateway is not None
     arbiter.spawn(gateway)
     lines(capfd)
-    arbiter.cmd_brutal_reload()
-    assert lines(capfd) == ["...brutally killing workers..."]
+    reload_now(arbiter, system, graceful=False)
+    assert lines(capfd)[-2:] == ["reload check passed", "...brutally killing workers..."]
     assert system.signals_to(1000) == [signal.SIGINT]
     assert system.signals_to(1001) == [signal.SIGKILL]
     arbiter.cmd_graceful_reload()  # already reloading: ignored
@@ -254,8 +261,7 @@ def test_sigttou_on_a_slot_waiting_for_its_respawn_drops_it_at_once(capfd):
 
 def test_mercy_expiry_kills_a_worker_that_does_not_finish(capfd):
     arbiter, system = make_arbiter(processes=1)
-    arbiter.queue.append(signal.SIGHUP)
-    arbiter.cycle()
+    reload_now(arbiter, system)
     lines(capfd)
     tick(arbiter, system, 60.0)
     assert system.signals_to(1000) == [signal.SIGHUP]  # 60 s is within the default mercy
@@ -267,8 +273,7 @@ def test_mercy_expiry_kills_a_worker_that_does_not_finish(capfd):
 def test_worker_reload_mercy_0_kills_at_the_next_check(capfd):
     arbiter, system = make_arbiter("--worker-reload-mercy", "0", processes=1)
     assert arbiter.mercy == 0
-    arbiter.queue.append(signal.SIGHUP)
-    arbiter.cycle()
+    reload_now(arbiter, system)
     lines(capfd)
     tick(arbiter, system, 1.0)
     assert lines(capfd) == ["worker 1 (pid: 1000) is taking too much time to die...NO MERCY !!!"]
@@ -277,7 +282,7 @@ def test_worker_reload_mercy_0_kills_at_the_next_check(capfd):
 
 def test_a_worker_gone_before_the_kill_is_not_an_error():
     arbiter, system = make_arbiter("--worker-reload-mercy", "1", processes=1)
-    arbiter.on_SIGHUP()
+    reload_now(arbiter, system)
     system.gone.add(1000)
     tick(arbiter, system, 2.0)  # the SIGKILL finds no process: nothing raised
     assert system.signals_to(1000) == [signal.SIGHUP]
@@ -458,7 +463,7 @@ def test_scale_down_during_a_chain_removes_the_old_one_and_keeps_its_successor()
 
 def test_a_reload_during_a_chain_drops_the_chain():
     arbiter, system = chain_started()
-    arbiter.on_SIGHUP()
+    reload_now(arbiter, system)
     assert arbiter.chain is None
     arbiter.cycle()
     assert len(system.forked) == 3  # no further successor
@@ -474,3 +479,121 @@ def test_no_cheaper_step_while_a_chain_runs():
     arbiter.cycle()  # worker 4 accepts: the chain completes, then the tick runs the cheaper
     assert arbiter.chain is None
     assert worker(arbiter, 2).pid == system.forked[-1] == 1002
+
+
+# -- the reload check (master/reloadcheck.py): the new code must load before a reload ---------
+CHECK_PID = 1002  # after two workers
+
+
+def test_a_reload_first_checks_the_new_code_in_a_child(capfd):
+    arbiter, system = make_arbiter(processes=2)
+    lines(capfd)
+    arbiter.queue.append(signal.SIGHUP)
+    arbiter.cycle()
+    [(pid, argv, env, cwd)] = system.checks
+    assert pid == CHECK_PID and cwd == arbiter.start_cwd
+    assert argv[1:3] == ["-m", "pymaster"] and argv[3:] == arbiter.cfg.argv
+    assert env["PYMASTER_RELOAD_CHECK"] == "1"
+    assert env["UWSGI_RELOADS"] == str(int(os.environ.get("UWSGI_RELOADS", "0")) + 1)
+    assert (env["LISTEN_FDS"], env["LISTEN_PID"]) == ("0", str(arbiter.pid))
+    assert lines(capfd) == [
+        f"reload requested: checking that the new configuration and app load (pid: {pid})..."
+    ]
+    assert arbiter.state.mode == "running" and system.sent == []  # nobody asked to go yet
+    assert arbiter.reload_check is not None and arbiter.reload_check.fd in arbiter.readers
+
+
+def test_a_failed_check_keeps_the_workers_and_logs_its_output_once(capfd):
+    arbiter, system = make_arbiter(processes=2)
+    arbiter.on_SIGHUP()
+    check = arbiter.reload_check
+    assert check is not None
+    lines(capfd)
+    finish_check(arbiter, system, exited(1), b"unable to load app from 'app.py': boom\n")
+    assert lines(capfd) == [
+        f"reload check failed (pid: {CHECK_PID}, exited with code 1):",
+        "unable to load app from 'app.py': boom",
+        "*** reload aborted: the workers keep serving the code they loaded; fix the app or "
+        "configuration and reload again ***",
+    ]
+    assert arbiter.state.mode == "running" and system.sent == [] and system.execs == []
+    assert arbiter.reload_check is None and check.fd not in arbiter.readers
+    assert arbiter.notifier.sent == ["STATUS reload failed: still serving the previous code"]
+    arbiter.cycle()
+    assert lines(capfd) == []  # logged once
+    arbiter.on_SIGHUP()  # the next reload tries again
+    assert len(system.checks) == 2 and arbiter.reload_check is not None
+
+
+def test_workers_are_respawned_while_the_check_runs():
+    arbiter, system = make_arbiter(processes=1)
+    arbiter.on_SIGHUP()
+    exit_child(arbiter, system, worker(arbiter, 1), killed(signal.SIGKILL))
+    assert worker(arbiter, 1).pid == 1002  # the check took 1001
+    finish_check(arbiter, system, exited(0))
+    assert arbiter.state.mode == "reloading" and system.signals_to(1002) == [signal.SIGHUP]
+
+
+def test_a_reload_asked_while_the_check_runs_checks_again(capfd):
+    arbiter, system = make_arbiter(processes=1)
+    arbiter.on_SIGHUP()
+    lines(capfd)
+    arbiter.cmd_brutal_reload()  # the newest request wins, brutal included
+    assert lines(capfd) == [
+        "reload requested while the reload check (pid: 1001) runs: checking again once it is done"
+    ]
+    assert len(system.checks) == 1
+    finish_check(arbiter, system, exited(0))  # it checked what was there before the request
+    assert len(system.checks) == 2 and arbiter.state.mode == "running" and system.sent == []
+    finish_check(arbiter, system, exited(0))
+    assert arbiter.state.mode == "reloading" and not arbiter.state.graceful
+    assert system.signals_to(1000) == [signal.SIGINT]
+
+
+def test_a_check_that_hangs_is_killed_and_the_reload_aborted(capfd):
+    arbiter, system = make_arbiter(processes=1)
+    arbiter.on_SIGHUP()
+    tick(arbiter, system, 60.0)
+    assert system.signals_to(1001) == []
+    tick(arbiter, system, 1.0)
+    assert system.signals_to(1001) == [signal.SIGKILL]
+    lines(capfd)
+    finish_check(arbiter, system, killed(signal.SIGKILL))
+    assert lines(capfd)[0] == "reload check failed (pid: 1001, did not finish within 60 seconds):"
+    assert arbiter.state.mode == "running" and system.signals_to(1000) == []
+
+
+def test_a_shutdown_kills_a_running_check_and_reaps_it_quietly(capfd):
+    arbiter, system = make_arbiter(processes=1)
+    arbiter.on_SIGHUP()
+    arbiter.queue.append(signal.SIGINT)
+    arbiter.cycle()
+    assert system.signals_to(1001) == [signal.SIGKILL] and arbiter.reload_check is None
+    lines(capfd)
+    system.exits.append((1001, killed(signal.SIGKILL)))
+    exit_child(arbiter, system, worker(arbiter, 1), killed(signal.SIGINT))
+    assert arbiter.cycle() == 0
+    assert lines(capfd) == ["worker 1 buried after 1 seconds", "goodbye to pymaster."]
+
+
+def test_no_reload_check_reloads_at_once(capfd):
+    arbiter, system = make_arbiter("--no-reload-check", processes=1)
+    lines(capfd)
+    arbiter.on_SIGHUP()
+    assert system.checks == [] and arbiter.state.mode == "reloading"
+    assert lines(capfd)[0] == "...gracefully killing workers..."
+
+
+def test_a_check_that_cannot_start_aborts_the_reload(capfd, monkeypatch):
+    arbiter, system = make_arbiter(processes=1)
+
+    def no_fork(argv, env, cwd):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(system, "spawn_check", no_fork)
+    lines(capfd)
+    arbiter.on_SIGHUP()
+    assert lines(capfd) == [
+        "*** reload aborted: cannot start the reload check: Resource temporarily unavailable ***"
+    ]
+    assert arbiter.state.mode == "running" and arbiter.reload_check is None

@@ -43,6 +43,7 @@ ZERO_IS_ZERO = {
     "weight": "weight 0 (routers treat it as 1)",
     "subscribe-with-modifier1": "modifier1 0",
     "fastrouter-events": "accepted, no effect",
+    "fastrouter-connect-timeout": "the connect is bounded by --fastrouter-timeout (uWSGI)",
     "http-timeout": "accepted, no effect",
     "http-processes": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",

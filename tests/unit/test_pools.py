@@ -178,6 +178,39 @@ def test_signed_intake_rejects_unsigned_bad_stale_replayed():
     assert t.handle_datagram(later, src, T0 + 4) is not None
 
 
+def test_replay_state_survives_dump_and_restore():
+    t = table(secret=SECRET, tolerance=17)
+    src = ("127.0.0.1", 1)
+    good = build_packet(0, "k", "A", secret=SECRET, now=T0)
+    assert t.handle_datagram(good, src, T0) is not None and t.urgent    # a new node: urgent
+    t.urgent = False
+    beat = build_packet(0, "k", "A", secret=SECRET, now=T0 + 1)
+    assert t.handle_datagram(beat, src, T0 + 1) is not None
+    assert t.dirty and not t.urgent                                      # a heartbeat: not
+    unsub = build_packet(1, "k", "A", secret=SECRET, now=T0 + 2)
+    assert t.handle_datagram(unsub, src, T0 + 2) is not None and t.urgent
+    doc = json.loads(json.dumps(t.dump(T0 + 2)))
+    assert doc["replay"] == [["k", "A", pytest.approx(T0 + 2)]]
+    # a restarted router: no pools to restore, but the replay is still refused
+    fresh = table(secret=SECRET, tolerance=17)
+    assert fresh.restore(doc, T0 + 3) == 0 and fresh.restore_replay(doc, T0 + 3) == 1
+    assert fresh.handle_datagram(good, src, T0 + 6) is None and fresh.pools == {}
+    assert "replayed signature" in fresh.log.text()
+    # a relayed copy of what the snapshot holds is a duplicate: dropped without a log line
+    quiet = table(secret=SECRET, tolerance=17)
+    quiet.restore_replay(doc, T0 + 3)
+    assert quiet.handle_datagram(unsub, None, T0 + 3, check_source=False) is None
+    assert quiet.log == []
+    # entries older than the tolerance are neither written nor loaded (stale anyway)
+    assert t.dump(T0 + 30)["replay"] == []
+    assert table(secret=SECRET).restore_replay(doc, T0 + 30) == 0
+    for junk in [None, {"format": "pymaster-subscriptions-1", "replay": "x"},
+                 {"format": "pymaster-subscriptions-1",
+                  "replay": [1, "abc", ["k", "A"], ["k", 2, T0], ["k", "A", "nan"],
+                             ["k", "A", "x"], {"a": 1}]}]:
+        assert table().restore_replay(junk, T0) == 0
+
+
 def test_stats_layout():
     t = table()
     t.subscribe("example.com", "127.0.0.1:19211", now=T0)

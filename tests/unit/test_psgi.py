@@ -8,22 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from pymaster.config import Config, parse
+from pymaster.config import parse
 from pymaster.config.table import OPTIONS
 from pymaster.workers.contract import Recycling, option_environment
 from pymaster.workers.psgi import bridge as psgi
+from tests.conftest import config_with
 
 needs_plackup = pytest.mark.skipif(not shutil.which("plackup"), reason="plackup missing")
 
 
 def cfg(app="app.psgi", **kw):
-    """A real Config (table defaults) with `kw` set, as parsing would."""
-    config = Config()
-    config.psgi = str(app)
-    for key, value in kw.items():
-        assert hasattr(config, key), key
-        setattr(config, key, value)
-    return config
+    return config_with(psgi=str(app), **kw)
 
 
 def test_handler_files_ship_with_the_package():

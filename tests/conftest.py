@@ -1,0 +1,40 @@
+"""Fixtures and helpers shared by the whole suite.
+
+- `config_with(**options)`: a real `Config` (the table's defaults) with some options set, as
+  parsing would leave them; a typo in an option name fails at once.
+- `conformance_app`: the path of the shared WSGI test app (tests/apps/conformance.py).
+- every test gets its own `PYMASTER_RUNTIME_DIR` (autouse), so routers started by a test keep
+  their state directories in the test's tmp_path, never in /tmp.
+
+Talking to servers lives in tests/client.py, launching pymaster in tests/pm.py, launching
+uWSGI/nginx/gunicorn/Starman in tests/external.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pymaster.config import Config
+
+CONFORMANCE_APP = Path(__file__).resolve().parent / "apps" / "conformance.py"
+
+
+def config_with(**options: object) -> Config:
+    cfg = Config()
+    for name, value in options.items():
+        if not hasattr(cfg, name):
+            raise AttributeError(f"no option {name!r} in the table")
+        setattr(cfg, name, value)
+    return cfg
+
+
+@pytest.fixture
+def conformance_app() -> Path:
+    return CONFORMANCE_APP
+
+
+@pytest.fixture(autouse=True)
+def _runtime_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PYMASTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
