@@ -21,7 +21,7 @@ from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
 from pymaster.log import log
-from pymaster.master import privileges, reloadcheck, sockets, vacuum
+from pymaster.master import logmaster, privileges, reloadcheck, sockets, vacuum
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
 from pymaster.protocols.address import AddressError
@@ -84,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.daemonize and RELOADS_ENV not in os.environ and _daemonize():
         return 0  # the parent: the daemon goes on in the background
     hold_signals()  # until the handlers are in place (a re-exec arrives held)
-    logmod.setup(cfg.logto or cfg.daemonize)
+    if RELOADS_ENV not in os.environ or cfg.log_reopen:  # else keep the inherited log fd
+        logmod.setup(cfg.logto or cfg.daemonize, truncate=cfg.log_truncate)
+    logmod.set_date(cfg.log_date)
+    try:
+        logmaster.configure(cfg)
+    except logmaster.LogConfigError as exc:
+        log(f"pymaster: {exc}")
+        return 1
     for warning in cfg.warnings:
         log(warning)
     if cfg.show_config:
@@ -256,6 +263,10 @@ def check_reload(cfg: Config) -> int:
     also goes whatever the app prints while it is imported; pymaster's own lines are dropped)."""
     logmod.quiet()
     try:
+        try:
+            logmaster.configure(cfg, activate=False)
+        except logmaster.LogConfigError as exc:
+            raise StartupError(f"pymaster: {exc}") from None
         has_app = _prepare(cfg)
         for _kind, spec in _socket_specs(cfg):
             sockets.parse_address(spec)
@@ -396,6 +407,9 @@ def _run_master(
         )
     )
     arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
+    log_master = logmaster.active()
+    if log_master is not None:
+        log_master.attach(arbiter)
     for i in range(processes):
         child = arbiter.add("worker", arbiter.worker_target)
         if child is None:  # the scoreboard is sized for `processes`: cannot happen at start
@@ -434,3 +448,11 @@ def _attach_control(arbiter: Arbiter, cfg: Config) -> None:
     ):
         if paths:
             arbiter.on_tick.append(checks.TouchWatcher(list(paths), action, what))
+    log_master = logmaster.active()
+    if log_master is not None:
+        for paths, action, what in (
+            (cfg.touch_logrotate, log_master.rotate, "log rotation"),
+            (cfg.touch_logreopen, log_master.reopen, "log reopen"),
+        ):
+            if paths:
+                arbiter.on_tick.append(checks.TouchWatcher(list(paths), action, what))

@@ -109,6 +109,33 @@ class Options:
     log_5xx: bool = False
     log_slow: int = 0
     logformat: str | None = None
+    log_format_strftime: bool = False
+    log_date: str | None = None
+    log_truncate: bool = False
+    log_reopen: bool = False
+    log_master: bool = False
+    logger: list[str] = field(default_factory=list)
+    req_logger: list[str] = field(default_factory=list)
+    log_syslog: str | None = None
+    log_route: list[str] = field(default_factory=list)
+    log_req_route: list[str] = field(default_factory=list)
+    log_encoder: list[str] = field(default_factory=list)
+    log_req_encoder: list[str] = field(default_factory=list)
+    log_drain: list[str] = field(default_factory=list)
+    log_filter: list[str] = field(default_factory=list)
+    log_maxsize: int = 0
+    log_backupname: str | None = None
+    touch_logrotate: list[str] = field(default_factory=list)
+    touch_logreopen: list[str] = field(default_factory=list)
+    log_master_bufsize: int = 8192
+    log_master_stream: bool = False
+    log_master_req_stream: bool = False
+    threaded_logger: bool = False
+    log_socket: str | None = None
+    logto2: str | None = None
+    worker_logger: list[str] = field(default_factory=list)
+    worker_logger_req: list[str] = field(default_factory=list)
+    log_alarm: list[str] = field(default_factory=list)
     auto_procname: bool = False
     procname_prefix: str | None = None
     procname_prefix_spaced: str | None = None

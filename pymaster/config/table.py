@@ -489,6 +489,212 @@ LOGGING = _section(
         metavar="FORMAT",
         worker=True,
     ),
+    opt(
+        "log-format-strftime/logformat-strftime",
+        "bool",
+        help="the `%(ftime)` field of --logformat is the request's start through the "
+        "--log-date FORMAT (without one, or without this option, it is `%(ltime)`)",
+        worker=True,
+    ),
+    opt(
+        "log-date/logdate/log-prefix",
+        "str",
+        help="prefix the server's own log lines (not request lines, not what apps write) with "
+        "the date, `Thu Nov 26 19:27:40 2026 - `; a value other than true/1/on/yes is a "
+        "strftime format used instead (also for the dated master events); false/0/off/no "
+        "turn it off",
+        optional=True,
+        bare="true",
+        metavar="FORMAT",
+        worker=True,
+    ),
+    opt(
+        "log-truncate",
+        "bool",
+        help="truncate the --logto/--daemonize file when it is opened (start, --log-reopen)",
+    ),
+    opt(
+        "log-reopen",
+        "bool",
+        help="on a reload (SIGHUP, fifo r) open the --logto/--daemonize file again by name, "
+        "so a file moved away by logrotate is replaced; without it the reloaded master and "
+        "its workers keep writing to the file they had",
+    ),
+    opt(
+        "log-master",
+        "bool",
+        help="the master writes the log: every process's output reaches it through a pipe of "
+        "its own and is written in whole lines, never interleaved; implied by every logger, "
+        "route, encoder, drain/filter and rotation option, as in uWSGI",
+        force_master=True,
+    ),
+    opt(
+        "logger",
+        "list",
+        help="send log lines to a logger, `[NAME] PLUGIN[:ARGS]`: `file:PATH` (or "
+        "`file:logfile=PATH,maxsize=BYTES,backupname=PATH`), `fd:N`, `stdio` (the instance "
+        "log) or `syslog[:IDENT[,FACILITY]]`; a NAMEd logger only gets lines a --log-route "
+        "sends it, unnamed ones get the rest (with none, the instance log does)",
+        metavar="[NAME] PLUGIN[:ARGS]",
+        force_master=True,
+    ),
+    opt(
+        "req-logger/logger-req",
+        "list",
+        help="send request log lines (of both worker kinds) to this logger instead of the "
+        "log, same syntax as --logger; only request lines reach it",
+        metavar="[NAME] PLUGIN[:ARGS]",
+        force_master=True,
+    ),
+    opt(
+        "log-syslog",
+        "str",
+        help="same as `--logger syslog[:IDENT[,FACILITY]]`",
+        optional=True,
+        metavar="IDENT[,FACILITY]",
+        force_master=True,
+    ),
+    opt(
+        "log-route",
+        "list",
+        help="send the log lines REGEX matches (Python regex, searched anywhere in the line) to "
+        "the logger named NAME, and to no unnamed logger; several routes may take a line",
+        metavar="NAME REGEX",
+        force_master=True,
+    ),
+    opt(
+        "log-req-route",
+        "list",
+        help="--log-route for request lines (NAME is a request logger, else a logger); "
+        "turns on the separate request log like --req-logger",
+        metavar="NAME REGEX",
+        force_master=True,
+    ),
+    opt(
+        "log-encoder",
+        "list",
+        help="add an encoder to the chain every log line goes through before its logger, "
+        "`ENCODER[:NAME] [ARGS]`: `nl` (append a newline), `prefix TEXT`, `suffix TEXT`, "
+        "`format TEMPLATE`, `json TEMPLATE` (the line JSON-escaped); templates know "
+        "`${msg}` (the line without its newline), `${msgnl}`, `${unix}`, `${millis}`, "
+        "`${micros}`, `${strftime:FORMAT}`; with `:NAME` only for the logger NAME",
+        metavar="ENCODER[:NAME] [ARGS]",
+        force_master=True,
+    ),
+    opt(
+        "log-req-encoder",
+        "list",
+        help="--log-encoder for request lines (with --req-logger or --log-req-route)",
+        metavar="ENCODER[:NAME] [ARGS]",
+        force_master=True,
+    ),
+    opt(
+        "log-drain",
+        "list",
+        help="drop the log lines (not request lines) this regex matches",
+        metavar="REGEX",
+        force_master=True,
+    ),
+    opt(
+        "log-filter",
+        "list",
+        help="write only the log lines (not request lines) one of these regexes matches",
+        metavar="REGEX",
+        force_master=True,
+    ),
+    opt(
+        "log-maxsize",
+        "size",
+        0,
+        "rotate the --logto/--daemonize file once a write takes it past this many bytes "
+        "(k/M/G suffixes accepted; uWSGI reads only the digits): the master renames it to "
+        "--log-backupname and starts a new one, no line lost or split",
+        metavar="BYTES",
+        force_master=True,
+    ),
+    opt(
+        "log-backupname",
+        "str",
+        help="the name the rotated log file gets (replaced at each rotation); without it "
+        "`FILE.<unix time>`",
+        metavar="FILE",
+    ),
+    opt(
+        "touch-logrotate",
+        "list",
+        help="rotate the --logto/--daemonize file when this file is touched",
+        metavar="FILE",
+        force_master=True,
+    ),
+    opt(
+        "touch-logreopen",
+        "list",
+        help="reopen the --logto/--daemonize file by name when this file is touched",
+        metavar="FILE",
+        force_master=True,
+    ),
+    opt(
+        "log-master-bufsize",
+        "int",
+        8192,
+        "uWSGI's buffer for log messages read by the master (longer ones are truncated)",
+        inert="the master reassembles whole lines from each process's pipe: nothing is "
+        "truncated below 256 KiB",
+    ),
+    opt(
+        "log-master-stream",
+        "bool",
+        help="uWSGI's stream (not datagram) log pipe",
+        inert="each process has a pipe of its own: lines are whole either way",
+    ),
+    opt(
+        "log-master-req-stream",
+        "bool",
+        help="uWSGI's stream (not datagram) request log pipe",
+        inert="request lines are one message each either way",
+    ),
+    opt(
+        "threaded-logger",
+        "bool",
+        help="uWSGI's log writing in a thread of the master",
+        inert="the master's loop reads and writes the log; what is written is the same",
+        force_master=True,
+    ),
+    opt(
+        "log-socket",
+        "str",
+        help="uWSGI's log to a UDP/UNIX socket",
+        metavar="ADDR",
+        refused="use `logger = syslog[:IDENT]` (the local syslog daemon forwards), "
+        "`logger = file:PATH` or `logger = fd:N`",
+    ),
+    opt(
+        "logto2",
+        "str",
+        help="uWSGI's log file opened after dropping privileges",
+        metavar="FILE",
+        refused="use --logto FILE (opened before dropping privileges; make it writable by "
+        "--uid if --log-reopen or rotation must open it again)",
+    ),
+    opt(
+        "worker-logger",
+        "list",
+        help="uWSGI's logger of a master-less single worker",
+        refused="use --logger (pymaster turns the master on for it)",
+    ),
+    opt(
+        "worker-logger-req",
+        "list",
+        help="uWSGI's request logger of a master-less single worker",
+        refused="use --req-logger (pymaster turns the master on for it)",
+    ),
+    opt(
+        "log-alarm/alarm-log",
+        "list",
+        help="uWSGI's alarm raised by matching log lines",
+        refused="route the lines to a logger (`--log-route NAME REGEX`, "
+        "`--logger NAME file:PATH`) and alert from that file or from syslog",
+    ),
 )
 
 PROCNAMES = _section(

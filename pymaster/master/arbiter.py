@@ -28,7 +28,7 @@ import psutil
 
 from pymaster import log as logmod
 from pymaster.log import log, log_verbose
-from pymaster.master import cheaper, checks, control, reloadcheck, sockets
+from pymaster.master import cheaper, checks, control, logmaster, reloadcheck, sockets
 from pymaster.master.chain import ChainReload
 from pymaster.master.notify import Notifier
 from pymaster.master.reloadcheck import ReloadCheck
@@ -321,9 +321,11 @@ class Arbiter:
         if child.kind == "worker":
             self.scoreboard.slot(child.number - 1).reset(0, self.system.time())
         hold_signals()  # a signal for the child between fork and its own handlers waits
+        pipe = logmaster.child_pipe()  # its fd 1 and 2 under --log-master, else None
         pid = self.system.fork()
         if pid == 0:
             try:
+                logmaster.in_child(pipe)
                 self.reset_child_signals()
                 if self.wake_r >= 0:
                     os.close(self.wake_r)
@@ -333,6 +335,7 @@ class Arbiter:
             finally:
                 os._exit(1)
         release_signals()
+        logmaster.in_parent(pipe, self)
         child.pid = pid
         child.spawned_at = self.system.time()
         self.children[pid] = child
@@ -687,10 +690,11 @@ class Arbiter:
         self.on_SIGUSR1()
 
     def cmd_reopen_log(self) -> None:
+        path = self.cfg.logto or self.cfg.daemonize
         try:
-            logmod.setup(self.cfg.logto)
+            logmod.setup(path)
         except OSError as exc:
-            log(f"cannot reopen the log {self.cfg.logto}: {exc.strerror}; keeping the old one")
+            log(f"cannot reopen the log {path}: {exc.strerror}; keeping the old one")
             return
         log("log reopened")
 

@@ -47,6 +47,8 @@ ZERO_IS_ZERO = {
     "fastrouter-connect-timeout": "the connect is bounded by --fastrouter-timeout (uWSGI)",
     "http-timeout": "accepted, no effect",
     "http-processes": "accepted, no effect",
+    "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
+    "log-master-bufsize": "accepted, no effect",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {

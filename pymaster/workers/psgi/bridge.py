@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import NoReturn
 
+from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.log import log
 from pymaster.workers.contract import (
@@ -109,6 +110,10 @@ def worker_env(
             "PYMASTER_SCOREBOARD_FD": str(scoreboard_fd),
             "PYMASTER_MASTER_PID": str(master_pid or 0),  # 0: no master (single process)
             "PYMASTER_PROCNAME": title_for(cfg, f"worker {worker_id}"),
+            # request lines go there, not to fd 2, under a request logger (master/logmaster.py)
+            "PYMASTER_REQ_LOG_FD": str(req_fd)
+            if (req_fd := logmod.request_fd()) is not None
+            else "",
         }
     )
     env.update(option_environment(cfg))  # every option flagged `worker` in the table
@@ -151,6 +156,9 @@ def exec_worker(
         for fd, _proto in listen_fds:
             os.set_inheritable(fd, True)
         os.set_inheritable(scoreboard_fd, True)
+        req_fd = logmod.request_fd()
+        if req_fd is not None:
+            os.set_inheritable(req_fd, True)
         _reset_signals()
         die_with_master()
         os.execvpe(argv[0], argv, env)

@@ -2,7 +2,8 @@
 
 `RequestLog.emit()` is called once per request by a worker. Whether a line is written
 follows `--disable-logging` with its exceptions (`--log-4xx`, `--log-5xx`, `--log-slow MS`);
-`--log-micros`, `--log-x-forwarded-for` and `--memory-report` change what it says.
+`--log-micros`, `--log-x-forwarded-for` and `--memory-report` change what it says. It goes
+out through `log_request` (the request-log descriptor with `--req-logger`), never dated.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pymaster import log as logmod
 from pymaster.config import Config
-from pymaster.log import log
+from pymaster.log import log_request
 
 _FIELD = re.compile(r"%\(([^)]+)\)")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -57,6 +59,8 @@ class RequestLog:
         self.forwarded = cfg.log_x_forwarded_for
         self.memory = cfg.memory_report
         self.format = cfg.logformat or None  # an empty format is no format
+        date = logmod.date_format(cfg.log_date)
+        self.ftime = date if cfg.log_format_strftime and date else None  # %(ftime)
 
     def wanted(self, status: int, elapsed: float) -> bool:
         if self.enabled:
@@ -68,7 +72,7 @@ class RequestLog:
         )
 
     def emit(self, r: Record) -> None:
-        log(self.custom(r) if self.format else self.default(r))
+        log_request(self.custom(r) if self.format else self.default(r))
 
     def _addr(self, env) -> str:
         if self.forwarded and env.get("HTTP_X_FORWARDED_FOR"):
@@ -127,6 +131,7 @@ class RequestLog:
             "epoch": int(time.time()),
             "ctime": time.ctime(r.start),
             "ltime": time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(r.start)),
+            "ftime": time.strftime(self.ftime or "%d/%b/%Y:%H:%M:%S %z", time.localtime(r.start)),
             "pid": r.pid,
             "wid": r.wid,
             "switches": 1,

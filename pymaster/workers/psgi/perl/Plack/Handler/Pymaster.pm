@@ -58,11 +58,24 @@ sub new {
     return bless {%args}, $class;
 }
 
+# --log-date (pymaster/log.py): undef = no prefix, '' = ctime, else a strftime format; and the
+# descriptor request lines go to under a request logger (PYMASTER_REQ_LOG_FD), else STDERR.
+my ($DATE, $REQ_FH);
+
 sub _log {
     my $line = join '', @_;
+    $line = (length $DATE ? POSIX::strftime($DATE, localtime) : scalar localtime) . " - $line"
+        if defined $DATE;
     utf8::encode($line) if utf8::is_utf8($line);
     $line .= "\n" unless $line =~ /\n\z/;
     syswrite STDERR, $line;
+}
+
+sub _log_req {    # a request line: never dated, one write (one message on the request fd)
+    my $line = shift;
+    utf8::encode($line) if utf8::is_utf8($line);
+    $line .= "\n" unless $line =~ /\n\z/;
+    if ($REQ_FH) { syswrite $REQ_FH, $line } else { syswrite STDERR, $line }
 }
 
 # -- setup ----------------------------------------------------------------------------------
@@ -111,6 +124,16 @@ sub _setup {
     $self->{forwarded}    = _num($e, 'PYMASTER_OPT_LOG_X_FORWARDED_FOR');
     my $format            = _str($e, 'PYMASTER_OPT_LOGFORMAT');
     $self->{format}       = length $format ? $format : undef;   # empty: the default line
+    my $date              = _str($e, 'PYMASTER_OPT_LOG_DATE');
+    $DATE = !length $date || $date =~ /^(?:false|0|off|no)$/i ? undef
+          : $date =~ /^(?:true|1|on|yes)$/i ? '' : $date;
+    # %(ftime): the --log-date format with --log-format-strftime, else %(ltime)
+    $self->{ftime}        = _num($e, 'PYMASTER_OPT_LOG_FORMAT_STRFTIME') && $DATE ? $DATE : undef;
+    my $req_fd            = $e->{PYMASTER_REQ_LOG_FD} // '';
+    if ($req_fd =~ /^\d+$/) {
+        open($REQ_FH, '>&=', $req_fd)
+            or _log("worker $self->{wid}: cannot open the request log fd $req_fd: $!");
+    }
     $self->{idle}         = {};        # fd => idle keep-alive connection
     $self->{requests}     = 0;
     $self->{spawned}      = Time::HiRes::time();
@@ -1374,7 +1397,7 @@ sub _addr {
 
 sub _log_request {
     my ($self, $req, $env, $elapsed) = @_;
-    return _log($self->_custom($req, $env, $elapsed)) if defined $self->{format};
+    return _log_req($self->_custom($req, $env, $elapsed)) if defined $self->{format};
     my $total = $self->_instance_requests;
     my $prefix = '';
     if ($self->{memory}) {
@@ -1382,7 +1405,7 @@ sub _log_request {
         $prefix = sprintf '{address space usage: %d bytes/%dMB} {rss usage: %d bytes/%dMB} ',
             $vsz, $vsz >> 20, $rss, $rss >> 20;
     }
-    _log(sprintf "%s[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s %s => "
+    _log_req(sprintf "%s[pid: %d|app: 0|req: %d/%d] %s (%s) {%d vars in %d bytes} [%s] %s %s => "
         . "generated %d bytes in %s%s(%s %d) %d headers in %d bytes (1 switches on core 0)",
         $prefix, $$, $self->{requests}, $total, $self->_addr($env), $env->{REMOTE_USER} // '',
         ($req->{nvars} || 0) * 2, $req->{pktsize} || 0, scalar localtime int $req->{start},
@@ -1414,9 +1437,9 @@ my %FIELD = (
     time     => sub { int $_[2]{start} },
     epoch    => sub { int Time::HiRes::time() },
     ctime    => sub { scalar localtime int $_[2]{start} },
-    ltime    => sub {
-        my @t = localtime int $_[2]{start};
-        POSIX::strftime('%d/', @t) . $MONTHS[$t[4]] . POSIX::strftime('/%Y:%H:%M:%S %z', @t);
+    ltime    => sub { _ltime($_[2]{start}) },
+    ftime    => sub {
+        $_[0]{ftime} ? POSIX::strftime($_[0]{ftime}, localtime int $_[2]{start}) : _ltime($_[2]{start});
     },
     pid      => sub { $$ },
     wid      => sub { $_[0]{wid} },
@@ -1430,6 +1453,11 @@ my %FIELD = (
     rssM     => sub { (_memory())[1] >> 20 },
     vszM     => sub { (_memory())[0] >> 20 },
 );
+
+sub _ltime {
+    my @t = localtime int shift;
+    POSIX::strftime('%d/', @t) . $MONTHS[$t[4]] . POSIX::strftime('/%Y:%H:%M:%S %z', @t);
+}
 
 sub _custom {
     my ($self, $req, $env, $elapsed) = @_;
