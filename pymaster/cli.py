@@ -21,7 +21,7 @@ from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
 from pymaster.log import log
-from pymaster.master import privileges, reloadcheck, sockets, vacuum
+from pymaster.master import daemons, privileges, reloadcheck, sockets, vacuum
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
 from pymaster.protocols.address import AddressError
@@ -214,6 +214,10 @@ def _prepare(cfg: Config) -> bool:
     """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
     sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
+    try:
+        daemons.configured(cfg)
+    except daemons.DaemonError as exc:
+        raise StartupError(str(exc)) from None
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)
@@ -404,6 +408,7 @@ def _run_master(
     from pymaster.master import gateways
 
     gateways.attach(arbiter, cfg, listeners)
+    daemons.attach(arbiter, cfg)
     _attach_control(arbiter, cfg)
     try:
         code = arbiter.run()

@@ -76,7 +76,7 @@ class Options:
     max_worker_lifetime: int = 0
     max_worker_lifetime_delta: int = 0
     worker_reload_mercy: int = 60
-    reload_mercy: int | None = None
+    reload_mercy: int = 3
     no_orphans: bool = False
     harakiri_verbose: bool = False
     max_fd: int | None = None
@@ -141,3 +141,9 @@ class Options:
     http_timeout: int = 60
     http_processes: int = 1
     static_map: list[str] = field(default_factory=list)
+    attach_daemon: list[str] = field(default_factory=list)
+    attach_control_daemon: list[str] = field(default_factory=list)
+    attach_daemon2: list[str] = field(default_factory=list)
+    smart_attach_daemon: list[str] = field(default_factory=list)
+    smart_attach_daemon2: list[str] = field(default_factory=list)
+    daemons_honour_stdin: bool = False

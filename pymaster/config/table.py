@@ -335,8 +335,10 @@ MASTER = _section(
     opt(
         "reload-mercy",
         "int",
-        help="uWSGI's mercy for the whole reload",
-        inert="each worker gets --worker-reload-mercy; the master re-execs when all are gone",
+        3,
+        "seconds an attached daemon gets to stop (stop signal every second, then SIGKILL) on "
+        "reload and shutdown; workers get --worker-reload-mercy (0: 3, as uWSGI)",
+        zero=3,
     ),
     opt(
         "no-orphans",
@@ -613,6 +615,46 @@ HTTP_ROUTER = _section(
     ),
 )
 
+DAEMONS = _section(
+    "Daemons, cron and hooks",
+    opt(
+        "attach-daemon",
+        "list",
+        help="run CMD (`/bin/sh -c`, own session) beside the master: respawned when it dies "
+        "(throttled), stopped on reload and shutdown, killed if the master dies",
+        metavar="CMD",
+    ),
+    opt(
+        "attach-control-daemon",
+        "list",
+        help="as --attach-daemon, but when CMD exits the instance shuts down gracefully",
+        metavar="CMD",
+    ),
+    opt(
+        "attach-daemon2",
+        "list",
+        help="attach a daemon with `cmd=CMD[,pidfile=P,stopsignal=N,reloadsignal=N,freq=N,"
+        "control=1,daemonize=1,stdin=1,chdir=DIR,max_throttle=N,notifypid=1]`",
+        metavar="KEY=VAL,...",
+    ),
+    opt(
+        "smart-attach-daemon",
+        "list",
+        help="`PIDFILE CMD`: CMD daemonizes and writes PIDFILE; respawned when the pid in "
+        "PIDFILE is gone, kept running across reloads and left running at shutdown",
+        metavar="PIDFILE CMD",
+    ),
+    opt(
+        "smart-attach-daemon2",
+        "list",
+        help="`PIDFILE CMD`: as --smart-attach-daemon, but the master daemonizes CMD and "
+        "writes PIDFILE itself",
+        metavar="PIDFILE CMD",
+    ),
+    opt("daemons-honour-stdin", "bool", help="attached daemons keep the master's stdin"),
+    force_master=True,
+)
+
 OPTIONS: list[Option] = (
     CONFIGURATION
     + SOCKETS
@@ -625,6 +667,7 @@ OPTIONS: list[Option] = (
     + SUBSCRIPTIONS
     + FASTROUTER
     + HTTP_ROUTER
+    + DAEMONS
 )
 
 BY_FLAG: dict[str, Option] = {flag: o for o in OPTIONS for flag in o.flags}
