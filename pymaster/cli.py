@@ -21,7 +21,7 @@ from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
 from pymaster.log import log
-from pymaster.master import daemons, privileges, reloadcheck, sockets, vacuum
+from pymaster.master import cron, daemons, privileges, reloadcheck, sockets, vacuum
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
 from pymaster.protocols.address import AddressError
@@ -216,7 +216,8 @@ def _prepare(cfg: Config) -> bool:
     _check_unsupported(cfg)
     try:
         daemons.configured(cfg)
-    except daemons.DaemonError as exc:
+        cron.configured(cfg)
+    except (daemons.DaemonError, cron.CronError) as exc:
         raise StartupError(str(exc)) from None
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
@@ -409,6 +410,7 @@ def _run_master(
 
     gateways.attach(arbiter, cfg, listeners)
     daemons.attach(arbiter, cfg)
+    cron.attach(arbiter, cfg)
     _attach_control(arbiter, cfg)
     try:
         code = arbiter.run()

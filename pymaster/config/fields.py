@@ -147,3 +147,7 @@ class Options:
     smart_attach_daemon: list[str] = field(default_factory=list)
     smart_attach_daemon2: list[str] = field(default_factory=list)
     daemons_honour_stdin: bool = False
+    cron: list[str] = field(default_factory=list)
+    unique_cron: list[str] = field(default_factory=list)
+    cron2: list[str] = field(default_factory=list)
+    cron_harakiri: int = 0

@@ -652,6 +652,31 @@ DAEMONS = _section(
         metavar="PIDFILE CMD",
     ),
     opt("daemons-honour-stdin", "bool", help="attached daemons keep the master's stdin"),
+    opt(
+        "cron",
+        "list",
+        help="run CMD when local time matches `MIN HOUR DAY MONTH WEEKDAY` (-1 any, -N every "
+        "N; checked at start and every second, at most once a minute)",
+        metavar="MIN HOUR DAY MONTH WEEKDAY CMD",
+    ),
+    opt(
+        "unique-cron",
+        "list",
+        help="as --cron, but not started while the previous run is alive",
+        metavar="MIN HOUR DAY MONTH WEEKDAY CMD",
+    ),
+    opt(
+        "cron2",
+        "list",
+        help="`minute=M,hour=H,day=D,month=N,week=W,unique=1,harakiri=S CMD` (-1 when left out)",
+        metavar="KEY=VAL,... CMD",
+    ),
+    opt(
+        "cron-harakiri",
+        "int",
+        0,
+        "kill a cron run (its process group) after N seconds (0: off)",
+    ),
     force_master=True,
 )
 

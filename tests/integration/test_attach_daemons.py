@@ -138,3 +138,17 @@ def test_bad_daemon_options_stop_the_start(tmp_path):
     pm = Pymaster(["-s", "127.0.0.1:1", "-M", "--attach-daemon2", "pidfile=/x"], tmp_path)
     assert pm.wait() == 1
     assert "--attach-daemon2: you need to specify a 'command' key" in pm.log()
+
+
+def test_every_minute_cron_runs_at_start(tmp_path):
+    marker = tmp_path / "ran"
+    with start(tmp_path, "--cron", f"-1 -1 -1 -1 -1 echo run >> {marker}",
+               "--unique-cron", "-1 -1 -1 -1 -1 true") as pm:
+        pm.wait_log(rf'\[uwsgi-cron\] command "echo run >> {marker}" registered as cron task')
+        pm.wait_log(r'\[uwsgi-cron\] running "echo run >> .*" \(pid \d+\)')
+        pm.wait_log(r'\[uwsgi-cron\] command "true" running with pid \d+ exited after 0 second')
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.read_text() == "run\n"
+        assert "subprocess" not in pm.log()  # reaped as the cron's, not as a stranger

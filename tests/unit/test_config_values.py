@@ -33,6 +33,7 @@ ZERO_IS_ZERO = {
     "reload-on-rss": "off",
     "evil-reload-on-rss": "off",
     "forkbomb-delay": "no delay",
+    "cron-harakiri": "off",
     "cheaper": "off",
     "cheaper-initial": "none at first",
     "log-slow": "off",
