@@ -56,7 +56,8 @@ def parse(value: str, unique: bool = False) -> Cron:
         numbers = []
     if len(numbers) != 5 or len(parts) < 6 or not parts[5].strip():
         raise CronError(f"invalid cron syntax: {value} (expected MIN HOUR DAY MONTH WEEKDAY CMD)")
-    return Cron(*numbers, command=parts[5].strip(), unique=unique)
+    minute, hour, day, month, week = numbers
+    return Cron(minute, hour, day, month, week, parts[5].strip(), unique)
 
 
 CRON2_KEYS = ("minute", "hour", "day", "month", "week", "unique", "harakiri")
@@ -83,9 +84,13 @@ def parse2(value: str) -> Cron:
     if not command.strip():
         raise CronError(f"[uwsgi-cron] invalid command in cron definition: {value}")
     cron = Cron(
-        *(fields.get(k, ANY) for k in ("minute", "hour", "day", "month", "week")),
-        command=command.strip(),
-        unique=bool(fields.get("unique", 0)),
+        fields.get("minute", ANY),
+        fields.get("hour", ANY),
+        fields.get("day", ANY),
+        fields.get("month", ANY),
+        fields.get("week", ANY),
+        command.strip(),
+        bool(fields.get("unique", 0)),
     )
     if "harakiri" in fields:
         cron.harakiri = fields["harakiri"] if fields["harakiri"] > 0 else -1
