@@ -21,7 +21,7 @@ from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
 from pymaster.log import log
-from pymaster.master import cron, daemons, privileges, reloadcheck, sockets, vacuum
+from pymaster.master import cron, daemons, hooks, privileges, reloadcheck, sockets, vacuum
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
 from pymaster.protocols.address import AddressError
@@ -217,7 +217,8 @@ def _prepare(cfg: Config) -> bool:
     try:
         daemons.configured(cfg)
         cron.configured(cfg)
-    except (daemons.DaemonError, cron.CronError) as exc:
+        hooks.check(cfg)
+    except (daemons.DaemonError, cron.CronError, hooks.HookError) as exc:
         raise StartupError(str(exc)) from None
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
@@ -289,6 +290,7 @@ def run(cfg: Config) -> int:
     )
     for path in cfg.ini_files:
         log(f"[pymaster] getting INI configuration from {path}")
+    _hooks(cfg, "asap")
     start_cwd = os.getcwd()
     if not cfg.honour_stdin and not reloaded:
         _stdin_to_devnull()
@@ -307,10 +309,13 @@ def run(cfg: Config) -> int:
         log(f"writing pidfile to {cfg.pidfile}")
         with open(cfg.pidfile, "w") as fh:
             fh.write(f"{os.getpid()}\n")
+    _hooks(cfg, "as root")
     privileges.drop(cfg.uid, cfg.gid)
+    _hooks(cfg, "as user")
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None
     processes = cfg.processes if has_app else 0
+    _hooks(cfg, "pre app")
     try:
         if has_app and not (cfg.lazy_apps or cfg.lazy):
             app = _load_app(cfg)
@@ -326,10 +331,21 @@ def run(cfg: Config) -> int:
             "fifo r) ***"
         )
         processes = 0
+    _hooks(cfg, "post app")
     scoreboard = Scoreboard(max(MIN_SLOTS, (cfg.processes if has_app else 0) * 2))
     if not master:
         return _run_single(cfg, listeners, app, scoreboard)
     return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded, owned)
+
+
+def _hooks(cfg: Config, phase: str) -> None:
+    """Run the hooks of a start-up phase; a failing one stops the start (exit 1)."""
+    try:
+        if phase == "asap":
+            hooks.check(cfg)
+        hooks.run(cfg, phase)
+    except hooks.HookError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
@@ -411,6 +427,7 @@ def _run_master(
     gateways.attach(arbiter, cfg, listeners)
     daemons.attach(arbiter, cfg)
     cron.attach(arbiter, cfg)
+    hooks.attach(arbiter, cfg)
     _attach_control(arbiter, cfg)
     try:
         code = arbiter.run()

@@ -150,4 +150,10 @@ class Options:
     cron: list[str] = field(default_factory=list)
     unique_cron: list[str] = field(default_factory=list)
     cron2: list[str] = field(default_factory=list)
+    hook_asap: list[str] = field(default_factory=list)
+    hook_as_root: list[str] = field(default_factory=list)
+    hook_as_user: list[str] = field(default_factory=list)
+    hook_pre_app: list[str] = field(default_factory=list)
+    hook_post_app: list[str] = field(default_factory=list)
+    hook_master_start: list[str] = field(default_factory=list)
     cron_harakiri: int = 0

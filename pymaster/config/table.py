@@ -672,6 +672,48 @@ DAEMONS = _section(
         metavar="KEY=VAL,... CMD",
     ),
     opt(
+        "hook-asap",
+        "list",
+        help="run ACTION:ARGS as soon as the configuration is read (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-as-root",
+        "list",
+        help="run ACTION:ARGS before --uid/--gid are dropped (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-as-user",
+        "list",
+        help="run ACTION:ARGS after --uid/--gid are dropped (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-pre-app",
+        "list",
+        help="run ACTION:ARGS before the app is imported (in the master) (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-post-app",
+        "list",
+        help="run ACTION:ARGS after the app is imported (in the master) (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-master-start",
+        "list",
+        help="run ACTION:ARGS when the master loop starts; `unix_signal:N FUNCTION` binds signal N to gracefully_kill_them_all, kill_them_all, grace_them_all or reap_them_all (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
         "cron-harakiri",
         "int",
         0,

@@ -152,3 +152,17 @@ def test_every_minute_cron_runs_at_start(tmp_path):
             time.sleep(0.05)
         assert marker.read_text() == "run\n"
         assert "subprocess" not in pm.log()  # reaped as the cron's, not as a stranger
+
+
+def test_hooks_run_in_their_phases_and_unknown_actions_stop_the_start(tmp_path):
+    with start(tmp_path, "--hook-asap", f"mkdir:{tmp_path}/h", "--hook-post-app", "print:app in",
+               "--hook-master-start", "unix_signal:15 gracefully_kill_them_all") as pm:
+        pm.wait_log(r'running "unix_signal:15 gracefully_kill_them_all" \(master-start\)')
+        assert 'running "print:app in" (post app)...\napp in' in pm.log()
+        assert (tmp_path / "h").is_dir()
+        pm.signal(signal.SIGTERM)
+        assert pm.wait(15) == 0
+        assert "graceful shutdown triggered" in pm.log()
+    bad = Pymaster(["-s", "127.0.0.1:1", "-M", "--hook-asap", "mount:proc none /proc"], tmp_path)
+    assert bad.wait() == 1
+    assert "hook action not found: mount" in bad.log()
