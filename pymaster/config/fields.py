@@ -78,7 +78,7 @@ class Options:
     max_worker_lifetime: int = 0
     max_worker_lifetime_delta: int = 0
     worker_reload_mercy: int = 60
-    reload_mercy: int | None = None
+    reload_mercy: int = 3
     no_orphans: bool = False
     harakiri_verbose: bool = False
     max_fd: int | None = None
@@ -170,3 +170,19 @@ class Options:
     http_timeout: int = 60
     http_processes: int = 1
     static_map: list[str] = field(default_factory=list)
+    attach_daemon: list[str] = field(default_factory=list)
+    attach_control_daemon: list[str] = field(default_factory=list)
+    attach_daemon2: list[str] = field(default_factory=list)
+    smart_attach_daemon: list[str] = field(default_factory=list)
+    smart_attach_daemon2: list[str] = field(default_factory=list)
+    daemons_honour_stdin: bool = False
+    cron: list[str] = field(default_factory=list)
+    unique_cron: list[str] = field(default_factory=list)
+    cron2: list[str] = field(default_factory=list)
+    hook_asap: list[str] = field(default_factory=list)
+    hook_as_root: list[str] = field(default_factory=list)
+    hook_as_user: list[str] = field(default_factory=list)
+    hook_pre_app: list[str] = field(default_factory=list)
+    hook_post_app: list[str] = field(default_factory=list)
+    hook_master_start: list[str] = field(default_factory=list)
+    cron_harakiri: int = 0

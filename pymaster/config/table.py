@@ -360,8 +360,10 @@ MASTER = _section(
     opt(
         "reload-mercy",
         "int",
-        help="uWSGI's mercy for the whole reload",
-        inert="each worker gets --worker-reload-mercy; the master re-execs when all are gone",
+        3,
+        "seconds an attached daemon gets to stop (stop signal every second, then SIGKILL) on "
+        "reload and shutdown; workers get --worker-reload-mercy (0: 3, as uWSGI)",
+        zero=3,
     ),
     opt(
         "no-orphans",
@@ -844,6 +846,113 @@ HTTP_ROUTER = _section(
     ),
 )
 
+DAEMONS = _section(
+    "Daemons, cron and hooks",
+    opt(
+        "attach-daemon",
+        "list",
+        help="run CMD (`/bin/sh -c`, own session) beside the master: respawned when it dies "
+        "(throttled), stopped on reload and shutdown, killed if the master dies",
+        metavar="CMD",
+    ),
+    opt(
+        "attach-control-daemon",
+        "list",
+        help="as --attach-daemon, but when CMD exits the instance shuts down gracefully",
+        metavar="CMD",
+    ),
+    opt(
+        "attach-daemon2",
+        "list",
+        help="attach a daemon with `cmd=CMD[,pidfile=P,stopsignal=N,reloadsignal=N,freq=N,"
+        "control=1,daemonize=1,stdin=1,chdir=DIR,max_throttle=N,notifypid=1]`",
+        metavar="KEY=VAL,...",
+    ),
+    opt(
+        "smart-attach-daemon",
+        "list",
+        help="`PIDFILE CMD`: CMD daemonizes and writes PIDFILE; respawned when the pid in "
+        "PIDFILE is gone, kept running across reloads and left running at shutdown",
+        metavar="PIDFILE CMD",
+    ),
+    opt(
+        "smart-attach-daemon2",
+        "list",
+        help="`PIDFILE CMD`: as --smart-attach-daemon, but the master daemonizes CMD and "
+        "writes PIDFILE itself",
+        metavar="PIDFILE CMD",
+    ),
+    opt("daemons-honour-stdin", "bool", help="attached daemons keep the master's stdin"),
+    opt(
+        "cron",
+        "list",
+        help="run CMD when local time matches `MIN HOUR DAY MONTH WEEKDAY` (-1 any, -N every "
+        "N; checked at start and every second, at most once a minute)",
+        metavar="MIN HOUR DAY MONTH WEEKDAY CMD",
+    ),
+    opt(
+        "unique-cron",
+        "list",
+        help="as --cron, but not started while the previous run is alive",
+        metavar="MIN HOUR DAY MONTH WEEKDAY CMD",
+    ),
+    opt(
+        "cron2",
+        "list",
+        help="`minute=M,hour=H,day=D,month=N,week=W,unique=1,harakiri=S CMD` (-1 when left out)",
+        metavar="KEY=VAL,... CMD",
+    ),
+    opt(
+        "hook-asap",
+        "list",
+        help="run ACTION:ARGS as soon as the configuration is read (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-as-root",
+        "list",
+        help="run ACTION:ARGS before --uid/--gid are dropped (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-as-user",
+        "list",
+        help="run ACTION:ARGS after --uid/--gid are dropped (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-pre-app",
+        "list",
+        help="run ACTION:ARGS before the app is imported (in the master) (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-post-app",
+        "list",
+        help="run ACTION:ARGS after the app is imported (in the master) (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-master-start",
+        "list",
+        help="run ACTION:ARGS when the master loop starts; `unix_signal:N FUNCTION` binds signal N to gracefully_kill_them_all, kill_them_all, grace_them_all or reap_them_all (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "cron-harakiri",
+        "int",
+        0,
+        "kill a cron run (its process group) after N seconds (0: off)",
+    ),
+    force_master=True,
+)
+
 OPTIONS: list[Option] = (
     CONFIGURATION
     + SOCKETS
@@ -856,6 +965,7 @@ OPTIONS: list[Option] = (
     + SUBSCRIPTIONS
     + FASTROUTER
     + HTTP_ROUTER
+    + DAEMONS
 )
 
 BY_FLAG: dict[str, Option] = {flag: o for o in OPTIONS for flag in o.flags}

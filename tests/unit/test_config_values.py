@@ -31,10 +31,10 @@ ZERO_IS_ZERO = {
     "max-worker-lifetime": "off",
     "max-worker-lifetime-delta": "no delta",
     "worker-reload-mercy": "killed at the next check",
-    "reload-mercy": "accepted, no effect",
     "reload-on-rss": "off",
     "evil-reload-on-rss": "off",
     "forkbomb-delay": "no delay",
+    "cron-harakiri": "off",
     "cheaper": "off",
     "cheaper-initial": "none at first",
     "log-slow": "off",
@@ -53,6 +53,7 @@ ZERO_IS_ZERO = {
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
     "check-interval": 1,  # core/master.c:708
+    "reload-mercy": 3,  # core/daemons.c:237 (the wait for daemons to stop)
     "cheaper-step": 1,  # core/master_utils.c:301 (the spawn loop stops after one)
     "cheaper-busyness-max": 50,  # plugins/cheaper_busyness/cheaper_busyness.c:374
     "cheaper-busyness-min": 25,  # plugins/cheaper_busyness/cheaper_busyness.c:375
