@@ -185,4 +185,5 @@ class Options:
     hook_pre_app: list[str] = field(default_factory=list)
     hook_post_app: list[str] = field(default_factory=list)
     hook_master_start: list[str] = field(default_factory=list)
+    hook_accepting: list[str] = field(default_factory=list)
     cron_harakiri: int = 0

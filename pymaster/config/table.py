@@ -945,6 +945,13 @@ DAEMONS = _section(
         metavar="ACTION:ARGS",
     ),
     opt(
+        "hook-accepting",
+        "list",
+        help="uWSGI runs ACTION:ARGS in each worker once it accepts",
+        metavar="ACTION:ARGS",
+        refused="use hook-post-app (after the app is imported, before the workers start)",
+    ),
+    opt(
         "cron-harakiri",
         "int",
         0,
