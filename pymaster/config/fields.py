@@ -64,6 +64,11 @@ class Options:
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
+    ignore_sigpipe: bool = False
+    ignore_write_errors: bool = False
+    disable_write_exception: bool = False
+    write_errors_exception_only: bool = False
+    write_errors_tolerance: int = 0
     master: bool = False
     processes: int = 1
     pidfile: str | None = None

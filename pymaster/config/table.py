@@ -319,6 +319,46 @@ APPLICATIONS = _section(
     ),
 )
 
+RESPONSES = _section(
+    "Responses",
+    opt(
+        "ignore-sigpipe",
+        "bool",
+        help="do not log uWSGI's `SIGPIPE: writing to a closed pipe/socket/fd (probably the "
+        "client disconnected) on request URI (ip ADDR) !!!` when a client is gone mid-response",
+        worker=True,
+    ),
+    opt(
+        "ignore-write-errors",
+        "bool",
+        help="do not log `uwsgi_response_write_body_do(): ERROR during METHOD URI (ADDR)` when "
+        "a write to the client fails",
+        worker=True,
+    ),
+    opt(
+        "disable-write-exception",
+        "bool",
+        help="on a write error, raise no `OSError: write error` into the app's write() and log "
+        "none when the body iteration ends (the app just runs on; its output is lost)",
+        worker=True,
+    ),
+    opt(
+        "write-errors-exception-only",
+        "bool",
+        help="on a write error, log nothing but raise `OSError: write error` (PSGI: die) into "
+        "the app at once, whatever the tolerance (implies the two ignore options)",
+        worker=True,
+    ),
+    opt(
+        "write-errors-tolerance",
+        "int",
+        0,
+        help="write errors a response may have before it is given up (the bytes of a tolerated "
+        "failed write are lost; 0: the first one ends it)",
+        worker=True,
+    ),
+)
+
 MASTER = _section(
     "Master and workers",
     opt("master/-M", "bool", help="run a master process that supervises the workers"),
@@ -848,6 +888,7 @@ OPTIONS: list[Option] = (
     CONFIGURATION
     + SOCKETS
     + APPLICATIONS
+    + RESPONSES
     + MASTER
     + CHEAPER
     + LOGGING

@@ -49,6 +49,7 @@ ZERO_IS_ZERO = {
     "http-processes": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
+    "write-errors-tolerance": "no tolerance: the first write error ends the response",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {

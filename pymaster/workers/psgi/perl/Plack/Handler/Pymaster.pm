@@ -71,6 +71,13 @@ sub _log {
     syswrite STDERR, $line;
 }
 
+sub _log_verbose {    # always stamped (pymaster/log.py log_verbose)
+    my $saved = $DATE;
+    $DATE = '' unless defined $DATE;
+    _log(@_);
+    $DATE = $saved;
+}
+
 sub _log_req {    # a request line: never dated, one write (one message on the request fd)
     my $line = shift;
     utf8::encode($line) if utf8::is_utf8($line);
@@ -112,6 +119,10 @@ sub _setup {
     $self->{timeout}      = _num($e, 'PYMASTER_OPT_SOCKET_TIMEOUT');
     $self->{keepalive}    = _num($e, 'PYMASTER_OPT_HTTP_KEEPALIVE');   # 0: off
     $self->{limit_post}   = _num($e, 'PYMASTER_OPT_LIMIT_POST');       # 0: no limit
+    # a client gone mid-response (_app_failed): which of uWSGI's lines are logged
+    my $quiet             = _num($e, 'PYMASTER_OPT_WRITE_ERRORS_EXCEPTION_ONLY');
+    $self->{sigpipe_line} = !$quiet && !_num($e, 'PYMASTER_OPT_IGNORE_SIGPIPE');
+    $self->{write_error_line} = !$quiet && !_num($e, 'PYMASTER_OPT_IGNORE_WRITE_ERRORS');
     # The request log (pymaster/workers/wsgi/reqlog.py): every request, or with logging
     # disabled only 4xx / 5xx / slower than log_slow ms ($self->{log_some}).
     $self->{log}          = !_num($e, 'PYMASTER_OPT_DISABLE_LOGGING');
@@ -589,10 +600,17 @@ sub _read_uwsgi {
 }
 
 # An app that died (or a client gone mid-write): log it; answer 500 if nothing was sent yet.
+# A client gone gets uWSGI's lines (apps/wsgi.py Call._write_failed): the SIGPIPE one on
+# EPIPE unless --ignore-sigpipe, the writer's unless --ignore-write-errors (both off with
+# --write-errors-exception-only).
 sub _app_failed {
-    my ($self, $req, $err, $method, $uri) = @_;
+    my ($self, $req, $err, $method, $uri, $addr) = @_;
     if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
-        _log("write error: $$err [$method $uri] (client gone)");
+        $addr //= '';
+        _log_verbose("SIGPIPE: writing to a closed pipe/socket/fd (probably the client "
+            . "disconnected) on request $uri (ip $addr) !!!") if $err->{epipe} && $self->{sigpipe_line};
+        _log_verbose("uwsgi_response_write_body_do(): $err->{msg} during $method $uri ($addr)")
+            if $self->{write_error_line};
         return;
     }
     $err = "$err";
@@ -994,7 +1012,7 @@ sub _serve_uwsgi {
             @$r{qw(status headers head_bytes tx)} = ($status, $headers, $head_bytes, $tx);
             $r;
         };
-        $self->_app_failed($req, $err, $method, $uri);
+        $self->_app_failed($req, $err, $method, $uri, $env{REMOTE_ADDR});
     }
     # the connection is closed
     if ($c) { syscall($SYS_DUP3, $self->{nullfd}, $fd, CLOEXEC) } else { syscall($SYS_CLOSE, $fd) }
@@ -1070,7 +1088,7 @@ sub _dispatch {
     if (!$ok) {
         my $err = $@;
         $failed = 1;
-        $self->_app_failed($req, $err, $method, $uri);
+        $self->_app_failed($req, $err, $method, $uri, $env->{REMOTE_ADDR});
     }
     if ($req->{chunked} && !$failed) {
         eval { _finish($req); 1 } or $failed = 1;
@@ -1471,8 +1489,14 @@ sub _custom {
 }
 
 package Plack::Handler::Pymaster::Gone;
-# Raised when the client went away mid-response: logged, not answered.
-sub new { my ($class, $msg) = @_; bless \$msg, $class }
+# Raised when the client went away mid-response: logged, not answered. Made right after the
+# failed write, so $! is still its error.
+sub new {
+    my ($class, $msg) = @_;
+    my $epipe = $! == Errno::EPIPE() ? 1 : 0;
+    $msg = 'timeout' if $! == Errno::EAGAIN();
+    bless { msg => $msg, epipe => $epipe }, $class;
+}
 
 package Plack::Handler::Pymaster::Writer;
 # The streaming writer handed to `$responder->([$status, $headers])`.
