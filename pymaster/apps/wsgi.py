@@ -62,6 +62,7 @@ class Responses:
     exception: bool = True  # raise/log `OSError: write error`
     exception_only: bool = False  # raise at the first error, whatever the tolerance
     tolerance: int = 0  # write errors allowed before the response is given up
+    extra_headers: tuple[tuple[str, str], ...] = ()  # --add-header, after the app's
 
     @classmethod
     def from_config(cls, cfg: Config) -> Responses:
@@ -72,7 +73,17 @@ class Responses:
             exception=not cfg.disable_write_exception,
             exception_only=only,
             tolerance=cfg.write_errors_tolerance,
+            extra_headers=tuple(split_header(h) for h in cfg.add_header),
         )
+
+
+def split_header(text: str) -> tuple[str, str]:
+    """`Name: value` (--add-header) as a header pair; ValueError naming a malformed one."""
+    name, colon, value = text.partition(":")
+    name = name.strip()
+    if not colon or not _TOKEN.match(name.encode("latin-1", "replace")) or _BAD_VALUE.search(value):
+        raise ValueError(f"--add-header '{text}': expected `Name: value`")
+    return name, value.strip()
 
 
 RESPONSES = Responses()
@@ -127,7 +138,10 @@ def load_app(cfg: Config):
         raise AppLoadError(
             "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
         )
-    configure(cfg)
+    try:
+        configure(cfg)
+    except ValueError as exc:
+        raise AppLoadError(str(exc)) from None
     start = time.time()
     main = load_target(target, callable_name, bool(cfg.wsgi_file)) if target else None
     if not cfg.mount:
@@ -328,10 +342,13 @@ class Call:
         if code in (204, 304) or code < 200:
             length = None
             self.no_body = True
-        head = self.framing.head(self.status, self.headers, length, self.no_body)
+        headers = self.headers
+        if self.opts.extra_headers:
+            headers = headers + list(self.opts.extra_headers)
+        head = self.framing.head(self.status, headers, length, self.no_body)
         self.head_sent = True
         self.head_bytes = len(head)
-        self.header_count = len(self.headers)
+        self.header_count = len(headers)
         return head
 
     def write(self, data):

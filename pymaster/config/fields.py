@@ -64,6 +64,7 @@ class Options:
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
+    add_header: list[str] = field(default_factory=list)
     ignore_sigpipe: bool = False
     ignore_write_errors: bool = False
     disable_write_exception: bool = False

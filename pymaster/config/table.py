@@ -322,6 +322,13 @@ APPLICATIONS = _section(
 RESPONSES = _section(
     "Responses",
     opt(
+        "add-header",
+        "list",
+        help="add a header to every response, `Name: value` (repeatable; after the app's own)",
+        metavar="HEADER",
+        worker=True,
+    ),
+    opt(
         "ignore-sigpipe",
         "bool",
         help="do not log uWSGI's `SIGPIPE: writing to a closed pipe/socket/fd (probably the "

@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from tests.client import parse_http_response, uwsgi_packet, uwsgi_request, uwsgi_vars
+from tests.client import http_get, parse_http_response, uwsgi_packet, uwsgi_request, uwsgi_vars
 from tests.pm import Pymaster, exchange, free_port, wait_port
 
 WSGI_APP = r'''
@@ -417,3 +417,31 @@ def test_min_worker_lifetime_delays_recycling(serve, trigger):
     else:
         server.pm.wait_log(rss_line(pid), timeout=20)
     assert server.pid() != pid
+
+
+# -- options real deployments use (issue 9) ----------------------------------------------------
+
+def test_add_header_on_every_response(serve):
+    server = serve("--add-header", "X-Frame-Options: DENY", "--add-header", "X-Served-By:pm")
+    for path in ("/hello", "/error", "/nope"):
+        raw, env = server.uwsgi_raw(path)
+        response = parse_http_response(raw)
+        assert response.headers["x-frame-options"] == "DENY", path
+        assert response.headers["x-served-by"] == "pm"
+    server.pm.wait_log(r"GET /nope => generated", timeout=20)
+    line = server.request_lines()[-1]
+    head_size = len(raw.partition(b"\r\n\r\n")[0]) + 4
+    assert line.endswith(f"4 headers in {head_size} bytes (1 switches on core 0)")
+    http = serve("--add-header", "X-Frame-Options: DENY", http=True)  # the general path
+    response = http_get(http.port, "/hello")
+    assert response.status == 200 and response.headers["x-frame-options"] == "DENY"
+
+
+def test_add_header_malformed_is_refused(tmp_path, kind):
+    app = ["--wsgi-file", str(tmp_path / "a.py")] if kind == "wsgi" else ["--psgi",
+                                                                          str(tmp_path / "a.psgi")]
+    (tmp_path / "a.py").write_text(WSGI_APP)
+    (tmp_path / "a.psgi").write_text(PSGI_APP)
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", *app, "--add-header", "no colon"], tmp_path)
+    assert pm.wait(timeout=20) != 0
+    assert "--add-header 'no colon': expected `Name: value`" in pm.log()

@@ -185,6 +185,13 @@ def preflight(cfg) -> None:
     """Check that the PSGI app can run; RuntimeError with one clear message if not. Also
     says which of the options given PSGI workers do not honour (`NOT_HONOURED`)."""
     warn_unhonoured(cfg)
+    from pymaster.apps.wsgi import split_header
+
+    for header in cfg.add_header:
+        try:
+            split_header(header)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
     app = cfg.psgi
     if not app:
         raise RuntimeError("no PSGI app given: use --psgi FILE")

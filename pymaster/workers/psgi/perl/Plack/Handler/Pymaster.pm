@@ -119,6 +119,10 @@ sub _setup {
     $self->{timeout}      = _num($e, 'PYMASTER_OPT_SOCKET_TIMEOUT');
     $self->{keepalive}    = _num($e, 'PYMASTER_OPT_HTTP_KEEPALIVE');   # 0: off
     $self->{limit_post}   = _num($e, 'PYMASTER_OPT_LIMIT_POST');       # 0: no limit
+    # --add-header: `Name: value` lines added to every response (checked by the master)
+    my @extra             = grep { length } split /\n/, _str($e, 'PYMASTER_OPT_ADD_HEADER');
+    $self->{extra_headers} = join '', map { my ($k, $v) = split /:/, $_, 2; "$k: " . ($v =~ s/^\s+|\s+\z//gr) . "\r\n" } @extra;
+    $self->{extra_count}  = @extra;
     # a client gone mid-response (_app_failed): which of uWSGI's lines are logged
     my $quiet             = _num($e, 'PYMASTER_OPT_WRITE_ERRORS_EXCEPTION_ONLY');
     $self->{sigpipe_line} = !$quiet && !_num($e, 'PYMASTER_OPT_IGNORE_SIGPIPE');
@@ -975,7 +979,8 @@ sub _serve_uwsgi {
             my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
             die "wide character in the response body\n"
                 if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
-            my $n = @$h / 2;
+            $out .= $self->{extra_headers};
+            my $n = @$h / 2 + $self->{extra_count};
             my $no_body = $st < 200 || $NO_BODY{$st};
             if (!$has_len && !$no_body) {
                 $out .= 'Content-Length: ' . length($data) . "\r\n";
@@ -1196,6 +1201,8 @@ sub _send_head {
         $out .= "$k: $v\r\n";
         $count++;
     }
+    $out .= $self->{extra_headers};
+    $count += $self->{extra_count};
     my $no_body = $status < 200 || $NO_BODY{$status};
     if (!$has_length && defined $length && !$no_body) {
         $out .= "Content-Length: $length\r\n";
