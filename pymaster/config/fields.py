@@ -64,6 +64,9 @@ class Options:
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
+    route: list[str] = field(default_factory=list)
+    route_uri: list[str] = field(default_factory=list)
+    route_host: list[str] = field(default_factory=list)
     add_header: list[str] = field(default_factory=list)
     ignore_sigpipe: bool = False
     ignore_write_errors: bool = False

@@ -322,6 +322,29 @@ APPLICATIONS = _section(
 RESPONSES = _section(
     "Responses",
     opt(
+        "route",
+        "list",
+        help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "
+        "action `donotlog:` (no request log line for a matching request, e.g. "
+        "`route = ^/healthz$ donotlog:`); any other action is refused at start (use nginx)",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "route-uri",
+        "list",
+        help="as --route, on REQUEST_URI",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "route-host",
+        "list",
+        help="as --route, on HTTP_HOST",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
         "add-header",
         "list",
         help="add a header to every response, `Name: value` (repeatable; after the app's own)",

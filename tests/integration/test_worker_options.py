@@ -445,3 +445,28 @@ def test_add_header_malformed_is_refused(tmp_path, kind):
     pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", *app, "--add-header", "no colon"], tmp_path)
     assert pm.wait(timeout=20) != 0
     assert "--add-header 'no colon': expected `Name: value`" in pm.log()
+
+
+def test_route_donotlog_leaves_out_matching_requests(serve):
+    server = serve("--route", "^/pid donotlog:", "--route-uri", r"\?quiet donotlog:")
+    for path in ("/pid", "/pidfoo", "/hello?quiet=1", "/hello", "/error"):
+        assert server.get(path).status in (200, 404, 500)
+    server.pm.wait_log(r"GET /error => generated", timeout=20)
+    time.sleep(0.2)
+    uris = [re.search(r"\] GET (\S+) =>", line).group(1) for line in server.request_lines()]
+    assert uris == ["/hello", "/error"]
+    log = server.pm.log()
+    assert ("*** dumping internal routing table ***\n"
+            "[rule: 0] subject: path_info regexp: ^/pid action: donotlog:\n"
+            "[rule: 1] subject: request_uri regexp: \\?quiet action: donotlog:\n"
+            "*** end of the internal routing table ***") in log
+
+
+def test_route_other_actions_are_refused(tmp_path):
+    (tmp_path / "a.py").write_text(WSGI_APP)
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", str(tmp_path / "a.py"),
+                   "--route", "^/old redirect:/new"], tmp_path)
+    assert pm.wait(timeout=20) != 0
+    assert ("--route '^/old redirect:/new': the routing action `redirect` is not part of "
+            "pymaster;") in pm.log()
+    assert "nginx" in pm.log()

@@ -123,6 +123,19 @@ sub _setup {
     my @extra             = grep { length } split /\n/, _str($e, 'PYMASTER_OPT_ADD_HEADER');
     $self->{extra_headers} = join '', map { my ($k, $v) = split /:/, $_, 2; "$k: " . ($v =~ s/^\s+|\s+\z//gr) . "\r\n" } @extra;
     $self->{extra_count}  = @extra;
+    # route = REGEX donotlog: (pymaster/workers/routes.py, checked by the master): no request
+    # line for a request whose PATH_INFO (route-uri: REQUEST_URI, route-host: HTTP_HOST) matches
+    my @silent;
+    for (['PYMASTER_OPT_ROUTE', 'PATH_INFO'], ['PYMASTER_OPT_ROUTE_URI', 'REQUEST_URI'],
+         ['PYMASTER_OPT_ROUTE_HOST', 'HTTP_HOST']) {
+        my ($var, $key) = @$_;
+        for my $rule (grep { length } split /\n/, _str($e, $var)) {
+            $rule =~ s/^\s+//;
+            my ($re, $action) = split / /, $rule, 2;
+            push @silent, [$key, qr/$re/] if ($action // '') =~ /^\s*donotlog\b/;
+        }
+    }
+    $self->{silent} = @silent ? \@silent : undef;
     # a client gone mid-response (_app_failed): which of uWSGI's lines are logged
     my $quiet             = _num($e, 'PYMASTER_OPT_WRITE_ERRORS_EXCEPTION_ONLY');
     $self->{sigpipe_line} = !$quiet && !_num($e, 'PYMASTER_OPT_IGNORE_SIGPIPE');
@@ -1422,6 +1435,9 @@ sub _addr {
 
 sub _log_request {
     my ($self, $req, $env, $elapsed) = @_;
+    if (my $silent = $self->{silent}) {
+        for (@$silent) { return if ($env->{$_->[0]} // '') =~ $_->[1] }
+    }
     return _log_req($self->_custom($req, $env, $elapsed)) if defined $self->{format};
     my $total = $self->_instance_requests;
     my $prefix = '';
