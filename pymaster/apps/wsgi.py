@@ -63,6 +63,7 @@ class Responses:
     exception_only: bool = False  # raise at the first error, whatever the tolerance
     tolerance: int = 0  # write errors allowed before the response is given up
     extra_headers: tuple[tuple[str, str], ...] = ()  # --add-header, after the app's
+    file_wrapper: bool = True  # wsgi.file_wrapper in the environ
 
     @classmethod
     def from_config(cls, cfg: Config) -> Responses:
@@ -74,6 +75,7 @@ class Responses:
             exception_only=only,
             tolerance=cfg.write_errors_tolerance,
             extra_headers=tuple(split_header(h) for h in cfg.add_header),
+            file_wrapper=not cfg.wsgi_disable_file_wrapper,
         )
 
 
@@ -421,6 +423,8 @@ class Call:
         """Run the app and send everything; returns the status code. A client gone
         mid-response ends it here (logged as uWSGI does), not as the app's failure."""
         self.environ = environ
+        if not self.opts.file_wrapper:
+            environ.pop("wsgi.file_wrapper", None)
         try:
             return self._run(app, environ)
         except WriteError:

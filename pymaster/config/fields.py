@@ -64,6 +64,7 @@ class Options:
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
+    wsgi_disable_file_wrapper: bool = False
     route: list[str] = field(default_factory=list)
     route_uri: list[str] = field(default_factory=list)
     route_host: list[str] = field(default_factory=list)

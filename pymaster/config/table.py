@@ -322,6 +322,11 @@ APPLICATIONS = _section(
 RESPONSES = _section(
     "Responses",
     opt(
+        "wsgi-disable-file-wrapper",
+        "bool",
+        help="no `wsgi.file_wrapper` in the WSGI environ (apps then send files by iterating)",
+    ),
+    opt(
         "route",
         "list",
         help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "

@@ -470,3 +470,19 @@ def test_route_other_actions_are_refused(tmp_path):
     assert ("--route '^/old redirect:/new': the routing action `redirect` is not part of "
             "pymaster;") in pm.log()
     assert "nginx" in pm.log()
+
+
+def test_wsgi_disable_file_wrapper(tmp_path):
+    app = tmp_path / "fw.py"
+    app.write_text(
+        "def application(environ, start_response):\n"
+        "    body = repr('wsgi.file_wrapper' in environ).encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n"
+    )
+    for options, expected in (((), b"True"), (("--wsgi-disable-file-wrapper",), b"False")):
+        port = free_port()
+        with Pymaster(["--http-socket", f"127.0.0.1:{port}", "--wsgi-file", str(app), *options],
+                      tmp_path):
+            wait_port(port, timeout=20)
+            assert http_get(port, "/").body == expected
