@@ -94,6 +94,7 @@ class Options:
     max_fd: int | None = None
     ksm: str | None = None
     reload_on_rss: int = 0
+    reload_on_as: int = 0
     evil_reload_on_rss: int = 0
     forkbomb_delay: int = 2
     check_interval: int = 1

@@ -464,6 +464,14 @@ MASTER = _section(
         inert="pages are shared by forking after the app is loaded",
     ),
     opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS", worker=True),
+    opt(
+        "reload-on-as",
+        "int",
+        0,
+        "gracefully recycle a worker above N MB of address space (checked after each request, "
+        "as reload-on-rss)",
+        worker=True,
+    ),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
     opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
     opt("check-interval", "int", 1, "seconds between master checks", zero=1),

@@ -387,6 +387,18 @@ def test_reload_on_rss_recycles_after_the_first_request(serve):
     assert "Seeya" not in server.pm.log()
 
 
+def test_reload_on_as_recycles_after_the_first_request(serve):
+    server = serve("--reload-on-as", "1", "--min-worker-lifetime", "0")
+    first = server.pid()
+    line = rf"worker 1 \(pid: {{}}\) address space (\d+) bytes over reload-on-as {1 << 20} bytes, recycling\n"
+    [used] = server.pm.wait_log(line.format(first), timeout=20)
+    assert int(used) > 1 << 20 and int(used) % PAGE == 0
+    second = server.pid()
+    assert second != first
+    server.pm.wait_log(line.format(second), timeout=20)
+    assert "Seeya" not in server.pm.log() and "reload-on-rss" not in server.pm.log()
+
+
 def test_min_worker_lifetime_zero_recycles_at_once(serve):
     server = serve("--max-requests", "1", "--min-worker-lifetime", "0")
     pids = [server.pid() for _ in range(3)]

@@ -33,6 +33,7 @@ ZERO_IS_ZERO = {
     "worker-reload-mercy": "killed at the next check",
     "reload-mercy": "accepted, no effect",
     "reload-on-rss": "off",
+    "reload-on-as": "off",
     "evil-reload-on-rss": "off",
     "forkbomb-delay": "no delay",
     "cheaper": "off",

@@ -35,7 +35,13 @@ _MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
 
 # The worker options (`worker=True` in the option table) and how the Perl worker honours
 # them: each one as PYMASTER_OPT_<NAME>, read by Plack::Handler::Pymaster, except these:
-VIA_RECYCLING = ("max-requests", "max-requests-delta", "min-worker-lifetime", "reload-on-rss")
+VIA_RECYCLING = (
+    "max-requests",
+    "max-requests-delta",
+    "min-worker-lifetime",
+    "reload-on-rss",
+    "reload-on-as",
+)
 """Folded by the master into PYMASTER_RECYCLE_* (workers/contract.Recycling)."""
 BY_THE_MASTER = ("harakiri",)
 """Enforced by the master, from the worker's scoreboard slot."""

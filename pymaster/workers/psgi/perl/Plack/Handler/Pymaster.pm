@@ -114,7 +114,8 @@ sub _setup {
     $self->{max_requests} = _num($e, 'PYMASTER_RECYCLE_MAX_REQUESTS');
     $self->{rss_limit}    = _num($e, 'PYMASTER_RECYCLE_RSS');
     $self->{min_lifetime} = _num($e, 'PYMASTER_RECYCLE_MIN_LIFETIME');
-    $self->{recycle}      = $self->{max_requests} || $self->{rss_limit};
+    $self->{as_limit}     = _num($e, 'PYMASTER_RECYCLE_AS');
+    $self->{recycle}      = $self->{max_requests} || $self->{rss_limit} || $self->{as_limit};
     $self->{buffer_size}  = _num($e, 'PYMASTER_OPT_BUFFER_SIZE');
     $self->{timeout}      = _num($e, 'PYMASTER_OPT_SOCKET_TIMEOUT');
     $self->{keepalive}    = _num($e, 'PYMASTER_OPT_HTTP_KEEPALIVE');   # 0: off
@@ -1415,14 +1416,19 @@ sub _recycle {
     if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
         _log("...The work of process $$ is done. Seeya!");
     }
-    elsif ($self->{rss_limit}) {
-        my $used = (_memory())[1];
-        return unless $used > $self->{rss_limit};
-        _log("worker $self->{wid} (pid: $$) RSS $used bytes over reload-on-rss "
-             . "$self->{rss_limit} bytes, recycling");
-    }
     else {
-        return;
+        my ($as, $rss) = $self->{rss_limit} || $self->{as_limit} ? _memory() : ();
+        if ($self->{rss_limit} && $rss > $self->{rss_limit}) {
+            _log("worker $self->{wid} (pid: $$) RSS $rss bytes over reload-on-rss "
+                 . "$self->{rss_limit} bytes, recycling");
+        }
+        elsif ($self->{as_limit} && $as > $self->{as_limit}) {
+            _log("worker $self->{wid} (pid: $$) address space $as bytes over reload-on-as "
+                 . "$self->{as_limit} bytes, recycling");
+        }
+        else {
+            return;
+        }
     }
     $STOPPING = 1;
 }
