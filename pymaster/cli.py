@@ -156,6 +156,18 @@ def _check_unsupported(cfg: Config) -> None:
             )
 
 
+def _check_routes(cfg: Config) -> None:
+    """--route/--route-uri/--route-host: refused unless pymaster has the action; dumped."""
+    from pymaster.workers import routes
+
+    try:
+        rules = routes.parse(cfg)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    for line in routes.table_lines(rules):
+        log(line)
+
+
 def _apply_environment(cfg: Config) -> None:
     for item in cfg.env:
         key, sep, value = item.partition("=")
@@ -236,6 +248,7 @@ def _prepare(cfg: Config) -> bool:
         hooks.check(cfg)
     except (daemons.DaemonError, cron.CronError, hooks.HookError) as exc:
         raise StartupError(str(exc)) from None
+    _check_routes(cfg)
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)

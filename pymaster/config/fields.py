@@ -64,6 +64,16 @@ class Options:
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
+    wsgi_disable_file_wrapper: bool = False
+    route: list[str] = field(default_factory=list)
+    route_uri: list[str] = field(default_factory=list)
+    route_host: list[str] = field(default_factory=list)
+    add_header: list[str] = field(default_factory=list)
+    ignore_sigpipe: bool = False
+    ignore_write_errors: bool = False
+    disable_write_exception: bool = False
+    write_errors_exception_only: bool = False
+    write_errors_tolerance: int = 0
     master: bool = False
     processes: int = 1
     pidfile: str | None = None
@@ -84,6 +94,7 @@ class Options:
     max_fd: int | None = None
     ksm: str | None = None
     reload_on_rss: int = 0
+    reload_on_as: int = 0
     evil_reload_on_rss: int = 0
     forkbomb_delay: int = 2
     check_interval: int = 1

@@ -319,6 +319,81 @@ APPLICATIONS = _section(
     ),
 )
 
+RESPONSES = _section(
+    "Responses",
+    opt(
+        "wsgi-disable-file-wrapper",
+        "bool",
+        help="no `wsgi.file_wrapper` in the WSGI environ (apps then send files by iterating)",
+    ),
+    opt(
+        "route",
+        "list",
+        help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "
+        "action `donotlog:` (no request log line for a matching request, e.g. "
+        "`route = ^/healthz$ donotlog:`); any other action is refused at start (use nginx)",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "route-uri",
+        "list",
+        help="as --route, on REQUEST_URI",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "route-host",
+        "list",
+        help="as --route, on HTTP_HOST",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "add-header",
+        "list",
+        help="add a header to every response, `Name: value` (repeatable; after the app's own)",
+        metavar="HEADER",
+        worker=True,
+    ),
+    opt(
+        "ignore-sigpipe",
+        "bool",
+        help="do not log uWSGI's `SIGPIPE: writing to a closed pipe/socket/fd (probably the "
+        "client disconnected) on request URI (ip ADDR) !!!` when a client is gone mid-response",
+        worker=True,
+    ),
+    opt(
+        "ignore-write-errors",
+        "bool",
+        help="do not log `uwsgi_response_write_body_do(): ERROR during METHOD URI (ADDR)` when "
+        "a write to the client fails",
+        worker=True,
+    ),
+    opt(
+        "disable-write-exception",
+        "bool",
+        help="on a write error, raise no `OSError: write error` into the app's write() and log "
+        "none when the body iteration ends (the app just runs on; its output is lost)",
+        worker=True,
+    ),
+    opt(
+        "write-errors-exception-only",
+        "bool",
+        help="on a write error, log nothing but raise `OSError: write error` (PSGI: die) into "
+        "the app at once, whatever the tolerance (implies the two ignore options)",
+        worker=True,
+    ),
+    opt(
+        "write-errors-tolerance",
+        "int",
+        0,
+        help="write errors a response may have before it is given up (the bytes of a tolerated "
+        "failed write are lost; 0: the first one ends it)",
+        worker=True,
+    ),
+)
+
 MASTER = _section(
     "Master and workers",
     opt("master/-M", "bool", help="run a master process that supervises the workers"),
@@ -391,6 +466,14 @@ MASTER = _section(
         inert="pages are shared by forking after the app is loaded",
     ),
     opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS", worker=True),
+    opt(
+        "reload-on-as",
+        "int",
+        0,
+        "gracefully recycle a worker above N MB of address space (checked after each request, "
+        "as reload-on-rss)",
+        worker=True,
+    ),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
     opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
     opt("check-interval", "int", 1, "seconds between master checks", zero=1),
@@ -964,6 +1047,7 @@ OPTIONS: list[Option] = (
     CONFIGURATION
     + SOCKETS
     + APPLICATIONS
+    + RESPONSES
     + MASTER
     + CHEAPER
     + LOGGING

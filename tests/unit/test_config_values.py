@@ -32,6 +32,7 @@ ZERO_IS_ZERO = {
     "max-worker-lifetime-delta": "no delta",
     "worker-reload-mercy": "killed at the next check",
     "reload-on-rss": "off",
+    "reload-on-as": "off",
     "evil-reload-on-rss": "off",
     "forkbomb-delay": "no delay",
     "cron-harakiri": "off",
@@ -49,6 +50,7 @@ ZERO_IS_ZERO = {
     "http-processes": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
+    "write-errors-tolerance": "no tolerance: the first write error ends the response",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {

@@ -35,15 +35,26 @@ _MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
 
 # The worker options (`worker=True` in the option table) and how the Perl worker honours
 # them: each one as PYMASTER_OPT_<NAME>, read by Plack::Handler::Pymaster, except these:
-VIA_RECYCLING = ("max-requests", "max-requests-delta", "min-worker-lifetime", "reload-on-rss")
+VIA_RECYCLING = (
+    "max-requests",
+    "max-requests-delta",
+    "min-worker-lifetime",
+    "reload-on-rss",
+    "reload-on-as",
+)
 """Folded by the master into PYMASTER_RECYCLE_* (workers/contract.Recycling)."""
 BY_THE_MASTER = ("harakiri",)
 """Enforced by the master, from the worker's scoreboard slot."""
-NOT_HONOURED: dict[str, str] = {}
+NOT_HONOURED: dict[str, str] = {
+    "disable-write-exception": "a failed write ends a PSGI response (uWSGI's psgi plugin dies "
+    "in a streaming write whatever this option says); the lines are quieted by "
+    "--ignore-sigpipe and --ignore-write-errors",
+    "write-errors-tolerance": "the first failed write ends a PSGI response (the client is gone: "
+    "later writes would fail too)",
+}
 """Worker options the Perl worker cannot honour, with what to use instead; the master logs
 `option --X is not honoured by PSGI workers: <instead>` at start for each one the user set.
-Empty: the Perl worker honours every worker option (tests/unit/test_psgi.py checks that each
-one reaches it)."""
+Every other worker option reaches it (tests/unit/test_psgi.py checks that each one does)."""
 
 
 def warn_unhonoured(cfg: Config) -> None:
@@ -180,6 +191,13 @@ def preflight(cfg) -> None:
     """Check that the PSGI app can run; RuntimeError with one clear message if not. Also
     says which of the options given PSGI workers do not honour (`NOT_HONOURED`)."""
     warn_unhonoured(cfg)
+    from pymaster.apps.wsgi import split_header
+
+    for header in cfg.add_header:
+        try:
+            split_header(header)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
     app = cfg.psgi
     if not app:
         raise RuntimeError("no PSGI app given: use --psgi FILE")
