@@ -111,6 +111,13 @@ class Options:
     cheaper_algo: str = "spare"
     cheaper_busyness_max: int = 50
     cheaper_busyness_min: int = 25
+    cheaper_busyness_multiplier: int = 10
+    cheaper_busyness_penalty: int = 2
+    cheaper_busyness_verbose: bool = False
+    cheaper_busyness_backlog_alert: int = 33
+    cheaper_busyness_backlog_multiplier: int = 3
+    cheaper_busyness_backlog_step: int = 1
+    cheaper_busyness_backlog_nonzero: int = 60
     disable_logging: bool = False
     logto: str | None = None
     log_micros: bool = False

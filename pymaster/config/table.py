@@ -523,7 +523,13 @@ CHEAPER = _section(
     ),
     opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
     opt("cheaper-step", "int", 1, "workers spawned at a time", zero=1),
-    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=0),
+    opt(
+        "cheaper-overload",
+        "int",
+        3,
+        "cycles of overload before spawning (busyness: seconds between samples)",
+        minimum=0,
+    ),
     opt(
         "cheaper-algo",
         "str",
@@ -546,6 +552,50 @@ CHEAPER = _section(
         "busyness percentage below which workers are cheaped",
         zero=25,
         maximum=100,
+    ),
+    opt(
+        "cheaper-busyness-multiplier",
+        "int",
+        10,
+        "initial multiplier: a worker must be idle for cheaper-overload * multiplier "
+        "seconds to be cheaped",
+        zero=10,
+    ),
+    opt(
+        "cheaper-busyness-penalty",
+        "int",
+        2,
+        "added to the multiplier when workers are cheaped and respawned too fast",
+        zero=2,
+    ),
+    opt("cheaper-busyness-verbose", "bool", help="log every busyness sample and decision"),
+    opt(
+        "cheaper-busyness-backlog-alert",
+        "int",
+        33,
+        "spawn emergency workers when more requests than this wait in the listen queue",
+        zero=33,
+    ),
+    opt(
+        "cheaper-busyness-backlog-multiplier",
+        "int",
+        3,
+        "cheaper multiplier used while emergency workers run",
+        zero=3,
+    ),
+    opt(
+        "cheaper-busyness-backlog-step",
+        "int",
+        1,
+        "emergency workers spawned at a time",
+        zero=1,
+    ),
+    opt(
+        "cheaper-busyness-backlog-nonzero",
+        "int",
+        60,
+        "spawn emergency workers when the listen queue is non-empty for this many seconds",
+        zero=60,
     ),
 )
 

@@ -387,6 +387,7 @@ class Arbiter:
                 self.spawn(child)
         for hook in self.on_start:
             self.guarded(hook)
+        self.cheaper.start(self.system.monotonic())
         self.next_tick = self.system.monotonic() + 1.0
         while True:
             self.wait_events()

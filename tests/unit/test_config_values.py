@@ -59,6 +59,12 @@ ZERO_IS_DEFAULT = {
     "cheaper-step": 1,  # core/master_utils.c:301 (the spawn loop stops after one)
     "cheaper-busyness-max": 50,  # plugins/cheaper_busyness/cheaper_busyness.c:374
     "cheaper-busyness-min": 25,  # plugins/cheaper_busyness/cheaper_busyness.c:375
+    "cheaper-busyness-multiplier": 10,  # plugins/cheaper_busyness/cheaper_busyness.c:376
+    "cheaper-busyness-penalty": 2,  # plugins/cheaper_busyness/cheaper_busyness.c:377
+    "cheaper-busyness-backlog-alert": 33,  # plugins/cheaper_busyness/cheaper_busyness.c:380
+    "cheaper-busyness-backlog-multiplier": 3,  # plugins/cheaper_busyness/cheaper_busyness.c:381
+    "cheaper-busyness-backlog-step": 1,  # plugins/cheaper_busyness/cheaper_busyness.c:382
+    "cheaper-busyness-backlog-nonzero": 60,  # plugins/cheaper_busyness/cheaper_busyness.c:383
     "fastrouter-timeout": 60,  # plugins/corerouter/corerouter.c:719
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
 }
