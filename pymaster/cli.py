@@ -242,6 +242,13 @@ def _prepare(cfg: Config) -> bool:
     """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
     sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
+    if not cfg.psgi:
+        from pymaster.apps import static
+
+        try:
+            static.announce(cfg)
+        except static.StaticConfigError as exc:
+            raise StartupError(str(exc)) from None
     try:
         daemons.configured(cfg)
         cron.configured(cfg)

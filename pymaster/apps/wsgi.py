@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaster import log as _log
-from pymaster.apps import mount
+from pymaster.apps import mount, static
 from pymaster.config import Config
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -127,8 +127,19 @@ def _use_virtualenv(home: str) -> None:
 
 
 def load_app(cfg: Config):
-    """Import and return the WSGI callable (a `Mounts` dispatcher when `--mount` is given);
-    AppLoadError with the cause on any failure."""
+    """Import and return the WSGI callable (a `Mounts` dispatcher when `--mount` is given,
+    inside a `static.Static` layer when a static option is set); AppLoadError with the cause
+    on any failure."""
+    app = _load_apps(cfg)
+    if static.any_set(cfg):
+        try:
+            return static.Static(app, cfg)
+        except static.StaticConfigError as exc:
+            raise AppLoadError(str(exc)) from None
+    return app
+
+
+def _load_apps(cfg: Config):
     if cfg.home:
         _use_virtualenv(cfg.home)
     for path in reversed(cfg.pythonpath):

@@ -188,6 +188,29 @@ class Options:
     http_timeout: int = 60
     http_processes: int = 1
     static_map: list[str] = field(default_factory=list)
+    static_map2: list[str] = field(default_factory=list)
+    check_static: list[str] = field(default_factory=list)
+    check_static_docroot: bool = False
+    static_index: list[str] = field(default_factory=list)
+    static_skip_ext: list[str] = field(default_factory=list)
+    static_safe: list[str] = field(default_factory=list)
+    static_expires_type: list[str] = field(default_factory=list)
+    static_expires_type_mtime: list[str] = field(default_factory=list)
+    static_expires: list[str] = field(default_factory=list)
+    static_expires_mtime: list[str] = field(default_factory=list)
+    static_expires_uri: list[str] = field(default_factory=list)
+    static_expires_uri_mtime: list[str] = field(default_factory=list)
+    static_expires_path_info: list[str] = field(default_factory=list)
+    static_expires_path_info_mtime: list[str] = field(default_factory=list)
+    static_gzip: list[str] = field(default_factory=list)
+    static_gzip_all: bool = False
+    static_gzip_dir: list[str] = field(default_factory=list)
+    static_gzip_ext: list[str] = field(default_factory=list)
+    honour_range: bool = False
+    mimefile: list[str] = field(default_factory=list)
+    file_serve_mode: str | None = None
+    offload_threads: int = 0
+    static_cache_paths: int = 0
     attach_daemon: list[str] = field(default_factory=list)
     attach_control_daemon: list[str] = field(default_factory=list)
     attach_daemon2: list[str] = field(default_factory=list)

@@ -969,13 +969,155 @@ HTTP_ROUTER = _section(
         "uWSGI's HTTP router processes",
         inert="pymaster has no HTTP router yet",
     ),
+)
+
+_EXPIRES = (
+    "`Expires` = {base} + SECONDS for a {what} matching REGEX (space-separated; first match wins)"
+)
+
+STATIC = _section(
+    "Static files (Python workers)",
     opt(
         "static-map",
         "list",
-        help="uWSGI's static file mapping",
+        help="serve PATH_INFO starting with MOUNT (a plain prefix) from DIR + the rest; DIR may "
+        "be a file. GET/HEAD only; anything not servable goes to the app",
         metavar="MOUNT=DIR",
-        refused="serve static files with nginx (`location /static { alias DIR; }`) or from the "
-        "app (whitenoise for Django)",
+    ),
+    opt(
+        "static-map2",
+        "list",
+        help="like --static-map, but the whole PATH_INFO is appended to DIR",
+        metavar="MOUNT=DIR",
+    ),
+    opt(
+        "check-static/static-check",
+        "list",
+        help="serve DIR + PATH_INFO when it is a file (tried before --static-map)",
+        metavar="DIR",
+    ),
+    opt(
+        "check-static-docroot",
+        "bool",
+        help="serve the request's DOCUMENT_ROOT + PATH_INFO when it is a file (tried last)",
+    ),
+    opt(
+        "static-index",
+        "list",
+        help="for a directory, the first of these names that is a file is served",
+        metavar="NAME",
+    ),
+    opt(
+        "static-skip-ext",
+        "list",
+        help="PATH_INFO or resolved file ending with EXT goes to the app",
+        metavar="EXT",
+    ),
+    opt(
+        "static-safe",
+        "list",
+        help="resolved paths under PREFIX are served even outside the mapping's directory",
+        metavar="PREFIX",
+    ),
+    opt(
+        "static-expires-type",
+        "list",
+        help="`Expires` = now + SECONDS for files of exactly this MIME type",
+        metavar="MIME=SECONDS",
+    ),
+    opt(
+        "static-expires-type-mtime",
+        "list",
+        help="`Expires` = mtime + SECONDS for files of exactly this MIME type",
+        metavar="MIME=SECONDS",
+    ),
+    opt(
+        "static-expires",
+        "list",
+        help=_EXPIRES.format(base="now", what="resolved filename"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-mtime",
+        "list",
+        help=_EXPIRES.format(base="mtime", what="resolved filename"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-uri",
+        "list",
+        help=_EXPIRES.format(base="now", what="REQUEST_URI"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-uri-mtime",
+        "list",
+        help=_EXPIRES.format(base="mtime", what="REQUEST_URI"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-path-info",
+        "list",
+        help=_EXPIRES.format(base="now", what="PATH_INFO"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-path-info-mtime",
+        "list",
+        help=_EXPIRES.format(base="mtime", what="PATH_INFO"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-gzip",
+        "list",
+        help="for files matching REGEX serve FILE.br / FILE.gz when Accept-Encoding has "
+        "br / gzip (Content-Encoding set, Content-Type of the original)",
+        metavar="REGEX",
+    ),
+    opt("static-gzip-all", "bool", help="--static-gzip for every static file"),
+    opt(
+        "static-gzip-dir/static-gzip-prefix",
+        "list",
+        help="--static-gzip for files whose path starts with PREFIX",
+        metavar="PREFIX",
+    ),
+    opt(
+        "static-gzip-ext/static-gzip-suffix",
+        "list",
+        help="--static-gzip for files whose path ends with SUFFIX",
+        metavar="SUFFIX",
+    ),
+    opt(
+        "honour-range",
+        "bool",
+        help="answer Range on static files (first range only, 206/416); off: Range is ignored",
+    ),
+    opt(
+        "mimefile/mime-file",
+        "list",
+        help="MIME table file(s) in mime.types format; /etc/mime.types only when none is given",
+        metavar="FILE",
+    ),
+    opt(
+        "file-serve-mode",
+        "str",
+        help="`x-sendfile` or `x-accel-redirect` (`nginx`): answer statics with that header "
+        "holding the path and no body; other values are ignored",
+        metavar="MODE",
+    ),
+    opt(
+        "offload-threads",
+        "int",
+        0,
+        "uWSGI's offload threads for static files",
+        inert="pymaster workers send static files themselves with sendfile()",
+    ),
+    opt(
+        "static-cache-paths",
+        "int",
+        0,
+        "uWSGI's cache of resolved static paths",
+        inert="static paths are resolved with realpath() on each request; nothing is cached",
     ),
 )
 
@@ -1106,6 +1248,7 @@ OPTIONS: list[Option] = (
     + SUBSCRIPTIONS
     + FASTROUTER
     + HTTP_ROUTER
+    + STATIC
     + DAEMONS
 )
 

@@ -48,6 +48,8 @@ ZERO_IS_ZERO = {
     "fastrouter-connect-timeout": "the connect is bounded by --fastrouter-timeout (uWSGI)",
     "http-timeout": "accepted, no effect",
     "http-processes": "accepted, no effect",
+    "offload-threads": "accepted, no effect",
+    "static-cache-paths": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
     "write-errors-tolerance": "no tolerance: the first write error ends the response",

@@ -57,8 +57,44 @@ NOT_HONOURED: dict[str, str] = {
 Every other worker option reaches it (tests/unit/test_psgi.py checks that each one does)."""
 
 
+PYTHON_ONLY_STATIC = (
+    "static-map",
+    "static-map2",
+    "check-static",
+    "check-static-docroot",
+    "static-index",
+    "static-skip-ext",
+    "static-safe",
+    "static-expires-type",
+    "static-expires-type-mtime",
+    "static-expires",
+    "static-expires-mtime",
+    "static-expires-uri",
+    "static-expires-uri-mtime",
+    "static-expires-path-info",
+    "static-expires-path-info-mtime",
+    "static-gzip",
+    "static-gzip-all",
+    "static-gzip-dir",
+    "static-gzip-ext",
+    "honour-range",
+    "mimefile",
+    "file-serve-mode",
+)
+"""Static file options the Python workers serve (pymaster/apps/static.py) and the Perl
+worker does not: refused at start for a PSGI app, so /static URLs never silently reach it."""
+
+
 def warn_unhonoured(cfg: Config) -> None:
-    """At start: one log line per option set by the user that PSGI workers do not honour."""
+    """At start: one log line per option set by the user that PSGI workers do not honour;
+    RuntimeError for a static file option (Python workers only)."""
+    for name in PYTHON_ONLY_STATIC:
+        if cfg.is_set(name):
+            raise RuntimeError(
+                f"--{name}: static files are served by pymaster's Python workers only; for a "
+                "PSGI app wrap it in Plack::Middleware::Static (`enable 'Static', path => "
+                "qr{^/static/}, root => 'DIR'` in app.psgi)"
+            )
     for name, instead in NOT_HONOURED.items():
         if cfg.is_set(name):
             log(f"option --{name} is not honoured by PSGI workers: {instead}")
