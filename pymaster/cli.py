@@ -184,7 +184,8 @@ def _apply_environment(cfg: Config) -> None:
 
 def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
     """(kind, address) of every socket the master binds: the workers' and the routers'."""
-    specs = [("uwsgi", s) for s in cfg.socket]
+    kind = "uwsgi" if cfg.protocol == "uwsgi" else "http"  # --protocol: the -s sockets'
+    specs = [(kind, s) for s in cfg.socket]
     specs += [("http", s) for s in cfg.http_socket + cfg.http11_socket]
     if cfg.fastrouter:
         specs += [("fastrouter", s) for s in cfg.fastrouter]
@@ -269,6 +270,11 @@ def _prepare(cfg: Config) -> bool:
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
         app_configured and "LISTEN_FDS" in os.environ
     )
+    if cfg.psgi and cfg.py_autoreload:
+        log(
+            "option --py-autoreload watches Python modules: PSGI workers are not watched "
+            "(reload with SIGHUP or --touch-reload)"
+        )
     if not cfg.fastrouter:
         for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
             if cfg.is_set(name):
@@ -419,6 +425,10 @@ def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
                 scoreboard.fd,
                 master_pid,
             )
+        if cfg.py_autoreload:
+            from pymaster.workers.wsgi import autoreload
+
+            autoreload.start(cfg.py_autoreload, master_pid, child.number)
         Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
 
     return target

@@ -35,6 +35,7 @@ class Options:
     max_idle_connections: int = 0
     max_vars: int = 64
     thunder_lock: bool = False
+    protocol: str = "uwsgi"
     http11_socket: list[str] = field(default_factory=list)
     chown_socket: str | None = None
     close_on_exec: bool = False
@@ -59,6 +60,7 @@ class Options:
     mount: list[str] = field(default_factory=list)
     manage_script_name: bool = False
     no_default_app: bool = False
+    py_autoreload: int = 0
     spooler: list[str] = field(default_factory=list)
     cache2: list[str] = field(default_factory=list)
     wsgi_env_behaviour: str | None = None
@@ -186,6 +188,7 @@ class Options:
     http: list[str] = field(default_factory=list)
     http_to: list[str] = field(default_factory=list)
     http_timeout: int = 60
+    http_auto_chunked: bool = False
     http_processes: int = 1
     static_map: list[str] = field(default_factory=list)
     static_map2: list[str] = field(default_factory=list)

@@ -196,6 +196,13 @@ SOCKETS = _section(
         inert="workers wait on the listeners with EPOLLEXCLUSIVE: one wakes per connection",
     ),
     opt(
+        "protocol/socket-protocol",
+        "str",
+        "uwsgi",
+        "protocol of the -s/--socket sockets: `uwsgi`, or `http`/`http11` (as --http-socket)",
+        choices=("uwsgi", "http", "http11"),
+    ),
+    opt(
         "http11-socket",
         "list",
         help="bind an HTTP/1.1 socket served by the workers (the same as --http-socket, which "
@@ -283,6 +290,14 @@ APPLICATIONS = _section(
         "no-default-app",
         "bool",
         help="a request no mountpoint matches gets a 500 instead of the first app",
+    ),
+    opt(
+        "py-autoreload/python-autoreload",
+        "int",
+        0,
+        "check the loaded modules' files every N seconds and gracefully reload the whole "
+        "instance when one changed (development only; 0 = off)",
+        force_master=True,
     ),
     opt(
         "spooler",
@@ -961,6 +976,12 @@ HTTP_ROUTER = _section(
         60,
         "uWSGI's HTTP router timeout",
         inert="pymaster has no HTTP router yet",
+    ),
+    opt(
+        "http-auto-chunked",
+        "bool",
+        help="uWSGI's HTTP router chunks responses without a length",
+        inert="pymaster has no HTTP router yet; --http-socket already chunks such responses",
     ),
     opt(
         "http-processes/http-workers",

@@ -139,3 +139,42 @@ def test_refused_option_says_what_to_use_instead(tmp_path):
     assert pm.wait(10) == 1
     assert ("--http: uWSGI's HTTP router is not part of pymaster; put nginx") in pm.log()
     pm.stop()
+
+
+def test_protocol_http_makes_the_socket_an_http_socket(tmp_path):
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--protocol", "http", "--wsgi-file", APP],
+                  tmp_path):
+        wait_port(port)
+        raw = exchange(port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_py_autoreload_reloads_the_instance_when_a_module_changes(tmp_path):
+    import time
+
+    mod = tmp_path / "reloadmod.py"
+    mod.write_text("VALUE = b'one'\n")
+    app = tmp_path / "app.py"
+    app.write_text("import reloadmod\n"
+                   "def application(e, s):\n    s('200 OK', [])\n    return [reloadmod.VALUE]\n")
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", app, "--pythonpath", tmp_path,
+                   "-M", "-p", "2", "--py-autoreload", "1"], tmp_path) as pm:
+        wait_port(port)
+        assert uwsgi_get(port, "/").endswith(b"one")
+        pm.wait_log(r"Python auto-reloader enabled")
+        time.sleep(1.5)  # the baseline scan has run
+        mod.write_text("VALUE = b'two'\n")
+        os.utime(mod, (time.time() + 5, time.time() + 5))
+        pm.wait_log(rf"\[uwsgi-python-reloader\] module/file {mod} has been modified", timeout=10)
+        pm.wait_log(r"gracefully \(RE\)spawned pymaster master process", timeout=15)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if uwsgi_get(port, "/").endswith(b"two"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert uwsgi_get(port, "/").endswith(b"two")

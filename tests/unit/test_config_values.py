@@ -39,6 +39,7 @@ ZERO_IS_ZERO = {
     "cheaper": "off",
     "cheaper-initial": "none at first",
     "log-slow": "off",
+    "py-autoreload": "off",
     "max-fd": "unset: the inherited limit",
     "cheaper-overload": "react on the first tick (uWSGI divides by it)",
     "subscription-tolerance": "expire at the next check",

@@ -98,7 +98,7 @@ def test_list_options_accumulate_in_order():
     (["--proceses", "4"], "unknown option '--proceses' (did you mean '--processes'?)"),
     (["--proceses=4"], "unknown option '--proceses' (did you mean '--processes'?)"),
     (["-Z"], "unknown option '-Z'"),
-    (["--proc", "2"], "unknown option '--proc' (did you mean '--procname'?)"),  # no abbrev
+    (["--procnam", "2"], "unknown option '--procnam' (did you mean '--procname'?)"),  # no abbrev
     (["--processes", "abc"], "option '--processes' expects an integer, got 'abc'"),
     (["--processes", "1_0"], "option '--processes' expects an integer, got '1_0'"),
     (["--harakiri", "-2"], "option '--harakiri' must be >= 0, got '-2'"),
