@@ -49,6 +49,7 @@ ZERO_IS_ZERO = {
     "http-processes": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
+    "thread-stacksize": "the default stack size",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
@@ -58,6 +59,7 @@ ZERO_IS_DEFAULT = {
     "cheaper-busyness-min": 25,  # plugins/cheaper_busyness/cheaper_busyness.c:375
     "fastrouter-timeout": 60,  # plugins/corerouter/corerouter.c:719
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
+    "threads": 1,  # core/init.c:105,472 (cores stay 1 unless threads > 1)
 }
 # Where 0 cannot work (uWSGI divides by it, or nothing could ever be served).
 ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq", "header-timeout"}

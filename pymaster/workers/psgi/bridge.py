@@ -39,11 +39,14 @@ VIA_RECYCLING = ("max-requests", "max-requests-delta", "min-worker-lifetime", "r
 """Folded by the master into PYMASTER_RECYCLE_* (workers/contract.Recycling)."""
 BY_THE_MASTER = ("harakiri",)
 """Enforced by the master, from the worker's scoreboard slot."""
-NOT_HONOURED: dict[str, str] = {}
+NOT_HONOURED: dict[str, str] = {
+    "threads": "PSGI workers are single-threaded: use more processes",
+    "thread-stacksize": "PSGI workers are single-threaded: use more processes",
+}
 """Worker options the Perl worker cannot honour, with what to use instead; the master logs
 `option --X is not honoured by PSGI workers: <instead>` at start for each one the user set.
-Empty: the Perl worker honours every worker option (tests/unit/test_psgi.py checks that each
-one reaches it)."""
+Every other worker option reaches the Perl worker (tests/unit/test_psgi.py checks that each
+one does)."""
 
 
 def warn_unhonoured(cfg: Config) -> None:
