@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,9 @@ from pymaster.workers import scoreboard as sb
 
 if TYPE_CHECKING:
     from pymaster.master.arbiter import Arbiter
+
+
+HARAKIRI_DUMP_WAIT = 0.1  # seconds a threaded worker gets to write its stacks before SIGKILL
 
 
 def harakiri(arbiter: Arbiter, now: float) -> None:
@@ -52,6 +56,9 @@ def harakiri(arbiter: Arbiter, now: float) -> None:
             if core["req_start"]:
                 log(f"HARAKIRI [core {k}] {core['request']} since {int(core['req_start'])}")
         log(f"HARAKIRI !!! end of worker {child.number} status !!!")
+        if arbiter.scoreboard.cores > 1:  # several requests: show where each thread is
+            arbiter.kill(child.pid, signal.SIGUSR2)  # faulthandler: every thread's stack
+            time.sleep(HARAKIRI_DUMP_WAIT)
         arbiter.harakiri_pids.add(child.pid)
         arbiter.kill(child.pid, signal.SIGKILL)
 

@@ -117,6 +117,8 @@ def test_harakiri_names_the_slow_request_and_spares_nothing_else(tmp_path):
         pm.wait_log(r"HARAKIRI \[core \d\] 127\.0\.0\.1 - GET /sleep\?10 since \d+|"
                     r"HARAKIRI \[core \d\] GET /sleep\?10 since \d+", timeout=10)
         pm.wait_log(r"HARAKIRI !!! end of worker 1 status !!!")
+        pm.wait_log(r'File ".*app\.py", line \d+ in application')  # the threads' stacks
+        assert "HARAKIRI [core" in pm.log() and pm.log().count("GET /hello") >= 5
         try:
             slow.join(10)
         except OSError:
