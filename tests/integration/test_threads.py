@@ -14,7 +14,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.client import http_get
+from tests.client import http_get, uwsgi_get
 from tests.pm import Background, Pymaster, free_port, wait_port
 
 APP = r'''
@@ -43,6 +43,8 @@ def application(environ, start_response):
         local.request = query
         time.sleep(0.2)  # other requests run on other threads meanwhile
         body = f"{query}={getattr(local, 'request', None)}".encode()
+    elif path == "/echo":
+        body = environ["wsgi.input"].read()
     else:
         body = b"hello"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -209,3 +211,21 @@ def test_thread_stacksize_is_applied(tmp_path):
     with start(tmp_path, "--thread-stacksize", "512", threads=2) as pm:
         pm.wait_log(r"threads stack size set to 512k")
         assert get(pm.port, "/hello").body == b"hello"
+
+
+def test_uwsgi_socket_and_request_bodies_on_threads(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    port = free_port()
+    with Pymaster(["-s", f"127.0.0.1:{port}", "--wsgi-file", app, "-M", "-p", "1",
+                   "--threads", "3"], tmp_path) as pm:
+        wait_port(port)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(4) as ex:
+            slow = [ex.submit(uwsgi_get, port, "/sleep", QUERY_STRING="1") for _ in range(2)]
+            posted = ex.submit(uwsgi_get, port, "/echo", "POST", b"x" * 300000)
+            assert posted.result(10).endswith(b"x" * 300000)
+            assert time.monotonic() - t0 < 0.9  # not behind the sleeping requests
+            assert all(f.result(10).endswith(b"slept") for f in slow)
+        assert time.monotonic() - t0 < 1.8
+        pm.wait_log(r"POST /echo => generated 300000 bytes")
