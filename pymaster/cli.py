@@ -21,7 +21,16 @@ from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
 from pymaster.log import log
-from pymaster.master import logmaster, privileges, reloadcheck, sockets, vacuum
+from pymaster.master import (
+    cron,
+    daemons,
+    hooks,
+    logmaster,
+    privileges,
+    reloadcheck,
+    sockets,
+    vacuum,
+)
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
 from pymaster.protocols.address import AddressError
@@ -147,6 +156,18 @@ def _check_unsupported(cfg: Config) -> None:
             )
 
 
+def _check_routes(cfg: Config) -> None:
+    """--route/--route-uri/--route-host: refused unless pymaster has the action; dumped."""
+    from pymaster.workers import routes
+
+    try:
+        rules = routes.parse(cfg)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    for line in routes.table_lines(rules):
+        log(line)
+
+
 def _apply_environment(cfg: Config) -> None:
     for item in cfg.env:
         key, sep, value = item.partition("=")
@@ -221,6 +242,20 @@ def _prepare(cfg: Config) -> bool:
     """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
     sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
+    if not cfg.psgi:
+        from pymaster.apps import static
+
+        try:
+            static.announce(cfg)
+        except static.StaticConfigError as exc:
+            raise StartupError(str(exc)) from None
+    try:
+        daemons.configured(cfg)
+        cron.configured(cfg)
+        hooks.check(cfg)
+    except (daemons.DaemonError, cron.CronError, hooks.HookError) as exc:
+        raise StartupError(str(exc)) from None
+    _check_routes(cfg)
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)
@@ -295,6 +330,7 @@ def run(cfg: Config) -> int:
     )
     for path in cfg.ini_files:
         log(f"[pymaster] getting INI configuration from {path}")
+    _hooks(cfg, "asap")
     start_cwd = os.getcwd()
     if not cfg.honour_stdin and not reloaded:
         _stdin_to_devnull()
@@ -313,10 +349,13 @@ def run(cfg: Config) -> int:
         log(f"writing pidfile to {cfg.pidfile}")
         with open(cfg.pidfile, "w") as fh:
             fh.write(f"{os.getpid()}\n")
+    _hooks(cfg, "as root")
     privileges.drop(cfg.uid, cfg.gid)
+    _hooks(cfg, "as user")
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None
     processes = cfg.processes if has_app else 0
+    _hooks(cfg, "pre app")
     try:
         if has_app and not (cfg.lazy_apps or cfg.lazy):
             app = _load_app(cfg)
@@ -332,6 +371,7 @@ def run(cfg: Config) -> int:
             "fifo r) ***"
         )
         processes = 0
+    _hooks(cfg, "post app")
     scoreboard = Scoreboard(
         max(MIN_SLOTS, (cfg.processes if has_app else 0) * 2), worker_cores(cfg)
     )
@@ -355,6 +395,16 @@ def operational_mode(cfg: Config, processes: int) -> str:
     else:
         mode = "no-workers"
     return f"*** Operational MODE: {mode} ***"
+
+
+def _hooks(cfg: Config, phase: str) -> None:
+    """Run the hooks of a start-up phase; a failing one stops the start (exit 1)."""
+    try:
+        if phase == "asap":
+            hooks.check(cfg)
+        hooks.run(cfg, phase)
+    except hooks.HookError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
@@ -428,6 +478,9 @@ def _run_master(
     from pymaster.master import gateways
 
     gateways.attach(arbiter, cfg, listeners)
+    daemons.attach(arbiter, cfg)
+    cron.attach(arbiter, cfg)
+    hooks.attach(arbiter, cfg)
     _attach_control(arbiter, cfg)
     try:
         code = arbiter.run()

@@ -19,6 +19,7 @@ DEB_PACKAGES=(
     python3-jinja2  # uWSGI's python3 plugin embeds Debian's python3, not the venv: app.wsgi needs jinja2 there
     libplack-perl libtext-xslate-perl libfile-map-perl starman
     wrk procps curl ca-certificates python3-venv
+    media-types  # /etc/mime.types: the static files' MIME table (pymaster/apps/static.py)
     iproute2  # `ip netns` for tests/integration/test_netns.py (a backend host lost)
 )
 

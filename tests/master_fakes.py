@@ -138,6 +138,7 @@ def make_arbiter(*options: str, processes: int | None = None, start: bool = True
         for child in arbiter.slots:
             if not child.cheaped:
                 arbiter.spawn(child)
+        arbiter.cheaper.start(system.now)  # as run() does once the workers are spawned
     return arbiter, system
 
 
@@ -182,7 +183,9 @@ def lines(capfd) -> list[str]:
 SIGHUP, SIGINT, SIGKILL, SIGTERM = signal.SIGHUP, signal.SIGINT, signal.SIGKILL, signal.SIGTERM
 
 
-def finish_check(arbiter: Arbiter, system: FakeSystem, status: int = 0, output: bytes = b"") -> None:
+def finish_check(
+    arbiter: Arbiter, system: FakeSystem, status: int = 0, output: bytes = b""
+) -> None:
     """The running reload check writes `output`, exits with `status`; one loop pass."""
     check = arbiter.reload_check
     assert check is not None, "no reload check is running"

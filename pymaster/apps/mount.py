@@ -62,6 +62,11 @@ class Mounts:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]):
         if self.manage_script_name:
             self.rewrite(environ)
+        return self.dispatch(environ, start_response)
+
+    def dispatch(self, environ: dict[str, Any], start_response: Callable[..., Any]):
+        """The app for the (already rewritten) request; the static layer calls this after
+        doing the rewrite itself, as uWSGI serves statics between the two."""
         key = environ.get("UWSGI_APPID") or environ.get("SCRIPT_NAME", "")
         app = self.by_mountpoint.get(key, self.default)
         if app is None:

@@ -8,6 +8,7 @@ How the head is framed (raw uwsgi answer or HTTP/1.1 keep-alive) is the `framing
 
 from __future__ import annotations
 
+import errno
 import glob
 import importlib
 import importlib.machinery
@@ -19,10 +20,11 @@ import stat
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from pymaster import log as _log
-from pymaster.apps import mount
+from pymaster.apps import mount, static
 from pymaster.config import Config
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -36,6 +38,63 @@ class AppLoadError(Exception):
 
 class WsgiError(Exception):
     """The app broke the WSGI contract (bad status, header, or call order)."""
+
+
+class WriteError(OSError):
+    """uWSGI's `OSError: write error`: the client is gone. Raised into the app's write()
+    (unless --disable-write-exception); ends the iteration of the app's body."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EIO, "write error")
+
+    def __str__(self) -> str:
+        return "write error"
+
+
+@dataclass(frozen=True, slots=True)
+class Responses:
+    """How every response is written: the write-error options (`ignore-sigpipe`,
+    `ignore-write-errors`, `disable-write-exception`, `write-errors-exception-only`,
+    `write-errors-tolerance`). Set once per process by `configure()` (from `load_app`)."""
+
+    sigpipe_line: bool = True  # log uWSGI's SIGPIPE line on EPIPE
+    error_line: bool = True  # log the `uwsgi_response_write_body_do(): ...` line
+    exception: bool = True  # raise/log `OSError: write error`
+    exception_only: bool = False  # raise at the first error, whatever the tolerance
+    tolerance: int = 0  # write errors allowed before the response is given up
+    extra_headers: tuple[tuple[str, str], ...] = ()  # --add-header, after the app's
+    file_wrapper: bool = True  # wsgi.file_wrapper in the environ
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Responses:
+        only = cfg.write_errors_exception_only
+        return cls(
+            sigpipe_line=not (cfg.ignore_sigpipe or only),
+            error_line=not (cfg.ignore_write_errors or only),
+            exception=not cfg.disable_write_exception,
+            exception_only=only,
+            tolerance=cfg.write_errors_tolerance,
+            extra_headers=tuple(split_header(h) for h in cfg.add_header),
+            file_wrapper=not cfg.wsgi_disable_file_wrapper,
+        )
+
+
+def split_header(text: str) -> tuple[str, str]:
+    """`Name: value` (--add-header) as a header pair; ValueError naming a malformed one."""
+    name, colon, value = text.partition(":")
+    name = name.strip()
+    if not colon or not _TOKEN.match(name.encode("latin-1", "replace")) or _BAD_VALUE.search(value):
+        raise ValueError(f"--add-header '{text}': expected `Name: value`")
+    return name, value.strip()
+
+
+RESPONSES = Responses()
+
+
+def configure(cfg: Config) -> None:
+    """The response options of `cfg` for every later `Call` in this process."""
+    global RESPONSES
+    RESPONSES = Responses.from_config(cfg)
 
 
 def _load_file(path: str):
@@ -68,8 +127,19 @@ def _use_virtualenv(home: str) -> None:
 
 
 def load_app(cfg: Config):
-    """Import and return the WSGI callable (a `Mounts` dispatcher when `--mount` is given);
-    AppLoadError with the cause on any failure."""
+    """Import and return the WSGI callable (a `Mounts` dispatcher when `--mount` is given,
+    inside a `static.Static` layer when a static option is set); AppLoadError with the cause
+    on any failure."""
+    app = _load_apps(cfg)
+    if static.any_set(cfg):
+        try:
+            return static.Static(app, cfg)
+        except static.StaticConfigError as exc:
+            raise AppLoadError(str(exc)) from None
+    return app
+
+
+def _load_apps(cfg: Config):
     if cfg.home:
         _use_virtualenv(cfg.home)
     for path in reversed(cfg.pythonpath):
@@ -81,6 +151,10 @@ def load_app(cfg: Config):
         raise AppLoadError(
             "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
         )
+    try:
+        configure(cfg)
+    except ValueError as exc:
+        raise AppLoadError(str(exc)) from None
     start = time.time()
     main = load_target(target, callable_name, bool(cfg.wsgi_file)) if target else None
     if not cfg.mount:
@@ -227,6 +301,10 @@ class Call:
         "header_count",
         "declared",
         "timeout",
+        "opts",
+        "environ",
+        "write_errors",
+        "gone",
     )
 
     def __init__(self, sock, framing, method: str, timeout: float = 4.0):
@@ -241,6 +319,10 @@ class Call:
         self.header_count = 0
         self.declared: int | None = None  # the app's own Content-Length, enforced
         self.timeout = timeout
+        self.opts = RESPONSES
+        self.environ: dict = {}
+        self.write_errors = 0
+        self.gone = False  # the response was given up: nothing more is sent
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -273,13 +355,27 @@ class Call:
         if code in (204, 304) or code < 200:
             length = None
             self.no_body = True
-        head = self.framing.head(self.status, self.headers, length, self.no_body)
+        headers = self.headers
+        if self.opts.extra_headers:
+            headers = headers + list(self.opts.extra_headers)
+        head = self.framing.head(self.status, headers, length, self.no_body)
         self.head_sent = True
         self.head_bytes = len(head)
-        self.header_count = len(self.headers)
+        self.header_count = len(headers)
         return head
 
     def write(self, data):
+        """The app's write() callable: `OSError: write error` is raised into the app when
+        the client is gone (unless --disable-write-exception)."""
+        try:
+            if self.gone:
+                raise WriteError()
+            self._write(data)
+        except WriteError:
+            if self.opts.exception:
+                raise
+
+    def _write(self, data):
         if type(data) not in (bytes, bytearray, memoryview):
             raise WsgiError(f"write() takes bytes, got {type(data).__name__}")
         out = b"" if self.head_sent else self._head(None)
@@ -288,12 +384,68 @@ class Call:
                 data = data[: self.declared - self.tx]  # never more than the app announced
             if data:
                 out += self.framing.chunk(data)
-                self.tx += len(data)
+                if self._send(out):
+                    self.tx += len(data)
+                return
         if out:
-            self.sock.sendall(out)
+            self._send(out)
+
+    def _send(self, data) -> bool:
+        """sendall(); on a write error, uWSGI's lines and WriteError once the errors are over
+        the tolerance (False when the error is tolerated: the bytes are lost)."""
+        if self.gone:
+            return False
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError as exc:
+            self._write_failed(exc)
+            return False
+
+    def _write_failed(self, exc: OSError, what: str = "uwsgi_response_write_body_do") -> None:
+        opts = self.opts
+        self.write_errors += 1
+        self._no_reuse()
+        env = self.environ
+        uri = env.get("REQUEST_URI") or env.get("PATH_INFO", "")
+        addr = env.get("REMOTE_ADDR", "")
+        if opts.sigpipe_line and exc.errno == errno.EPIPE:  # SIGPIPE in uWSGI
+            _log.log_verbose(
+                "SIGPIPE: writing to a closed pipe/socket/fd (probably the client "
+                f"disconnected) on request {uri} (ip {addr}) !!!"
+            )
+        if opts.error_line:
+            if isinstance(exc, TimeoutError) or exc.errno in (errno.EAGAIN, errno.ETIMEDOUT):
+                reason = f"{what}() TIMEOUT !!!"
+            else:
+                reason = f"{what}(): {exc.strerror or exc}"
+            _log.log_verbose(f"{reason} during {env.get('REQUEST_METHOD', '')} {uri} ({addr})")
+        if opts.exception_only or self.write_errors > opts.tolerance:
+            self.gone = True
+            raise WriteError()
+
+    def _no_reuse(self) -> None:
+        try:
+            self.framing.keep_alive = False
+        except AttributeError:  # raw uwsgi framing: the connection closes anyway
+            pass
 
     def run(self, app, environ) -> int:
-        """Run the app and send everything; returns the status code."""
+        """Run the app and send everything; returns the status code. A client gone
+        mid-response ends it here (logged as uWSGI does), not as the app's failure."""
+        self.environ = environ
+        if not self.opts.file_wrapper:
+            environ.pop("wsgi.file_wrapper", None)
+        try:
+            return self._run(app, environ)
+        except WriteError:
+            if not self.write_errors:  # the app's own, not ours
+                raise
+            if self.opts.exception:
+                _log.log("OSError: write error")
+            return self._status_code()
+
+    def _run(self, app, environ) -> int:
         result = app(environ, self.start_response)
         try:
             if isinstance(result, FileWrapper) and not self.head_sent:
@@ -306,15 +458,15 @@ class Call:
                 return self._status_code()
             for data in result:
                 if data or self.head_sent:  # no head before the first non-empty chunk
-                    self.write(data)
+                    self._write(data)
                 elif type(data) not in (bytes, bytearray):
                     raise WsgiError(f"the app's body must yield bytes, got {type(data).__name__}")
             if not self.head_sent:  # an empty body (HEAD: length unknown)
-                self.sock.sendall(self._head(None if self.no_body else 0))
+                self._send(self._head(None if self.no_body else 0))
             elif not self.no_body:
                 tail = self.framing.finish()
                 if tail:
-                    self.sock.sendall(tail)
+                    self._send(tail)
             self._check_length()
         finally:
             close = getattr(result, "close", None)
@@ -325,7 +477,7 @@ class Call:
     def _check_length(self) -> None:
         """An app that sent less than its Content-Length: the connection cannot be reused."""
         if self.declared is not None and self.tx < self.declared and not self.no_body:
-            self.framing.keep_alive = False
+            self._no_reuse()
 
     def _send_list(self, chunks):
         for data in chunks:
@@ -337,21 +489,22 @@ class Call:
         out = self._head(len(body))
         if not self.no_body:
             out += body
+        if self._send(out) and not self.no_body:
             self.tx = len(body)
-        self.sock.sendall(out)
         self._check_length()
 
     def _send_file(self, span):
         fd, offset, count = span
         if self.declared is not None:
             count = min(count, self.declared)
-        self.sock.sendall(self._head(count))
-        if self.no_body or not count:
+        if not self._send(self._head(count)) or self.no_body or not count:
             return
         self.sock.settimeout(self.timeout)  # sendfile() waits on EAGAIN: bound it
         try:
             with os.fdopen(os.dup(fd), "rb") as f:
                 self.tx = self.sock.sendfile(f, offset, count)
+        except OSError as exc:
+            self._write_failed(exc, "uwsgi_response_sendfile_do")
         finally:
             self.sock.settimeout(None)
         self._check_length()

@@ -71,6 +71,29 @@ LOGIC = frozenset(
     }
 )  # fmt: skip
 LOGIC_END = frozenset({"end", "endif", "end-if", "endfor", "end-for"})
+LOGIC_HELP = {
+    "if-env": "keys up to endif only if environment variable NAME is set (`NAME=VALUE`: to VALUE)",
+    "if-not-env": "keys up to endif only if NAME is not set (or not to VALUE)",
+    "if-exists": "keys up to endif only if PATH exists (`%(_)` is the path)",
+    "if-not-exists": "keys up to endif only if PATH does not exist",
+    "if-file": "keys up to endif only if PATH is a file",
+    "if-not-file": "keys up to endif only if PATH is not a file",
+    "if-dir": "keys up to endif only if PATH is a directory",
+    "if-not-dir": "keys up to endif only if PATH is not a directory",
+    "if-opt": "keys up to endif only if option KEY was given before (`KEY=VALUE`: with VALUE)",
+    "if-not-opt": "keys up to endif only if option KEY was not given before",
+    "if-reload": "keys up to endif only in a reloaded master",
+    "if-not-reload": "keys up to endif only at the first start",
+    "if-hostname": "keys up to endif only on host NAME",
+    "if-not-hostname": "keys up to endif only on other hosts than NAME",
+    "else": "keys up to endif only if the previous condition failed",
+    "for": "repeat the keys up to endfor once per space-separated item (`%(_)`)",
+    "for-glob": "repeat the keys up to endfor once per path matching PATTERN",
+    "for-times": "repeat the keys up to endfor N times (`%(_)` = 1..N)",
+    "for-readline": "repeat the keys up to endfor once per line of FILE",
+    "endif": "close an if-* or else block (also end, end-if)",
+    "endfor": "close a for* block (also end, end-for)",
+}
 CURRENT = "%(_)"
 
 
@@ -240,6 +263,15 @@ class _Record(argparse.Action):
         namespace.collector.add_option(self.option, value, COMMAND_LINE)
 
 
+class _Logic(argparse.Action):
+    """An option-logic key on the command line: the same path as in an INI file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key = (option_string or "").lstrip("-")
+        value = values if isinstance(values, str) else None  # nargs=0 gives []
+        namespace.collector.add_key(key, value, COMMAND_LINE)
+
+
 def _nargs(option: Option):
     if option.optional:
         return "?"
@@ -258,6 +290,15 @@ def _parser() -> configargparse.ArgumentParser:
             option=option,
             nargs=_nargs(option),
             dest=option.attr,
+            default=argparse.SUPPRESS,
+        )
+    takes_no_value = LOGIC_END | {"if-reload", "if-not-reload", "else"}
+    for key in sorted(LOGIC | LOGIC_END):
+        parser.add_argument(
+            f"--{key}",
+            action=_Logic,
+            nargs=0 if key in takes_no_value else None,
+            dest="logic_" + key,
             default=argparse.SUPPRESS,
         )
     return parser

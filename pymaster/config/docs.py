@@ -144,11 +144,18 @@ def _help_entry(option: Option) -> str:
 
 
 def format_help() -> str:
-    """The `pymaster --help` text, grouped by section."""
+    """The `pymaster --help` text, grouped by section; then uWSGI's option logic."""
+    from pymaster.config.collect import LOGIC_HELP
+
     parts = [USAGE]
     for section, options in groupby(OPTIONS, key=lambda o: o.section):
         parts.append(f"\n{section}:")
         parts.extend(_help_entry(option) for option in options)
+    parts.append("\nOption logic (INI files, UWSGI_* variables and the command line):")
+    for key, text in LOGIC_HELP.items():
+        bare = key.startswith(("end", "else")) or key.endswith("reload")
+        left = f"  --{key}{'' if bare else ' VALUE'}".ljust(HELP_COLUMN)
+        parts.append(left + text)
     return "\n".join(parts)
 
 

@@ -67,6 +67,16 @@ class Options:
     wsgi_env_behaviour: str | None = None
     umask: str | None = None
     honour_stdin: bool = False
+    wsgi_disable_file_wrapper: bool = False
+    route: list[str] = field(default_factory=list)
+    route_uri: list[str] = field(default_factory=list)
+    route_host: list[str] = field(default_factory=list)
+    add_header: list[str] = field(default_factory=list)
+    ignore_sigpipe: bool = False
+    ignore_write_errors: bool = False
+    disable_write_exception: bool = False
+    write_errors_exception_only: bool = False
+    write_errors_tolerance: int = 0
     master: bool = False
     processes: int = 1
     pidfile: str | None = None
@@ -81,12 +91,13 @@ class Options:
     max_worker_lifetime: int = 0
     max_worker_lifetime_delta: int = 0
     worker_reload_mercy: int = 60
-    reload_mercy: int | None = None
+    reload_mercy: int = 3
     no_orphans: bool = False
     harakiri_verbose: bool = False
     max_fd: int | None = None
     ksm: str | None = None
     reload_on_rss: int = 0
+    reload_on_as: int = 0
     evil_reload_on_rss: int = 0
     forkbomb_delay: int = 2
     check_interval: int = 1
@@ -103,6 +114,13 @@ class Options:
     cheaper_algo: str = "spare"
     cheaper_busyness_max: int = 50
     cheaper_busyness_min: int = 25
+    cheaper_busyness_multiplier: int = 10
+    cheaper_busyness_penalty: int = 2
+    cheaper_busyness_verbose: bool = False
+    cheaper_busyness_backlog_alert: int = 33
+    cheaper_busyness_backlog_multiplier: int = 3
+    cheaper_busyness_backlog_step: int = 1
+    cheaper_busyness_backlog_nonzero: int = 60
     disable_logging: bool = False
     logto: str | None = None
     log_micros: bool = False
@@ -173,3 +191,43 @@ class Options:
     http_timeout: int = 60
     http_processes: int = 1
     static_map: list[str] = field(default_factory=list)
+    static_map2: list[str] = field(default_factory=list)
+    check_static: list[str] = field(default_factory=list)
+    check_static_docroot: bool = False
+    static_index: list[str] = field(default_factory=list)
+    static_skip_ext: list[str] = field(default_factory=list)
+    static_safe: list[str] = field(default_factory=list)
+    static_expires_type: list[str] = field(default_factory=list)
+    static_expires_type_mtime: list[str] = field(default_factory=list)
+    static_expires: list[str] = field(default_factory=list)
+    static_expires_mtime: list[str] = field(default_factory=list)
+    static_expires_uri: list[str] = field(default_factory=list)
+    static_expires_uri_mtime: list[str] = field(default_factory=list)
+    static_expires_path_info: list[str] = field(default_factory=list)
+    static_expires_path_info_mtime: list[str] = field(default_factory=list)
+    static_gzip: list[str] = field(default_factory=list)
+    static_gzip_all: bool = False
+    static_gzip_dir: list[str] = field(default_factory=list)
+    static_gzip_ext: list[str] = field(default_factory=list)
+    honour_range: bool = False
+    mimefile: list[str] = field(default_factory=list)
+    file_serve_mode: str | None = None
+    offload_threads: int = 0
+    static_cache_paths: int = 0
+    attach_daemon: list[str] = field(default_factory=list)
+    attach_control_daemon: list[str] = field(default_factory=list)
+    attach_daemon2: list[str] = field(default_factory=list)
+    smart_attach_daemon: list[str] = field(default_factory=list)
+    smart_attach_daemon2: list[str] = field(default_factory=list)
+    daemons_honour_stdin: bool = False
+    cron: list[str] = field(default_factory=list)
+    unique_cron: list[str] = field(default_factory=list)
+    cron2: list[str] = field(default_factory=list)
+    hook_asap: list[str] = field(default_factory=list)
+    hook_as_root: list[str] = field(default_factory=list)
+    hook_as_user: list[str] = field(default_factory=list)
+    hook_pre_app: list[str] = field(default_factory=list)
+    hook_post_app: list[str] = field(default_factory=list)
+    hook_master_start: list[str] = field(default_factory=list)
+    hook_accepting: list[str] = field(default_factory=list)
+    cron_harakiri: int = 0

@@ -88,6 +88,8 @@ def _in_range(entry: Entry, number: int, text: str) -> int:
 
 def _to_size(entry: Entry, text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
+    if not match and entry.origin != COMMAND_LINE:
+        return _in_range(entry, _atoi(entry, text), text)  # uWSGI reads sizes with atoi too
     if not match:
         raise ConfigError(
             f"option '{_option(entry).flag}' expects a size in bytes "

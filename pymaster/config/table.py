@@ -346,6 +346,81 @@ APPLICATIONS = _section(
     ),
 )
 
+RESPONSES = _section(
+    "Responses",
+    opt(
+        "wsgi-disable-file-wrapper",
+        "bool",
+        help="no `wsgi.file_wrapper` in the WSGI environ (apps then send files by iterating)",
+    ),
+    opt(
+        "route",
+        "list",
+        help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "
+        "action `donotlog:` (no request log line for a matching request, e.g. "
+        "`route = ^/healthz$ donotlog:`); any other action is refused at start (use nginx)",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "route-uri",
+        "list",
+        help="as --route, on REQUEST_URI",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "route-host",
+        "list",
+        help="as --route, on HTTP_HOST",
+        metavar="RULE",
+        worker=True,
+    ),
+    opt(
+        "add-header",
+        "list",
+        help="add a header to every response, `Name: value` (repeatable; after the app's own)",
+        metavar="HEADER",
+        worker=True,
+    ),
+    opt(
+        "ignore-sigpipe",
+        "bool",
+        help="do not log uWSGI's `SIGPIPE: writing to a closed pipe/socket/fd (probably the "
+        "client disconnected) on request URI (ip ADDR) !!!` when a client is gone mid-response",
+        worker=True,
+    ),
+    opt(
+        "ignore-write-errors",
+        "bool",
+        help="do not log `uwsgi_response_write_body_do(): ERROR during METHOD URI (ADDR)` when "
+        "a write to the client fails",
+        worker=True,
+    ),
+    opt(
+        "disable-write-exception",
+        "bool",
+        help="on a write error, raise no `OSError: write error` into the app's write() and log "
+        "none when the body iteration ends (the app just runs on; its output is lost)",
+        worker=True,
+    ),
+    opt(
+        "write-errors-exception-only",
+        "bool",
+        help="on a write error, log nothing but raise `OSError: write error` (PSGI: die) into "
+        "the app at once, whatever the tolerance (implies the two ignore options)",
+        worker=True,
+    ),
+    opt(
+        "write-errors-tolerance",
+        "int",
+        0,
+        help="write errors a response may have before it is given up (the bytes of a tolerated "
+        "failed write are lost; 0: the first one ends it)",
+        worker=True,
+    ),
+)
+
 MASTER = _section(
     "Master and workers",
     opt("master/-M", "bool", help="run a master process that supervises the workers"),
@@ -387,8 +462,10 @@ MASTER = _section(
     opt(
         "reload-mercy",
         "int",
-        help="uWSGI's mercy for the whole reload",
-        inert="each worker gets --worker-reload-mercy; the master re-execs when all are gone",
+        3,
+        "seconds an attached daemon gets to stop (stop signal every second, then SIGKILL) on "
+        "reload and shutdown; workers get --worker-reload-mercy (0: 3, as uWSGI)",
+        zero=3,
     ),
     opt(
         "no-orphans",
@@ -416,6 +493,14 @@ MASTER = _section(
         inert="pages are shared by forking after the app is loaded",
     ),
     opt("reload-on-rss", "int", 0, "gracefully recycle a worker above N MB of RSS", worker=True),
+    opt(
+        "reload-on-as",
+        "int",
+        0,
+        "gracefully recycle a worker above N MB of address space (checked after each request, "
+        "as reload-on-rss)",
+        worker=True,
+    ),
     opt("evil-reload-on-rss", "int", 0, "kill a worker above N MB of RSS", force_master=True),
     opt("forkbomb-delay", "int", 2, "seconds to wait when workers die too fast"),
     opt("check-interval", "int", 1, "seconds between master checks", zero=1),
@@ -465,7 +550,13 @@ CHEAPER = _section(
     ),
     opt("cheaper-initial", "int", help="workers started at first (default: cheaper)"),
     opt("cheaper-step", "int", 1, "workers spawned at a time", zero=1),
-    opt("cheaper-overload", "int", 3, "cycles of overload before spawning", minimum=0),
+    opt(
+        "cheaper-overload",
+        "int",
+        3,
+        "cycles of overload before spawning (busyness: seconds between samples)",
+        minimum=0,
+    ),
     opt(
         "cheaper-algo",
         "str",
@@ -488,6 +579,50 @@ CHEAPER = _section(
         "busyness percentage below which workers are cheaped",
         zero=25,
         maximum=100,
+    ),
+    opt(
+        "cheaper-busyness-multiplier",
+        "int",
+        10,
+        "initial multiplier: a worker must be idle for cheaper-overload * multiplier "
+        "seconds to be cheaped",
+        zero=10,
+    ),
+    opt(
+        "cheaper-busyness-penalty",
+        "int",
+        2,
+        "added to the multiplier when workers are cheaped and respawned too fast",
+        zero=2,
+    ),
+    opt("cheaper-busyness-verbose", "bool", help="log every busyness sample and decision"),
+    opt(
+        "cheaper-busyness-backlog-alert",
+        "int",
+        33,
+        "spawn emergency workers when more requests than this wait in the listen queue",
+        zero=33,
+    ),
+    opt(
+        "cheaper-busyness-backlog-multiplier",
+        "int",
+        3,
+        "cheaper multiplier used while emergency workers run",
+        zero=3,
+    ),
+    opt(
+        "cheaper-busyness-backlog-step",
+        "int",
+        1,
+        "emergency workers spawned at a time",
+        zero=1,
+    ),
+    opt(
+        "cheaper-busyness-backlog-nonzero",
+        "int",
+        60,
+        "spawn emergency workers when the listen queue is non-empty for this many seconds",
+        zero=60,
     ),
 )
 
@@ -861,20 +996,277 @@ HTTP_ROUTER = _section(
         "uWSGI's HTTP router processes",
         inert="pymaster has no HTTP router yet",
     ),
+)
+
+_EXPIRES = (
+    "`Expires` = {base} + SECONDS for a {what} matching REGEX (space-separated; first match wins)"
+)
+
+STATIC = _section(
+    "Static files (Python workers)",
     opt(
         "static-map",
         "list",
-        help="uWSGI's static file mapping",
+        help="serve PATH_INFO starting with MOUNT (a plain prefix) from DIR + the rest; DIR may "
+        "be a file. GET/HEAD only; anything not servable goes to the app",
         metavar="MOUNT=DIR",
-        refused="serve static files with nginx (`location /static { alias DIR; }`) or from the "
-        "app (whitenoise for Django)",
     ),
+    opt(
+        "static-map2",
+        "list",
+        help="like --static-map, but the whole PATH_INFO is appended to DIR",
+        metavar="MOUNT=DIR",
+    ),
+    opt(
+        "check-static/static-check",
+        "list",
+        help="serve DIR + PATH_INFO when it is a file (tried before --static-map)",
+        metavar="DIR",
+    ),
+    opt(
+        "check-static-docroot",
+        "bool",
+        help="serve the request's DOCUMENT_ROOT + PATH_INFO when it is a file (tried last)",
+    ),
+    opt(
+        "static-index",
+        "list",
+        help="for a directory, the first of these names that is a file is served",
+        metavar="NAME",
+    ),
+    opt(
+        "static-skip-ext",
+        "list",
+        help="PATH_INFO or resolved file ending with EXT goes to the app",
+        metavar="EXT",
+    ),
+    opt(
+        "static-safe",
+        "list",
+        help="resolved paths under PREFIX are served even outside the mapping's directory",
+        metavar="PREFIX",
+    ),
+    opt(
+        "static-expires-type",
+        "list",
+        help="`Expires` = now + SECONDS for files of exactly this MIME type",
+        metavar="MIME=SECONDS",
+    ),
+    opt(
+        "static-expires-type-mtime",
+        "list",
+        help="`Expires` = mtime + SECONDS for files of exactly this MIME type",
+        metavar="MIME=SECONDS",
+    ),
+    opt(
+        "static-expires",
+        "list",
+        help=_EXPIRES.format(base="now", what="resolved filename"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-mtime",
+        "list",
+        help=_EXPIRES.format(base="mtime", what="resolved filename"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-uri",
+        "list",
+        help=_EXPIRES.format(base="now", what="REQUEST_URI"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-uri-mtime",
+        "list",
+        help=_EXPIRES.format(base="mtime", what="REQUEST_URI"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-path-info",
+        "list",
+        help=_EXPIRES.format(base="now", what="PATH_INFO"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-expires-path-info-mtime",
+        "list",
+        help=_EXPIRES.format(base="mtime", what="PATH_INFO"),
+        metavar="'REGEX SECONDS'",
+    ),
+    opt(
+        "static-gzip",
+        "list",
+        help="for files matching REGEX serve FILE.br / FILE.gz when Accept-Encoding has "
+        "br / gzip (Content-Encoding set, Content-Type of the original)",
+        metavar="REGEX",
+    ),
+    opt("static-gzip-all", "bool", help="--static-gzip for every static file"),
+    opt(
+        "static-gzip-dir/static-gzip-prefix",
+        "list",
+        help="--static-gzip for files whose path starts with PREFIX",
+        metavar="PREFIX",
+    ),
+    opt(
+        "static-gzip-ext/static-gzip-suffix",
+        "list",
+        help="--static-gzip for files whose path ends with SUFFIX",
+        metavar="SUFFIX",
+    ),
+    opt(
+        "honour-range",
+        "bool",
+        help="answer Range on static files (first range only, 206/416); off: Range is ignored",
+    ),
+    opt(
+        "mimefile/mime-file",
+        "list",
+        help="MIME table file(s) in mime.types format; /etc/mime.types only when none is given",
+        metavar="FILE",
+    ),
+    opt(
+        "file-serve-mode",
+        "str",
+        help="`x-sendfile` or `x-accel-redirect` (`nginx`): answer statics with that header "
+        "holding the path and no body; other values are ignored",
+        metavar="MODE",
+    ),
+    opt(
+        "offload-threads",
+        "int",
+        0,
+        "uWSGI's offload threads for static files",
+        inert="pymaster workers send static files themselves with sendfile()",
+    ),
+    opt(
+        "static-cache-paths",
+        "int",
+        0,
+        "uWSGI's cache of resolved static paths",
+        inert="static paths are resolved with realpath() on each request; nothing is cached",
+    ),
+)
+
+DAEMONS = _section(
+    "Daemons, cron and hooks",
+    opt(
+        "attach-daemon",
+        "list",
+        help="run CMD (`/bin/sh -c`, own session) beside the master: respawned when it dies "
+        "(throttled), stopped on reload and shutdown, killed if the master dies",
+        metavar="CMD",
+    ),
+    opt(
+        "attach-control-daemon",
+        "list",
+        help="as --attach-daemon, but when CMD exits the instance shuts down gracefully",
+        metavar="CMD",
+    ),
+    opt(
+        "attach-daemon2",
+        "list",
+        help="attach a daemon with `cmd=CMD[,pidfile=P,stopsignal=N,reloadsignal=N,freq=N,"
+        "control=1,daemonize=1,stdin=1,chdir=DIR,max_throttle=N,notifypid=1]`",
+        metavar="KEY=VAL,...",
+    ),
+    opt(
+        "smart-attach-daemon",
+        "list",
+        help="`PIDFILE CMD`: CMD daemonizes and writes PIDFILE; respawned when the pid in "
+        "PIDFILE is gone, kept running across reloads and left running at shutdown",
+        metavar="PIDFILE CMD",
+    ),
+    opt(
+        "smart-attach-daemon2",
+        "list",
+        help="`PIDFILE CMD`: as --smart-attach-daemon, but the master daemonizes CMD and "
+        "writes PIDFILE itself",
+        metavar="PIDFILE CMD",
+    ),
+    opt("daemons-honour-stdin", "bool", help="attached daemons keep the master's stdin"),
+    opt(
+        "cron",
+        "list",
+        help="run CMD when local time matches `MIN HOUR DAY MONTH WEEKDAY` (-1 any, -N every "
+        "N; checked at start and every second, at most once a minute)",
+        metavar="MIN HOUR DAY MONTH WEEKDAY CMD",
+    ),
+    opt(
+        "unique-cron",
+        "list",
+        help="as --cron, but not started while the previous run is alive",
+        metavar="MIN HOUR DAY MONTH WEEKDAY CMD",
+    ),
+    opt(
+        "cron2",
+        "list",
+        help="`minute=M,hour=H,day=D,month=N,week=W,unique=1,harakiri=S CMD` (-1 when left out)",
+        metavar="KEY=VAL,... CMD",
+    ),
+    opt(
+        "hook-asap",
+        "list",
+        help="run ACTION:ARGS as soon as the configuration is read (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-as-root",
+        "list",
+        help="run ACTION:ARGS before --uid/--gid are dropped (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-as-user",
+        "list",
+        help="run ACTION:ARGS after --uid/--gid are dropped (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-pre-app",
+        "list",
+        help="run ACTION:ARGS before the app is imported (in the master) (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-post-app",
+        "list",
+        help="run ACTION:ARGS after the app is imported (in the master) (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-master-start",
+        "list",
+        help="run ACTION:ARGS when the master loop starts; `unix_signal:N FUNCTION` binds signal N to gracefully_kill_them_all, kill_them_all, grace_them_all or reap_them_all (exec, safeexec, mkdir, chdir, putenv, write, append, "
+        "create, unlink, print, exit; a failure stops the start)",
+        metavar="ACTION:ARGS",
+    ),
+    opt(
+        "hook-accepting",
+        "list",
+        help="uWSGI runs ACTION:ARGS in each worker once it accepts",
+        metavar="ACTION:ARGS",
+        refused="use hook-post-app (after the app is imported, before the workers start)",
+    ),
+    opt(
+        "cron-harakiri",
+        "int",
+        0,
+        "kill a cron run (its process group) after N seconds (0: off)",
+    ),
+    force_master=True,
 )
 
 OPTIONS: list[Option] = (
     CONFIGURATION
     + SOCKETS
     + APPLICATIONS
+    + RESPONSES
     + MASTER
     + CHEAPER
     + LOGGING
@@ -883,6 +1275,8 @@ OPTIONS: list[Option] = (
     + SUBSCRIPTIONS
     + FASTROUTER
     + HTTP_ROUTER
+    + STATIC
+    + DAEMONS
 )
 
 BY_FLAG: dict[str, Option] = {flag: o for o in OPTIONS for flag in o.flags}

@@ -240,6 +240,11 @@ class Arbiter:
         self.on_stop: list[Callable[[bool], None]] = []  # arg: True for a graceful reload
         self.on_pause: list[Callable[[bool], None]] = []  # arg: True when pausing
         self.closers: list[Callable[[], None]] = []  # run once the loop is over
+        self.on_start: list[Callable[[], None]] = []  # once, when the loop starts
+        # a pid that is not a child slot: True when the callback owns it (daemons, cron)
+        self.reapers: list[Callable[[int, int], bool]] = []
+        # while one says True, a reload or shutdown waits (daemons still stopping)
+        self.holds: list[Callable[[], bool]] = []
         self.before_exec: list[Callable[[dict[str, str]], None]] = []  # add to the new env
         self.respawn_times: collections.deque[float] = collections.deque(maxlen=64)
         self.forkbomb_until = 0.0
@@ -381,6 +386,9 @@ class Arbiter:
         for child in self.slots:
             if not child.cheaped:
                 self.spawn(child)
+        for hook in self.on_start:
+            self.guarded(hook)
+        self.cheaper.start(self.system.monotonic())
         self.next_tick = self.system.monotonic() + 1.0
         while True:
             self.wait_events()
@@ -421,9 +429,12 @@ class Arbiter:
             # uWSGI too runs its checks every second when --check-interval is 0
             self.next_tick = now + max(1, self.cfg.check_interval)
             self.guarded(self.tick, self.system.time())
-        if self.state.mode != "running" and not self.children:
+        if self.state.mode != "running" and not self.children and not self.held():
             return self.finish()
         return None
+
+    def held(self) -> bool:
+        return any(hold() for hold in self.holds)
 
     @staticmethod
     def guarded(fn: Callable[..., object], *args: object) -> None:
@@ -490,6 +501,8 @@ class Arbiter:
                 self.reload_check.status = status
             elif pid in self.dropped_checks:
                 self.dropped_checks.discard(pid)
+            elif any(reaper(pid, status) for reaper in self.reapers):
+                pass
             elif self.pid != 1:  # as PID 1 we reap strangers quietly
                 log(stranger_message(pid, status))
 

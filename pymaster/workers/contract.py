@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,32 +71,47 @@ class Recycling:
     After each request a worker recycles (finishes its request, exits 0, is respawned) when
     it has served `max_requests` (uWSGI's `--max-requests` plus worker id times
     `--max-requests-delta`; 0 = never), or its RSS is above `rss_limit` bytes
-    (`--reload-on-rss` MB; 0 = never) -- but never before it has lived `min_lifetime`
-    seconds (`--min-worker-lifetime`). The Perl worker gets these three numbers in its
+    (`--reload-on-rss` MB; 0 = never), or its address space above `as_limit` bytes
+    (`--reload-on-as` MB; 0 = never) -- but never before it has lived `min_lifetime`
+    seconds (`--min-worker-lifetime`). The Perl worker gets these numbers in its
     environment (`PYMASTER_RECYCLE_*`) and applies the same rule, with the same log lines.
     """
 
     max_requests: int
     rss_limit: int
     min_lifetime: float
+    as_limit: int = 0
 
     @classmethod
     def for_worker(cls, cfg: Config, worker_id: int) -> Recycling:
         limit = cfg.max_requests + cfg.max_requests_delta * worker_id if cfg.max_requests else 0
-        return cls(limit, cfg.reload_on_rss * 1024 * 1024, float(cfg.min_worker_lifetime))
+        return cls(
+            limit,
+            cfg.reload_on_rss * 1024 * 1024,
+            float(cfg.min_worker_lifetime),
+            cfg.reload_on_as * 1024 * 1024,
+        )
 
     def environment(self) -> dict[str, str]:
         return {
             "PYMASTER_RECYCLE_MAX_REQUESTS": str(self.max_requests),
             "PYMASTER_RECYCLE_RSS": str(self.rss_limit),
             "PYMASTER_RECYCLE_MIN_LIFETIME": str(self.min_lifetime),
+            "PYMASTER_RECYCLE_AS": str(self.as_limit),
         }
 
     def reason(
-        self, requests: int, age: float, rss: Callable[[], int], pid: int, worker_id: int
+        self,
+        requests: int,
+        age: float,
+        rss: Callable[[], int],
+        pid: int,
+        worker_id: int,
+        address_space: Callable[[], int] | None = None,
     ) -> str | None:
-        """The log line announcing the recycling, or None to keep serving. `rss` is only
-        called when an RSS limit is set and the worker is old enough."""
+        """The log line announcing the recycling, or None to keep serving. `rss` (and
+        `address_space`, by default this process's) is only called when its limit is set
+        and the worker is old enough."""
         if age < self.min_lifetime:
             return None
         if self.max_requests and requests >= self.max_requests:
@@ -107,4 +123,17 @@ class Recycling:
                     f"worker {worker_id} (pid: {pid}) RSS {used} bytes over reload-on-rss "
                     f"{self.rss_limit} bytes, recycling"
                 )
+        if self.as_limit:
+            used = (address_space or _address_space)()
+            if used > self.as_limit:
+                return (
+                    f"worker {worker_id} (pid: {pid}) address space {used} bytes over "
+                    f"reload-on-as {self.as_limit} bytes, recycling"
+                )
         return None
+
+
+def _address_space() -> int:
+    """This process's address space in bytes (/proc/self/statm, first field)."""
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")

@@ -135,8 +135,7 @@ def test_inert_options_are_logged_with_their_reason(tmp_path):
 
 def test_refused_option_says_what_to_use_instead(tmp_path):
     pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP,
-                   "--static-map", "/static=/srv/static"], tmp_path)
+                   "--http", f"127.0.0.1:{free_port()}"], tmp_path)
     assert pm.wait(10) == 1
-    assert ("--static-map: uWSGI's static file mapping is not part of pymaster; serve static "
-            "files with nginx") in pm.log()
+    assert ("--http: uWSGI's HTTP router is not part of pymaster; put nginx") in pm.log()
     pm.stop()

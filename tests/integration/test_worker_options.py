@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from tests.client import parse_http_response, uwsgi_packet, uwsgi_request, uwsgi_vars
+from tests.client import http_get, parse_http_response, uwsgi_packet, uwsgi_request, uwsgi_vars
 from tests.pm import Pymaster, exchange, free_port, wait_port
 
 WSGI_APP = r'''
@@ -387,6 +387,18 @@ def test_reload_on_rss_recycles_after_the_first_request(serve):
     assert "Seeya" not in server.pm.log()
 
 
+def test_reload_on_as_recycles_after_the_first_request(serve):
+    server = serve("--reload-on-as", "1", "--min-worker-lifetime", "0")
+    first = server.pid()
+    line = rf"worker 1 \(pid: {{}}\) address space (\d+) bytes over reload-on-as {1 << 20} bytes, recycling\n"
+    [used] = server.pm.wait_log(line.format(first), timeout=20)
+    assert int(used) > 1 << 20 and int(used) % PAGE == 0
+    second = server.pid()
+    assert second != first
+    server.pm.wait_log(line.format(second), timeout=20)
+    assert "Seeya" not in server.pm.log() and "reload-on-rss" not in server.pm.log()
+
+
 def test_min_worker_lifetime_zero_recycles_at_once(serve):
     server = serve("--max-requests", "1", "--min-worker-lifetime", "0")
     pids = [server.pid() for _ in range(3)]
@@ -417,3 +429,72 @@ def test_min_worker_lifetime_delays_recycling(serve, trigger):
     else:
         server.pm.wait_log(rss_line(pid), timeout=20)
     assert server.pid() != pid
+
+
+# -- options real deployments use (issue 9) ----------------------------------------------------
+
+def test_add_header_on_every_response(serve):
+    server = serve("--add-header", "X-Frame-Options: DENY", "--add-header", "X-Served-By:pm")
+    for path in ("/hello", "/error", "/nope"):
+        raw, env = server.uwsgi_raw(path)
+        response = parse_http_response(raw)
+        assert response.headers["x-frame-options"] == "DENY", path
+        assert response.headers["x-served-by"] == "pm"
+    server.pm.wait_log(r"GET /nope => generated", timeout=20)
+    line = server.request_lines()[-1]
+    head_size = len(raw.partition(b"\r\n\r\n")[0]) + 4
+    assert line.endswith(f"4 headers in {head_size} bytes (1 switches on core 0)")
+    http = serve("--add-header", "X-Frame-Options: DENY", http=True)  # the general path
+    response = http_get(http.port, "/hello")
+    assert response.status == 200 and response.headers["x-frame-options"] == "DENY"
+
+
+def test_add_header_malformed_is_refused(tmp_path, kind):
+    app = ["--wsgi-file", str(tmp_path / "a.py")] if kind == "wsgi" else ["--psgi",
+                                                                          str(tmp_path / "a.psgi")]
+    (tmp_path / "a.py").write_text(WSGI_APP)
+    (tmp_path / "a.psgi").write_text(PSGI_APP)
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", *app, "--add-header", "no colon"], tmp_path)
+    assert pm.wait(timeout=20) != 0
+    assert "--add-header 'no colon': expected `Name: value`" in pm.log()
+
+
+def test_route_donotlog_leaves_out_matching_requests(serve):
+    server = serve("--route", "^/pid donotlog:", "--route-uri", r"\?quiet donotlog:")
+    for path in ("/pid", "/pidfoo", "/hello?quiet=1", "/hello", "/error"):
+        assert server.get(path).status in (200, 404, 500)
+    server.pm.wait_log(r"GET /error => generated", timeout=20)
+    time.sleep(0.2)
+    uris = [re.search(r"\] GET (\S+) =>", line).group(1) for line in server.request_lines()]
+    assert uris == ["/hello", "/error"]
+    log = server.pm.log()
+    assert ("*** dumping internal routing table ***\n"
+            "[rule: 0] subject: path_info regexp: ^/pid action: donotlog:\n"
+            "[rule: 1] subject: request_uri regexp: \\?quiet action: donotlog:\n"
+            "*** end of the internal routing table ***") in log
+
+
+def test_route_other_actions_are_refused(tmp_path):
+    (tmp_path / "a.py").write_text(WSGI_APP)
+    pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", str(tmp_path / "a.py"),
+                   "--route", "^/old redirect:/new"], tmp_path)
+    assert pm.wait(timeout=20) != 0
+    assert ("--route '^/old redirect:/new': the routing action `redirect` is not part of "
+            "pymaster;") in pm.log()
+    assert "nginx" in pm.log()
+
+
+def test_wsgi_disable_file_wrapper(tmp_path):
+    app = tmp_path / "fw.py"
+    app.write_text(
+        "def application(environ, start_response):\n"
+        "    body = repr('wsgi.file_wrapper' in environ).encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n"
+    )
+    for options, expected in (((), b"True"), (("--wsgi-disable-file-wrapper",), b"False")):
+        port = free_port()
+        with Pymaster(["--http-socket", f"127.0.0.1:{port}", "--wsgi-file", str(app), *options],
+                      tmp_path):
+            wait_port(port, timeout=20)
+            assert http_get(port, "/").body == expected

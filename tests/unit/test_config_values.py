@@ -31,10 +31,11 @@ ZERO_IS_ZERO = {
     "max-worker-lifetime": "off",
     "max-worker-lifetime-delta": "no delta",
     "worker-reload-mercy": "killed at the next check",
-    "reload-mercy": "accepted, no effect",
     "reload-on-rss": "off",
+    "reload-on-as": "off",
     "evil-reload-on-rss": "off",
     "forkbomb-delay": "no delay",
+    "cron-harakiri": "off",
     "cheaper": "off",
     "cheaper-initial": "none at first",
     "log-slow": "off",
@@ -47,16 +48,26 @@ ZERO_IS_ZERO = {
     "fastrouter-connect-timeout": "the connect is bounded by --fastrouter-timeout (uWSGI)",
     "http-timeout": "accepted, no effect",
     "http-processes": "accepted, no effect",
+    "offload-threads": "accepted, no effect",
+    "static-cache-paths": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
     "thread-stacksize": "the default stack size",
+    "write-errors-tolerance": "no tolerance: the first write error ends the response",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
     "check-interval": 1,  # core/master.c:708
+    "reload-mercy": 3,  # core/daemons.c:237 (the wait for daemons to stop)
     "cheaper-step": 1,  # core/master_utils.c:301 (the spawn loop stops after one)
     "cheaper-busyness-max": 50,  # plugins/cheaper_busyness/cheaper_busyness.c:374
     "cheaper-busyness-min": 25,  # plugins/cheaper_busyness/cheaper_busyness.c:375
+    "cheaper-busyness-multiplier": 10,  # plugins/cheaper_busyness/cheaper_busyness.c:376
+    "cheaper-busyness-penalty": 2,  # plugins/cheaper_busyness/cheaper_busyness.c:377
+    "cheaper-busyness-backlog-alert": 33,  # plugins/cheaper_busyness/cheaper_busyness.c:380
+    "cheaper-busyness-backlog-multiplier": 3,  # plugins/cheaper_busyness/cheaper_busyness.c:381
+    "cheaper-busyness-backlog-step": 1,  # plugins/cheaper_busyness/cheaper_busyness.c:382
+    "cheaper-busyness-backlog-nonzero": 60,  # plugins/cheaper_busyness/cheaper_busyness.c:383
     "fastrouter-timeout": 60,  # plugins/corerouter/corerouter.c:719
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
     "threads": 1,  # core/init.c:105,472 (cores stay 1 unless threads > 1)

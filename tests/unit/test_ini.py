@@ -139,6 +139,14 @@ def test_a_word_for_a_number_is_read_as_uwsgi_reads_it_and_named(tmp_path):
         "as uWSGI does" in cfg.warnings
 
 
+def test_a_word_for_a_size_is_read_as_uwsgi_reads_it(tmp_path):
+    # RunestoneServer: `post-buffering = true`
+    ini = write(tmp_path / "x.ini", "[uwsgi]\npost-buffering = true\nlimit-post = 64k\n")
+    cfg = parse([ini], {})
+    assert (cfg.post_buffering, cfg.limit_post) == (0, 65536)
+    assert any("option 'post-buffering' = 'true'" in w and "read as 0" in w for w in cfg.warnings)
+
+
 def test_a_word_for_a_number_on_the_command_line_is_an_error():
     with pytest.raises(ConfigError, match="option '--processes' expects an integer, got 'many'"):
         parse(["--processes", "many"], {})

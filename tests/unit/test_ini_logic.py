@@ -106,3 +106,20 @@ def test_a_block_left_open_is_named(tmp_path):
     cfg = parse([str(ini)], {})
     assert cfg.processes == 1
     assert any("'if-env' block" in w and "never closed" in w for w in cfg.warnings)
+
+
+def test_logic_on_the_command_line_as_in_an_ini(tmp_path):
+    ini = tmp_path / "after.ini"
+    ini.write_text("[uwsgi]\nlisten = 7\n")
+    argv = ["--if-env", "MODE=prod", "--processes", "8", "--endif", str(ini)]
+    cfg = parse(argv, {"MODE": "prod"})
+    assert (cfg.processes, cfg.listen) == (8, 7)  # the INI after --endif is still read
+    cfg = parse(argv, {"MODE": "dev"})
+    assert (cfg.processes, cfg.listen) == (1, 7)
+
+
+def test_logic_keys_are_listed_in_the_help():
+    from pymaster.config.docs import format_help
+    text = format_help()
+    for key in ("--if-env VALUE", "--for-glob VALUE", "--endif ", "--endfor "):
+        assert key in text

@@ -35,22 +35,68 @@ _MISSING_MODULE = re.compile(r"Can't locate (\S+)\.pm in @INC")
 
 # The worker options (`worker=True` in the option table) and how the Perl worker honours
 # them: each one as PYMASTER_OPT_<NAME>, read by Plack::Handler::Pymaster, except these:
-VIA_RECYCLING = ("max-requests", "max-requests-delta", "min-worker-lifetime", "reload-on-rss")
+VIA_RECYCLING = (
+    "max-requests",
+    "max-requests-delta",
+    "min-worker-lifetime",
+    "reload-on-rss",
+    "reload-on-as",
+)
 """Folded by the master into PYMASTER_RECYCLE_* (workers/contract.Recycling)."""
 BY_THE_MASTER = ("harakiri",)
 """Enforced by the master, from the worker's scoreboard slot."""
 NOT_HONOURED: dict[str, str] = {
     "threads": "PSGI workers are single-threaded: use more processes",
     "thread-stacksize": "PSGI workers are single-threaded: use more processes",
+    "disable-write-exception": "a failed write ends a PSGI response (uWSGI's psgi plugin dies "
+    "in a streaming write whatever this option says); the lines are quieted by "
+    "--ignore-sigpipe and --ignore-write-errors",
+    "write-errors-tolerance": "the first failed write ends a PSGI response (the client is gone: "
+    "later writes would fail too)",
 }
 """Worker options the Perl worker cannot honour, with what to use instead; the master logs
 `option --X is not honoured by PSGI workers: <instead>` at start for each one the user set.
-Every other worker option reaches the Perl worker (tests/unit/test_psgi.py checks that each
-one does)."""
+Every other worker option reaches it (tests/unit/test_psgi.py checks that each one does)."""
+
+
+PYTHON_ONLY_STATIC = (
+    "static-map",
+    "static-map2",
+    "check-static",
+    "check-static-docroot",
+    "static-index",
+    "static-skip-ext",
+    "static-safe",
+    "static-expires-type",
+    "static-expires-type-mtime",
+    "static-expires",
+    "static-expires-mtime",
+    "static-expires-uri",
+    "static-expires-uri-mtime",
+    "static-expires-path-info",
+    "static-expires-path-info-mtime",
+    "static-gzip",
+    "static-gzip-all",
+    "static-gzip-dir",
+    "static-gzip-ext",
+    "honour-range",
+    "mimefile",
+    "file-serve-mode",
+)
+"""Static file options the Python workers serve (pymaster/apps/static.py) and the Perl
+worker does not: refused at start for a PSGI app, so /static URLs never silently reach it."""
 
 
 def warn_unhonoured(cfg: Config) -> None:
-    """At start: one log line per option set by the user that PSGI workers do not honour."""
+    """At start: one log line per option set by the user that PSGI workers do not honour;
+    RuntimeError for a static file option (Python workers only)."""
+    for name in PYTHON_ONLY_STATIC:
+        if cfg.is_set(name):
+            raise RuntimeError(
+                f"--{name}: static files are served by pymaster's Python workers only; for a "
+                "PSGI app wrap it in Plack::Middleware::Static (`enable 'Static', path => "
+                "qr{^/static/}, root => 'DIR'` in app.psgi)"
+            )
     for name, instead in NOT_HONOURED.items():
         if cfg.is_set(name):
             log(f"option --{name} is not honoured by PSGI workers: {instead}")
@@ -183,6 +229,13 @@ def preflight(cfg) -> None:
     """Check that the PSGI app can run; RuntimeError with one clear message if not. Also
     says which of the options given PSGI workers do not honour (`NOT_HONOURED`)."""
     warn_unhonoured(cfg)
+    from pymaster.apps.wsgi import split_header
+
+    for header in cfg.add_header:
+        try:
+            split_header(header)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
     app = cfg.psgi
     if not app:
         raise RuntimeError("no PSGI app given: use --psgi FILE")

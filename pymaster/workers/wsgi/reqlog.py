@@ -17,6 +17,7 @@ from typing import Any
 from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.log import log_request
+from pymaster.workers.routes import Silencer
 
 _FIELD = re.compile(r"%\(([^)]+)\)")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -62,6 +63,7 @@ class RequestLog:
         self.format = cfg.logformat or None  # an empty format is no format
         date = logmod.date_format(cfg.log_date)
         self.ftime = date if cfg.log_format_strftime and date else None  # %(ftime)
+        self.silencer = Silencer(cfg)  # route = REGEX donotlog:
 
     def wanted(self, status: int, elapsed: float) -> bool:
         if self.enabled:
@@ -73,6 +75,8 @@ class RequestLog:
         )
 
     def emit(self, r: Record) -> None:
+        if self.silencer and self.silencer.silenced(r.env):
+            return
         log_request(self.custom(r) if self.format else self.default(r))
 
     def _addr(self, env) -> str:

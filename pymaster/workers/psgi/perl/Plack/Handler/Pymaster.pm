@@ -71,6 +71,13 @@ sub _log {
     syswrite STDERR, $line;
 }
 
+sub _log_verbose {    # always stamped (pymaster/log.py log_verbose)
+    my $saved = $DATE;
+    $DATE = '' unless defined $DATE;
+    _log(@_);
+    $DATE = $saved;
+}
+
 sub _log_req {    # a request line: never dated, one write (one message on the request fd)
     my $line = shift;
     utf8::encode($line) if utf8::is_utf8($line);
@@ -107,11 +114,33 @@ sub _setup {
     $self->{max_requests} = _num($e, 'PYMASTER_RECYCLE_MAX_REQUESTS');
     $self->{rss_limit}    = _num($e, 'PYMASTER_RECYCLE_RSS');
     $self->{min_lifetime} = _num($e, 'PYMASTER_RECYCLE_MIN_LIFETIME');
-    $self->{recycle}      = $self->{max_requests} || $self->{rss_limit};
+    $self->{as_limit}     = _num($e, 'PYMASTER_RECYCLE_AS');
+    $self->{recycle}      = $self->{max_requests} || $self->{rss_limit} || $self->{as_limit};
     $self->{buffer_size}  = _num($e, 'PYMASTER_OPT_BUFFER_SIZE');
     $self->{timeout}      = _num($e, 'PYMASTER_OPT_SOCKET_TIMEOUT');
     $self->{keepalive}    = _num($e, 'PYMASTER_OPT_HTTP_KEEPALIVE');   # 0: off
     $self->{limit_post}   = _num($e, 'PYMASTER_OPT_LIMIT_POST');       # 0: no limit
+    # --add-header: `Name: value` lines added to every response (checked by the master)
+    my @extra             = grep { length } split /\n/, _str($e, 'PYMASTER_OPT_ADD_HEADER');
+    $self->{extra_headers} = join '', map { my ($k, $v) = split /:/, $_, 2; "$k: " . ($v =~ s/^\s+|\s+\z//gr) . "\r\n" } @extra;
+    $self->{extra_count}  = @extra;
+    # route = REGEX donotlog: (pymaster/workers/routes.py, checked by the master): no request
+    # line for a request whose PATH_INFO (route-uri: REQUEST_URI, route-host: HTTP_HOST) matches
+    my @silent;
+    for (['PYMASTER_OPT_ROUTE', 'PATH_INFO'], ['PYMASTER_OPT_ROUTE_URI', 'REQUEST_URI'],
+         ['PYMASTER_OPT_ROUTE_HOST', 'HTTP_HOST']) {
+        my ($var, $key) = @$_;
+        for my $rule (grep { length } split /\n/, _str($e, $var)) {
+            $rule =~ s/^\s+//;
+            my ($re, $action) = split / /, $rule, 2;
+            push @silent, [$key, qr/$re/] if ($action // '') =~ /^\s*donotlog\b/;
+        }
+    }
+    $self->{silent} = @silent ? \@silent : undef;
+    # a client gone mid-response (_app_failed): which of uWSGI's lines are logged
+    my $quiet             = _num($e, 'PYMASTER_OPT_WRITE_ERRORS_EXCEPTION_ONLY');
+    $self->{sigpipe_line} = !$quiet && !_num($e, 'PYMASTER_OPT_IGNORE_SIGPIPE');
+    $self->{write_error_line} = !$quiet && !_num($e, 'PYMASTER_OPT_IGNORE_WRITE_ERRORS');
     # The request log (pymaster/workers/wsgi/reqlog.py): every request, or with logging
     # disabled only 4xx / 5xx / slower than log_slow ms ($self->{log_some}).
     $self->{log}          = !_num($e, 'PYMASTER_OPT_DISABLE_LOGGING');
@@ -589,10 +618,17 @@ sub _read_uwsgi {
 }
 
 # An app that died (or a client gone mid-write): log it; answer 500 if nothing was sent yet.
+# A client gone gets uWSGI's lines (apps/wsgi.py Call._write_failed): the SIGPIPE one on
+# EPIPE unless --ignore-sigpipe, the writer's unless --ignore-write-errors (both off with
+# --write-errors-exception-only).
 sub _app_failed {
-    my ($self, $req, $err, $method, $uri) = @_;
+    my ($self, $req, $err, $method, $uri, $addr) = @_;
     if (ref $err eq 'Plack::Handler::Pymaster::Gone') {
-        _log("write error: $$err [$method $uri] (client gone)");
+        $addr //= '';
+        _log_verbose("SIGPIPE: writing to a closed pipe/socket/fd (probably the client "
+            . "disconnected) on request $uri (ip $addr) !!!") if $err->{epipe} && $self->{sigpipe_line};
+        _log_verbose("uwsgi_response_write_body_do(): $err->{msg} during $method $uri ($addr)")
+            if $self->{write_error_line};
         return;
     }
     $err = "$err";
@@ -957,7 +993,8 @@ sub _serve_uwsgi {
             my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
             die "wide character in the response body\n"
                 if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
-            my $n = @$h / 2;
+            $out .= $self->{extra_headers};
+            my $n = @$h / 2 + $self->{extra_count};
             my $no_body = $st < 200 || $NO_BODY{$st};
             if (!$has_len && !$no_body) {
                 $out .= 'Content-Length: ' . length($data) . "\r\n";
@@ -994,7 +1031,7 @@ sub _serve_uwsgi {
             @$r{qw(status headers head_bytes tx)} = ($status, $headers, $head_bytes, $tx);
             $r;
         };
-        $self->_app_failed($req, $err, $method, $uri);
+        $self->_app_failed($req, $err, $method, $uri, $env{REMOTE_ADDR});
     }
     # the connection is closed
     if ($c) { syscall($SYS_DUP3, $self->{nullfd}, $fd, CLOEXEC) } else { syscall($SYS_CLOSE, $fd) }
@@ -1070,7 +1107,7 @@ sub _dispatch {
     if (!$ok) {
         my $err = $@;
         $failed = 1;
-        $self->_app_failed($req, $err, $method, $uri);
+        $self->_app_failed($req, $err, $method, $uri, $env->{REMOTE_ADDR});
     }
     if ($req->{chunked} && !$failed) {
         eval { _finish($req); 1 } or $failed = 1;
@@ -1178,6 +1215,8 @@ sub _send_head {
         $out .= "$k: $v\r\n";
         $count++;
     }
+    $out .= $self->{extra_headers};
+    $count += $self->{extra_count};
     my $no_body = $status < 200 || $NO_BODY{$status};
     if (!$has_length && defined $length && !$no_body) {
         $out .= "Content-Length: $length\r\n";
@@ -1377,14 +1416,19 @@ sub _recycle {
     if ($self->{max_requests} && $self->{requests} >= $self->{max_requests}) {
         _log("...The work of process $$ is done. Seeya!");
     }
-    elsif ($self->{rss_limit}) {
-        my $used = (_memory())[1];
-        return unless $used > $self->{rss_limit};
-        _log("worker $self->{wid} (pid: $$) RSS $used bytes over reload-on-rss "
-             . "$self->{rss_limit} bytes, recycling");
-    }
     else {
-        return;
+        my ($as, $rss) = $self->{rss_limit} || $self->{as_limit} ? _memory() : ();
+        if ($self->{rss_limit} && $rss > $self->{rss_limit}) {
+            _log("worker $self->{wid} (pid: $$) RSS $rss bytes over reload-on-rss "
+                 . "$self->{rss_limit} bytes, recycling");
+        }
+        elsif ($self->{as_limit} && $as > $self->{as_limit}) {
+            _log("worker $self->{wid} (pid: $$) address space $as bytes over reload-on-as "
+                 . "$self->{as_limit} bytes, recycling");
+        }
+        else {
+            return;
+        }
     }
     $STOPPING = 1;
 }
@@ -1397,6 +1441,9 @@ sub _addr {
 
 sub _log_request {
     my ($self, $req, $env, $elapsed) = @_;
+    if (my $silent = $self->{silent}) {
+        for (@$silent) { return if ($env->{$_->[0]} // '') =~ $_->[1] }
+    }
     return _log_req($self->_custom($req, $env, $elapsed)) if defined $self->{format};
     my $total = $self->_instance_requests;
     my $prefix = '';
@@ -1471,8 +1518,14 @@ sub _custom {
 }
 
 package Plack::Handler::Pymaster::Gone;
-# Raised when the client went away mid-response: logged, not answered.
-sub new { my ($class, $msg) = @_; bless \$msg, $class }
+# Raised when the client went away mid-response: logged, not answered. Made right after the
+# failed write, so $! is still its error.
+sub new {
+    my ($class, $msg) = @_;
+    my $epipe = $! == Errno::EPIPE() ? 1 : 0;
+    $msg = 'timeout' if $! == Errno::EAGAIN();
+    bless { msg => $msg, epipe => $epipe }, $class;
+}
 
 package Plack::Handler::Pymaster::Writer;
 # The streaming writer handed to `$responder->([$status, $headers])`.
