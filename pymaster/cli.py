@@ -378,10 +378,29 @@ def run(cfg: Config) -> int:
         )
         processes = 0
     _hooks(cfg, "post app")
-    scoreboard = Scoreboard(max(MIN_SLOTS, (cfg.processes if has_app else 0) * 2))
+    scoreboard = Scoreboard(
+        max(MIN_SLOTS, (cfg.processes if has_app else 0) * 2), worker_cores(cfg)
+    )
     if not master:
         return _run_single(cfg, listeners, app, scoreboard)
     return _run_master(cfg, listeners, app, scoreboard, processes, start_cwd, reloaded, owned)
+
+
+def worker_cores(cfg: Config) -> int:
+    """Request threads per worker: --threads for Python workers (PSGI ones have one)."""
+    return 1 if cfg.psgi else max(1, cfg.threads)
+
+
+def operational_mode(cfg: Config, processes: int) -> str:
+    """uWSGI's mode line (core/uwsgi.c:3034-3059)."""
+    threaded = worker_cores(cfg) > 1
+    if processes > 1:
+        mode = "preforking+threaded" if threaded else "preforking"
+    elif processes:
+        mode = "threaded" if threaded else "single process"
+    else:
+        mode = "no-workers"
+    return f"*** Operational MODE: {mode} ***"
 
 
 def _hooks(cfg: Config, phase: str) -> None:
@@ -396,7 +415,7 @@ def _hooks(cfg: Config, phase: str) -> None:
 
 def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
     """No master: this very process is worker 1 (as uWSGI without -M)."""
-    log("*** Operational MODE: single process ***")
+    log(operational_mode(cfg, 1))
     procname.set_title(cfg, "worker 1")
     app_listeners = [lst for lst in listeners if lst.kind in ("uwsgi", "http")]
     if cfg.psgi:
@@ -456,16 +475,7 @@ def _run_master(
         log(f"gracefully (RE)spawned pymaster master process (pid: {os.getpid()})")
     else:
         log(f"spawned pymaster master process (pid: {os.getpid()})")
-    log(
-        "*** Operational MODE: "
-        + (
-            "preforking ***"
-            if processes > 1
-            else "single process ***"
-            if processes
-            else "no-workers ***"
-        )
-    )
+    log(operational_mode(cfg, processes))
     arbiter.worker_target = _worker_target(cfg, listeners, app, scoreboard, os.getpid())
     log_master = logmaster.active()
     if log_master is not None:

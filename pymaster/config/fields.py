@@ -56,6 +56,9 @@ class Options:
     lazy: bool = False
     need_app: bool = False
     enable_threads: bool = False
+    threads: int = 1
+    thread_stacksize: int = 0
+    py_call_osafterfork: bool = False
     single_interpreter: bool = False
     mount: list[str] = field(default_factory=list)
     manage_script_name: bool = False

@@ -269,6 +269,33 @@ APPLICATIONS = _section(
         inert="Python threads always work in pymaster",
     ),
     opt(
+        "threads",
+        "int",
+        1,
+        "request threads per Python worker: the worker's event loop hands each complete "
+        "request to one of N threads (cores), so a slow request holds back no other; "
+        "`wsgi.multithread` is true when N > 1; harakiri watches each core's request, "
+        "max-requests counts the worker's requests (all cores)",
+        zero=1,
+        worker=True,
+        minimum=0,
+        maximum=512,
+    ),
+    opt(
+        "thread-stacksize/threads-stacksize/thread-stack-size/threads-stack-size",
+        "int",
+        0,
+        "stack size of the request threads in KiB (threading.stack_size); 0: the default",
+        worker=True,
+        metavar="KIB",
+    ),
+    opt(
+        "py-call-osafterfork",
+        "bool",
+        help="uWSGI calls PyOS_AfterFork_Child() in each forked worker",
+        inert="workers are forked with os.fork(), which always runs the after-fork hooks",
+    ),
+    opt(
         "single-interpreter/-i",
         "bool",
         help="uWSGI uses one Python interpreter",

@@ -347,7 +347,8 @@ class Arbiter:
         if self.paused and child.kind == "worker":
             self.kill(pid, signal.SIGSTOP)  # paused means every worker, new ones too
         if child.respawns == 1:
-            log(f"spawned pymaster {child.title} (pid: {pid}, cores: 1)")
+            cores = self.scoreboard.cores if child.kind == "worker" else 1
+            log(f"spawned pymaster {child.title} (pid: {pid}, cores: {cores})")
         else:
             log(f"Respawned pymaster {child.title} (new pid: {pid})")
 

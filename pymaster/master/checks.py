@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from pymaster.master.arbiter import Arbiter
 
 
+HARAKIRI_DUMP_WAIT = 0.1  # seconds a threaded worker gets to write its stacks before SIGKILL
+
+
 def harakiri(arbiter: Arbiter, now: float) -> None:
     limit = arbiter.cfg.harakiri
     if not limit:
@@ -27,9 +31,20 @@ def harakiri(arbiter: Arbiter, now: float) -> None:
         if child.kind != "worker":
             continue
         info = arbiter.scoreboard.slot(child.number - 1).read()
-        if info["pid"] != child.pid or info["state"] != sb.BUSY or not info["req_start"]:
+        if info["pid"] != child.pid or info["state"] != sb.BUSY:
             continue
-        if now - info["req_start"] - arbiter.paused_since(info["req_start"]) <= limit:
+        cores = arbiter.scoreboard.read_cores(child.number - 1, child.pid)
+        if cores is None:  # one request at a time: the worker's own slot
+            cores = [info] if info["req_start"] else []
+        # --threads: each core's request has its own deadline; every request running on
+        # the worker is named, the ones over the limit marked
+        late = [
+            k
+            for k, core in enumerate(cores)
+            if core["req_start"]
+            and now - core["req_start"] - arbiter.paused_since(core["req_start"]) > limit
+        ]
+        if not late:
             continue
         child.harakiri_count += 1
         log_verbose(
@@ -37,8 +52,13 @@ def harakiri(arbiter: Arbiter, now: float) -> None:
             f"try: {child.harakiri_count}) ***"
         )
         log(f"HARAKIRI !!! worker {child.number} status !!!")
-        log(f"HARAKIRI [core 0] {info['request']} since {int(info['req_start'])}")
+        for k, core in enumerate(cores):
+            if core["req_start"]:
+                log(f"HARAKIRI [core {k}] {core['request']} since {int(core['req_start'])}")
         log(f"HARAKIRI !!! end of worker {child.number} status !!!")
+        if arbiter.scoreboard.cores > 1:  # several requests: show where each thread is
+            arbiter.kill(child.pid, signal.SIGUSR2)  # faulthandler: every thread's stack
+            time.sleep(HARAKIRI_DUMP_WAIT)
         arbiter.harakiri_pids.add(child.pid)
         arbiter.kill(child.pid, signal.SIGKILL)
 

@@ -183,21 +183,30 @@ def _worker_stats(arbiter: Arbiter, child: Child, now: float) -> dict:
                 "chdir": "",
             }
         ],
-        "cores": [
-            {
-                "id": 0,
-                "requests": requests,
-                "static_requests": 0,
-                "routed_requests": 0,
-                "offloaded_requests": 0,
-                "write_errors": 0,
-                "read_errors": 0,
-                "in_request": int(busy),
-                "vars": [],
-                "req_info": {},
-            }
-        ],
+        "cores": _cores(arbiter, child, requests, busy, info),
     }
+
+
+def _cores(arbiter: Arbiter, child: Child, requests: int, busy: bool, info: dict) -> list[dict]:
+    """uWSGI's `cores` array: one entry per request thread (--threads), else one."""
+    cores = arbiter.scoreboard.read_cores(child.number - 1, child.pid)
+    if cores is None or not child.pid:
+        cores = [{"requests": requests, "req_start": info["req_start"] if busy else 0.0}]
+    return [
+        {
+            "id": k,
+            "requests": core["requests"],
+            "static_requests": 0,
+            "routed_requests": 0,
+            "offloaded_requests": 0,
+            "write_errors": 0,
+            "read_errors": 0,
+            "in_request": int(bool(core["req_start"])),
+            "vars": [],
+            "req_info": {"request_start": int(core["req_start"])} if core["req_start"] else {},
+        }
+        for k, core in enumerate(cores)
+    ]
 
 
 def listen_queue(listeners: list[sockets.Listener]) -> list[tuple[sockets.Listener, int]]:

@@ -53,6 +53,7 @@ ZERO_IS_ZERO = {
     "static-cache-paths": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
+    "thread-stacksize": "the default stack size",
     "write-errors-tolerance": "no tolerance: the first write error ends the response",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
@@ -70,6 +71,7 @@ ZERO_IS_DEFAULT = {
     "cheaper-busyness-backlog-nonzero": 60,  # plugins/cheaper_busyness/cheaper_busyness.c:383
     "fastrouter-timeout": 60,  # plugins/corerouter/corerouter.c:719
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
+    "threads": 1,  # core/init.c:105,472 (cores stay 1 unless threads > 1)
 }
 # Where 0 cannot work (uWSGI divides by it, or nothing could ever be served).
 ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq", "header-timeout"}

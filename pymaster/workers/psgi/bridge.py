@@ -46,6 +46,8 @@ VIA_RECYCLING = (
 BY_THE_MASTER = ("harakiri",)
 """Enforced by the master, from the worker's scoreboard slot."""
 NOT_HONOURED: dict[str, str] = {
+    "threads": "PSGI workers are single-threaded: use more processes",
+    "thread-stacksize": "PSGI workers are single-threaded: use more processes",
     "disable-write-exception": "a failed write ends a PSGI response (uWSGI's psgi plugin dies "
     "in a streaming write whatever this option says); the lines are quieted by "
     "--ignore-sigpipe and --ignore-write-errors",

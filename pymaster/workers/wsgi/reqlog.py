@@ -48,6 +48,7 @@ class Record:
     total: int  # the instance's
     pid: int
     wid: int
+    core: int = 0  # the request thread (--threads), 0 without
 
 
 class RequestLog:
@@ -98,7 +99,7 @@ class RequestLog:
             f"[{time.ctime(r.start)}] {env.get('REQUEST_METHOD', '')} "
             f"{env.get('REQUEST_URI') or env.get('PATH_INFO', '')} => generated {r.tx} bytes "
             f"in {self._time(r.elapsed)} ({r.protocol or ''} {r.status}) {r.headers} headers "
-            f"in {r.hsize} bytes (1 switches on core 0)"
+            f"in {r.hsize} bytes (1 switches on core {r.core})"
         )
 
     def custom(self, r: Record) -> str:
@@ -140,7 +141,7 @@ class RequestLog:
             "wid": r.wid,
             "switches": 1,
             "vars": r.nvars * 2,
-            "core": 0,
+            "core": r.core,
             "pktsize": r.pktsize,
             "headers": r.headers,
         }

@@ -3,6 +3,12 @@
 One selector holds the listening sockets, idle HTTP keep-alive connections and a wakeup pipe
 for signals. Signal handlers only set flags (SIGHUP: finish and exit 0); SIGINT, SIGQUIT and
 SIGTERM end the process at once, as the worker contract says.
+
+With --threads N > 1 the loop stays in the main thread and hands each connection whose
+request is complete to a pool of N request threads (the cores); a thread serves it (and
+what is pipelined behind it) and hands the connection back to the loop, which holds it for
+its next request. While every core is busy the listeners are not polled, so new connections
+wait in the listen queue for another worker. With N = 1 the loop runs the app itself.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections import deque
 from functools import partial
+from queue import SimpleQueue
 from urllib.parse import unquote_to_bytes
 
 from pymaster.apps import wsgi
@@ -77,6 +86,17 @@ class Worker:
         self.fd_errors = 0
         self.fd_log_at = 0.0
         self.sel = Poller()
+        # --threads: the pool (see the module doc); None/0 when the loop runs the app itself
+        self.threads = max(1, cfg.threads)
+        self.multithread = self.threads > 1
+        self._tls: threading.local | None = None
+        self._serve = self._guard  # how the loop has a complete request served
+        self.busy = 0  # connections handed to the pool and not back yet (loop thread only)
+        self.full = False  # every core busy: the listeners are not polled
+        self.app_busy = 0  # cores running the app (under self.lock)
+        self.lock = threading.Lock()
+        self.jobs: SimpleQueue = SimpleQueue()
+        self.back: deque = deque()  # connections the cores hand back to the loop
 
     # -- lifecycle --------------------------------------------------------------------
     def _on_hup(self, signum, frame):
@@ -89,6 +109,7 @@ class Worker:
     def _setup_signals(self) -> None:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake = rfd
+        self._wake_w = wfd
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         signal.signal(signal.SIGHUP, self._on_hup)
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
@@ -123,6 +144,8 @@ class Worker:
                 os._exit(EXIT_FAILED_APP)
         code = EXIT_OK
         try:
+            if self.multithread:
+                self._start_pool()
             self.loop()
         except Exception:
             log(f"worker {self.wid} internal error:\n{traceback.format_exc()}")
@@ -130,6 +153,83 @@ class Worker:
         finally:
             sys.stdout.flush() if sys.stdout else None
         os._exit(code)
+
+    # -- request threads (--threads N > 1) ------------------------------------------
+    def _start_pool(self) -> None:
+        kib = self.cfg.thread_stacksize
+        if kib:
+            try:
+                threading.stack_size(kib * 1024)
+                log(f"threads stack size set to {kib}k")
+            except (ValueError, RuntimeError):
+                log("!!! unable to set requested threads stacksize !!!")
+        self._tls = threading.local()
+        self._serve = self._submit
+        for k in range(self.threads):
+            core = self.scoreboard.core(self.wid - 1, k)
+            core.reset(self.pid)
+            t = threading.Thread(
+                target=self._core_main, args=(k, core), name=f"uWSGIWorker{self.wid}Core{k}"
+            )
+            t.daemon = True
+            t.start()
+
+    def _core_main(self, k: int, core: sb.CoreSlot) -> None:
+        """One core: serve what the loop hands over, hand the connection back."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # the loop's
+        tls = self._tls
+        assert tls is not None
+        tls.core = core
+        tls.k = k
+        jobs, back, wake = self.jobs, self.back, self._wake_w
+        while True:
+            c, fn, args = jobs.get()
+            tls.park = None
+            self._guard(c, fn, *args)
+            back.append(tls.park)
+            try:
+                os.write(wake, b"\0")
+            except OSError:  # the pipe is full: the loop is awake anyway
+                pass
+
+    def _submit(self, c: Conn, fn, *args) -> None:
+        """Threaded: hand a connection whose request is complete to a core."""
+        if c.registered:
+            self.sel.unregister(c.sock)
+            c.registered = False
+            self.conns.discard(c)
+        self.busy += 1
+        self.jobs.put((c, fn, args))
+        if self.busy >= self.threads and not self.full:
+            self.full = True
+            if not self.paused:
+                self._listen(False)
+
+    def _take_back(self) -> None:
+        """Connections the cores are done with: held for their next request."""
+        back = self.back
+        while back:
+            c = back.popleft()
+            self.busy -= 1
+            if c is not None and c.sock.fileno() >= 0:
+                if self.stop_hard is not None:
+                    c.keep = False
+                    if c.idle and not c.closing:
+                        c.deadline = min(c.deadline, time.monotonic() + conns.STOP_GRACE)
+                self._park(c)
+        if self.full and self.busy < self.threads:
+            self.full = False
+            self._resume(time.monotonic())
+
+    def _resume(self, now: float) -> None:
+        if (
+            self.paused
+            and not self.full
+            and self.stop_hard is None
+            and now >= self.resume_at
+            and len(self.conns) < self.max_idle
+        ):
+            self._listen(True)
 
     def loop(self) -> None:
         sel = self.sel
@@ -147,7 +247,11 @@ class Worker:
             if self.stopping and self.stop_hard is None:
                 self._begin_stop()
             now = time.monotonic()
-            if self.stop_hard is not None and (not self.conns or now >= self.stop_hard):
+            if (
+                self.stop_hard is not None
+                and (not self.conns or now >= self.stop_hard)
+                and not self.busy  # every request in a core is finished
+            ):
                 break
             if self.conns or self.stop_hard is not None:
                 tick = 0.1 if self.stop_hard is not None else 0.5
@@ -156,6 +260,8 @@ class Worker:
             for _fileobj, data in sel.poll(max(0.0, min(tick, next_check - now))):
                 if data is None:
                     self._drain_wake()
+                    if self.back:
+                        self._take_back()
                 elif type(data) is Conn:
                     self._readable(data)
                 elif not self.paused:
@@ -196,13 +302,7 @@ class Worker:
             self.stopping = True
         for c in [c for c in self.conns if c.deadline <= now]:
             self._expire(c, now)
-        if (
-            self.paused
-            and self.stop_hard is None
-            and now >= self.resume_at
-            and len(self.conns) < self.max_idle
-        ):
-            self._listen(True)
+        self._resume(now)
 
     def _expire(self, c: Conn, now: float) -> None:
         """A deadline passed: a half-closed connection is closed, an idle one half-closed,
@@ -320,6 +420,10 @@ class Worker:
         return min(n, len(idle))
 
     def _park(self, c: Conn) -> None:
+        tls = self._tls
+        if tls is not None and hasattr(tls, "core"):  # a core: the loop holds it, later
+            tls.park = c
+            return
         if not c.registered:
             self.sel.register(c.sock, c)
             c.registered = True
@@ -377,7 +481,7 @@ class Worker:
                 self._refuse(c, exc)
                 return
             if c.queue and self._body_ready(c):
-                self._guard(c, self._serve_http, c)
+                self._serve(c, self._serve_http, c)
             else:
                 self._park(c)
             return
@@ -389,7 +493,7 @@ class Worker:
             self._drop(c)
             return
         if size and len(c.buf) >= size:
-            self._guard(c, self._serve_uwsgi, c, size)
+            self._serve(c, self._serve_uwsgi, c, size)
         else:
             self._park(c)
 
@@ -717,7 +821,7 @@ class Worker:
         )
         env["wsgi.input"] = body
         env["wsgi.errors"] = wsgi.ERRORS
-        env["wsgi.multithread"] = False
+        env["wsgi.multithread"] = self.multithread
         env["wsgi.multiprocess"] = True
         env["wsgi.run_once"] = False
         env["wsgi.file_wrapper"] = wsgi.FileWrapper
@@ -727,7 +831,18 @@ class Worker:
                 env[key] = ""
         method = env.setdefault("REQUEST_METHOD", "GET")
         uri = env.get("REQUEST_URI") or env["PATH_INFO"]
-        self.slot.begin(start, f"{method} {uri}".encode("latin-1", "replace"))
+        what = f"{method} {uri}".encode("latin-1", "replace")
+        tls = self._tls
+        core = None
+        if tls is None:
+            self.slot.begin(start, what)
+        else:
+            core = tls.core
+            env["uwsgi.core"] = tls.k
+            core.begin(start, what)
+            with self.lock:
+                self.app_busy += 1
+                self.slot.begin(start, what)
         call = wsgi.Call(conn, framing, method, self.cfg.socket_timeout)
         status = 500
         failed = False
@@ -770,8 +885,17 @@ class Worker:
             if close is not None:  # the body (and any file behind it) ends with its request
                 close()
         elapsed = time.time() - start
-        self.slot.end(elapsed, call.tx, failed)
-        self._after_request()
+        if core is None:
+            self.slot.end(elapsed, call.tx, failed)
+            self._after_request()
+            requests = self.requests
+        else:
+            core.end()
+            with self.lock:
+                self.app_busy -= 1
+                self.slot.end(elapsed, call.tx, failed, sb.BUSY if self.app_busy else sb.IDLE)
+                self._after_request()
+                requests = self.requests
         if self.reqlog.wanted(status, elapsed):
             self.reqlog.emit(
                 Record(
@@ -785,10 +909,11 @@ class Worker:
                     nvars=nvars,
                     pktsize=pktsize,
                     protocol=protocol,
-                    requests=self.requests,
+                    requests=requests,
                     total=self._instance_requests(),
                     pid=self.pid,
                     wid=self.wid,
+                    core=0 if tls is None else tls.k,
                 )
             )
         return usable
