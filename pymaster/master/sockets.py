@@ -227,20 +227,30 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-_DROP_ALL = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))  # BPF_RET|BPF_K #0: drop
+# Drop a TCP segment with SYN and without ACK (a new handshake); let everything else through:
+# the last ACK and the first data of handshakes already under way must reach the listener, or
+# a connection deferred by TCP_DEFER_ACCEPT would be reset when the listener closes.
+#   ldb [13] (TCP flags: the filter sees the TCP header)  jset #0x10 (ACK)  ret -1 | ret 0
+_HOLD_NEW = (_SockFilter * 4)(
+    _SockFilter(0x30, 0, 0, 13),  # BPF_LD|BPF_B|BPF_ABS
+    _SockFilter(0x45, 0, 1, 0x10),  # BPF_JMP|BPF_JSET|BPF_K: ACK set -> accept
+    _SockFilter(0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET|BPF_K: accept the whole segment
+    _SockFilter(0x06, 0, 0, 0),  # BPF_RET|BPF_K: drop
+)
 SO_ATTACH_FILTER = 26
 
 
 def refuse_new_connections(listeners: list[Listener]) -> None:
     """Graceful shutdown: new SYNs are dropped while queued connections stay acceptable.
 
-    A drop-all socket filter on a TCP listener stops the kernel from completing new
-    handshakes (the client retries its SYN and is refused once the socket is closed), but
-    connections already in the accept queue are untouched: the workers drain them to the
-    end, so none is reset by the final close. Unix sockets have no such filter: they keep
+    A socket filter on a TCP listener that drops new SYNs stops the kernel from starting new
+    handshakes (the client retries its SYN and is refused once the socket is closed), while
+    segments of handshakes already under way pass, and connections in the accept queue are
+    untouched: the workers drain the queue until it stays empty, so none is reset by the
+    final close. Unix sockets have no such filter: they keep
     the short race between the last accept and the close.
     """
-    prog = bytes(memoryview(_SockFprog(1, _DROP_ALL)))
+    prog = bytes(memoryview(_SockFprog(len(_HOLD_NEW), _HOLD_NEW)))
     for lst in listeners:
         if lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram and lst.sock:
             try:

@@ -15,6 +15,10 @@ from pymaster.protocols import http
 
 LINGER_SECONDS = 1.0  # a half-closed connection is read this long at most, then closed
 DRAIN_SECONDS = 1.0  # after the app: time to read away a body the app left unread
+# Shutting down, a worker keeps taking connections from the backlog until none came for this
+# long: a handshake that completed just before the master held new ones (its request still on
+# the way, or waiting out TCP_DEFER_ACCEPT) is served, not reset by the final close.
+DRAIN_QUIET = 0.3
 STOP_GRACE = 1.0  # a stopping worker waits this long for requests on idle connections
 CHUNKED_INLINE = 65536  # chunked bodies up to this size are read before the app runs
 

@@ -83,6 +83,7 @@ class Worker:
         self.paused = False  # listeners not polled (idle limit, no descriptors, stopping)
         self.resume_at = 0.0
         self.stop_hard: float | None = None  # set when stopping began: the latest exit
+        self.quiet_until = 0.0  # shutting down: keep draining the backlog until then
         self.fd_errors = 0
         self.fd_log_at = 0.0
         self.sel = Poller()
@@ -247,10 +248,13 @@ class Worker:
             if self.stopping and self.stop_hard is None:
                 self._begin_stop()
             now = time.monotonic()
+            if self.stop_hard is not None and now < self.stop_hard and self.quiet_until:
+                self._drain_backlog()  # handshakes that completed after the first drain
             if (
                 self.stop_hard is not None
                 and (not self.conns or now >= self.stop_hard)
                 and not self.busy  # every request in a core is finished
+                and (now >= self.quiet_until or now >= self.stop_hard)
             ):
                 break
             if self.conns or self.stop_hard is not None:
@@ -327,6 +331,7 @@ class Worker:
         if not self.paused:
             self._listen(False)
         if self.scoreboard.master_state == sb.MASTER_STOPPING:
+            self.quiet_until = now + conns.DRAIN_QUIET
             self._drain_backlog()
         grace = time.monotonic() + conns.STOP_GRACE
         for c in self.conns:
@@ -346,6 +351,7 @@ class Worker:
                 except OSError:
                     break
                 budget -= 1
+                self.quiet_until = time.monotonic() + conns.DRAIN_QUIET
                 self._new_conn(sock, addr, lst, keep=False)
 
     def _after_request(self) -> None:
