@@ -158,7 +158,8 @@ def deleted_files(pid: int) -> int:
         with contextlib.suppress(OSError, psutil.Error):
             for fd in os.listdir(f"/proc/{proc.pid}/fd"):
                 with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{proc.pid}/fd/{fd}").endswith("(deleted)"):
+                    target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                    if target.endswith("(deleted)") and not target.startswith("/memfd:"):
                         count += 1
     return count
 

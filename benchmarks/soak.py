@@ -141,15 +141,27 @@ def main(argv: list[str] | None = None) -> int:
                 os.kill(backend.pid, signal.SIGHUP)
                 events["sighup"] += 1
             if second % 15 == 7:
-                with open(fifo, "wb", buffering=0) as fh:
-                    fh.write(b"c")
-                events["chain"] += 1
+                try:  # never block the schedule on a FIFO nobody reads (mid re-exec)
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                    try:
+                        os.write(fd, b"c")
+                    finally:
+                        os.close(fd)
+                    events["chain"] += 1
+                except OSError as exc:
+                    events["chain_not_delivered"] = events.get("chain_not_delivered", 0) + 1
+                    print(f"t={second}s: fifo not open for reading ({exc.strerror})",
+                          file=sys.stderr, flush=True)
             if second % 20 == 3:
                 os.kill(backend.pid, signal.SIGTTIN)
                 events["ttin"] += 1
             if second % 20 == 13:
                 os.kill(backend.pid, signal.SIGTTOU)
                 events["ttou"] += 1
+            if second % 60 == 0:
+                with lock:
+                    print(f"t={second}s served={stats['ok']} errors={len(stats['errors'])} "
+                          f"backend={footprint(backend.pid)}", file=sys.stderr, flush=True)
             if second % 60 == 30:
                 child = router_child(router.pid)
                 if child:
