@@ -105,24 +105,21 @@ def state_dir(subscription_socks: list[socket.socket]) -> str | None:
 # --------------------------------------------------------------------------- the router
 
 
-def _503(key: str) -> bytes:
-    body = f'503 Service Unavailable: no node available for key "{key}"\n'.encode(
-        "latin-1", "replace"
-    )
+def _error(status: str, text: str) -> bytes:
+    """A complete HTTP/1.0 error answer the router writes itself (then closes)."""
+    body = f"{status}: {text}\n".encode("latin-1", "replace")
     return (
-        b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-    ) + body
+        f"HTTP/1.0 {status}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1") + body
+
+
+def _503(key: str) -> bytes:
+    return _error("503 Service Unavailable", f'no node available for key "{key}"')
 
 
 def _502(key: str) -> bytes:
-    body = f'502 Bad Gateway: no node for key "{key}" accepted the connection\n'.encode(
-        "latin-1", "replace"
-    )
-    return (
-        b"HTTP/1.0 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-    ) + body
+    return _error("502 Bad Gateway", f'no node for key "{key}" accepted the connection')
 
 
 class Router:
