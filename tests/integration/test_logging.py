@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.client import uwsgi_packet, uwsgi_vars
+from tests.conftest import app_args as make_app_args
 from tests.pm import Pymaster, exchange, free_port, uwsgi_request, wait_port
 
 WSGI_APP = r'''
@@ -66,13 +66,6 @@ REQUEST_LINE = re.compile(r"^\[pid: \d+\|app: 0\|req: \d+/\d+\] .* => generated 
 CTIME = r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}"
 
 
-@pytest.fixture(params=["wsgi", "psgi"])
-def kind(request):
-    if request.param == "psgi" and not shutil.which("plackup"):
-        pytest.skip("plackup (libplack-perl) missing")
-    return request.param
-
-
 class Served:
     def __init__(self, pm: Pymaster, port: int):
         self.pm, self.port = pm, port
@@ -89,14 +82,7 @@ def serve(tmp_path):
     started: list[Pymaster] = []
 
     def start(*options, kind: str = "wsgi", processes: int = 1) -> Served:
-        if kind == "wsgi":
-            app = tmp_path / "app.py"
-            app.write_text(WSGI_APP)
-            app_args = ["--wsgi-file", str(app)]
-        else:
-            app = tmp_path / "app.psgi"
-            app.write_text(PSGI_APP)
-            app_args = ["--psgi", str(app)]
+        app_args = make_app_args(tmp_path, kind, WSGI_APP, PSGI_APP)
         port = free_port()
         pm = Pymaster(["-M", "-p", str(processes), "-s", f"127.0.0.1:{port}", *app_args,
                        *[str(o) for o in options]], tmp_path)

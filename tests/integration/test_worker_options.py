@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 from tests.client import http_get, parse_http_response, uwsgi_packet, uwsgi_request, uwsgi_vars
+from tests.conftest import app_args as make_app_args
 from tests.pm import Pymaster, exchange, free_port, wait_port
 
 WSGI_APP = r'''
@@ -83,13 +83,6 @@ REQUEST_LINE = re.compile(r"^(?:\{address space usage.*?\} )?\[pid: \d+\|app: 0\
 PAGE = 4096
 
 
-@pytest.fixture(params=["wsgi", "psgi"])
-def kind(request):
-    if request.param == "psgi" and not shutil.which("plackup"):
-        pytest.skip("plackup (libplack-perl) missing")
-    return request.param
-
-
 class Served:
     """A running `pymaster -M` and how to talk to it."""
 
@@ -118,14 +111,7 @@ def serve(tmp_path, kind):
     started: list[Pymaster] = []
 
     def start(*options: str, http: bool = False, processes: int = 1) -> Served:
-        if kind == "wsgi":
-            app = tmp_path / "app.py"
-            app.write_text(WSGI_APP)
-            app_args = ["--wsgi-file", str(app)]
-        else:
-            app = tmp_path / "app.psgi"
-            app.write_text(PSGI_APP)
-            app_args = ["--psgi", str(app)]
+        app_args = make_app_args(tmp_path, kind, WSGI_APP, PSGI_APP)
         port = free_port()
         pm = Pymaster(["-M", "-p", str(processes), "--http-socket" if http else "-s",
                        f"127.0.0.1:{port}", *app_args, *options], tmp_path)

@@ -6,13 +6,13 @@ worker lives on. Both worker kinds, over `--http-socket`."""
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import time
 
 import pytest
 
 from tests.client import http_get
+from tests.conftest import app_args as make_app_args
 from tests.pm import Pymaster, free_port, wait_port
 
 WSGI_APP = r'''
@@ -73,26 +73,12 @@ REQUEST = re.compile(r"^\[pid: \d+\|app: 0\|req: \d+/\d+\] .* GET (/big\w*) => g
                      r"bytes in \d+ msecs \(HTTP/1\.1 200\)", re.M)
 
 
-@pytest.fixture(params=["wsgi", "psgi"])
-def kind(request):
-    if request.param == "psgi" and not shutil.which("plackup"):
-        pytest.skip("plackup (libplack-perl) missing")
-    return request.param
-
-
 @pytest.fixture
 def serve(tmp_path, kind):
     started: list[Pymaster] = []
 
     def start(*options: str) -> tuple[Pymaster, int]:
-        if kind == "wsgi":
-            app = tmp_path / "app.py"
-            app.write_text(WSGI_APP)
-            app_args = ["--wsgi-file", str(app)]
-        else:
-            app = tmp_path / "app.psgi"
-            app.write_text(PSGI_APP)
-            app_args = ["--psgi", str(app)]
+        app_args = make_app_args(tmp_path, kind, WSGI_APP, PSGI_APP)
         port = free_port()
         pm = Pymaster(["-M", "-p", "1", "--http-socket", f"127.0.0.1:{port}", *app_args,
                        *options], tmp_path)
