@@ -1283,6 +1283,11 @@ DAEMONS = _section(
     force_master=True,
 )
 
+# Filled by the Emperor (pymaster/emperor/) and the ASGI worker (pymaster/workers/asgi/).
+EMPEROR: list[Option] = _section("Emperor")
+
+ASGI: list[Option] = _section("ASGI workers")
+
 OPTIONS: list[Option] = (
     CONFIGURATION
     + SOCKETS
@@ -1298,6 +1303,8 @@ OPTIONS: list[Option] = (
     + HTTP_ROUTER
     + STATIC
     + DAEMONS
+    + EMPEROR
+    + ASGI
 )
 
 BY_FLAG: dict[str, Option] = {flag: o for o in OPTIONS for flag in o.flags}
