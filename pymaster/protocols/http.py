@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from pymaster.protocols import speedups
 from pymaster.protocols.body import BodyError, InputStream
 
 REASONS = {
@@ -291,6 +292,14 @@ class HttpFraming:
     def head(self, status: str, headers, length, no_body) -> bytes:
         if self.keep_alive and not self.usable():
             self.keep_alive = False
+        if _http_head is not None:
+            done = _http_head(self.version, status, headers, length, no_body, self.keep_alive)
+            if done is not None:
+                head, self.keep_alive, self.chunked = done
+                return head
+        return self._head_py(status, headers, length, no_body)
+
+    def _head_py(self, status: str, headers, length, no_body) -> bytes:
         parts = [f"HTTP/{self.version} {status}\r\n"]
         has_length = False
         for name, value in headers:
@@ -331,3 +340,7 @@ class HttpFraming:
 
     def finish(self) -> bytes:
         return b"0\r\n\r\n" if self.chunked else b""
+
+
+# the compiled framing (protocols/speedups.py); None: the Python one above
+_http_head = speedups.codec.http_head if speedups.codec is not None else None

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Where a WSGI worker's CPU goes per request: one single-process pymaster (`-s`, one worker,
+no master) behind nginx `uwsgi_pass`, loaded by wrk, measured two ways:
+
+    .venv/bin/python benchmarks/profile_worker.py                 # CPU µs per request
+    .venv/bin/python benchmarks/profile_worker.py --cprofile 25   # + cProfile, top 25 lines
+    PYMASTER_PURE_PYTHON=1 .venv/bin/python benchmarks/profile_worker.py   # the fallback
+
+CPU per request is the server process's user+system CPU time (psutil) over the measured run
+divided by the requests wrk completed; with --cprofile the worker runs under cProfile (which
+slows it several times: read the shares, not the absolute times). Run it under the load
+lock on a shared machine: `flock /tmp/pymaster-load.lock ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import pstats
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from benchmarks.run import WSGI_APPS, run_wrk  # noqa: E402
+from tests.external import free_port, http_get, nginx, run_server  # noqa: E402
+
+# The worker calls os._exit(): the profile is written just before it.
+_WRAPPER = """\
+import cProfile, os, sys
+prof = cProfile.Profile()
+_exit = os._exit
+def _dump_and_exit(code):
+    prof.disable()
+    prof.dump_stats({out!r})
+    _exit(code)
+os._exit = _dump_and_exit
+from pymaster.cli import main
+prof.enable()
+main(sys.argv[1:])
+"""
+
+
+def profile(app: str, duration: float, connections: int, top: int | None) -> str:
+    path, expect = WSGI_APPS[app]
+    port = free_port()
+    args = ["-s", f"127.0.0.1:{port}", "--wsgi-file", str(path), "--disable-logging"]
+    with tempfile.TemporaryDirectory(prefix="pymaster-profile-") as tmp:
+        out = os.path.join(tmp, "worker.prof")
+        if top:
+            cmd = [sys.executable, "-c", _WRAPPER.format(out=out), *args]
+        else:
+            cmd = [sys.executable, "-m", "pymaster", *args]
+        with (
+            run_server(
+                "pymaster", cmd, wait_ports=[port], stop_signal=signal.SIGHUP, grace=10.0
+            ) as srv,
+            nginx(f"127.0.0.1:{port}") as front,
+        ):
+            page = http_get(front.port, "/")
+            if page.status != 200 or expect not in page.text:
+                raise RuntimeError(f"check request got {page.status}: {page.text[:200]!r}")
+            run_wrk(front.port, 1, connections, 1)  # warm-up
+            proc = psutil.Process(srv.pid)
+            before = proc.cpu_times()
+            result = run_wrk(front.port, duration, connections, 1)
+            after = proc.cpu_times()
+            user = after.user - before.user
+            system = after.system - before.system
+            n = max(1, result["requests"])
+            os.kill(srv.pid, signal.SIGHUP)
+            with contextlib.suppress(Exception):
+                srv.proc.wait(15)
+        lines = [
+            f"app {app}, {duration:.0f} s, wrk -c{connections} through nginx uwsgi_pass, "
+            f"one single-process worker, "
+            f"PYMASTER_PURE_PYTHON={os.environ.get('PYMASTER_PURE_PYTHON', '')!r}"
+            f"{' (under cProfile)' if top else ''}",
+            f"requests {result['requests']}, {result['rps']:.0f} req/s, errors {result['errors']}",
+            f"server CPU per request: {1e6 * (user + system) / n:.1f} µs "
+            f"(user {1e6 * user / n:.1f}, system {1e6 * system / n:.1f})",
+        ]
+        if top:
+            for _ in range(50):
+                if os.path.exists(out):
+                    break
+                time.sleep(0.1)
+            buf = io.StringIO()
+            stats = pstats.Stats(out, stream=buf)
+            stats.sort_stats("tottime").print_stats(top)
+            text = buf.getvalue()
+            text = text[text.find("   ncalls") :] if "   ncalls" in text else text
+            lines += [
+                "",
+                f"cProfile, top {top} by own time (per-call times inflated by cProfile):",
+                text.rstrip(),
+            ]
+        return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--app", default="hello", choices=sorted(WSGI_APPS))
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="run under cProfile and print the TOP functions by own time",
+    )
+    opts = p.parse_args(argv)
+    print(profile(opts.app, opts.duration, opts.connections, opts.cprofile or None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
