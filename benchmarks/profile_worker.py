@@ -5,6 +5,12 @@ no master) behind nginx `uwsgi_pass`, loaded by wrk, measured two ways:
     .venv/bin/python benchmarks/profile_worker.py                 # CPU µs per request
     .venv/bin/python benchmarks/profile_worker.py --cprofile 25   # + cProfile, top 25 lines
     PYMASTER_PURE_PYTHON=1 .venv/bin/python benchmarks/profile_worker.py   # the fallback
+    .venv/bin/python benchmarks/profile_worker.py --callgrind 500,2500   # instructions
+
+--callgrind A,B runs the worker under valgrind (callgrind) twice, serving A then B requests
+from one sequential uwsgi client (nginx's vars, wrk's headers): (instructions(B) -
+instructions(A)) / (B - A) is the worker's instruction count per request, start-up and
+shutdown cancelled out. Unlike CPU time it does not move with the load of a shared machine.
 
 CPU per request is the server process's user+system CPU time (psutil) over the measured run
 divided by the requests wrk completed; with --cprofile the worker runs under cProfile (which
@@ -19,7 +25,10 @@ import contextlib
 import io
 import os
 import pstats
+import re
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +40,14 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from benchmarks.run import WSGI_APPS, run_wrk  # noqa: E402
-from tests.external import free_port, http_get, nginx, run_server  # noqa: E402
+from tests.external import (  # noqa: E402
+    free_port,
+    http_get,
+    nginx,
+    run_server,
+    uwsgi_packet,
+    uwsgi_vars,
+)
 
 # The worker calls os._exit(): the profile is written just before it.
 _WRAPPER = """\
@@ -106,6 +122,64 @@ def profile(app: str, duration: float, connections: int, top: int | None) -> str
         return "\n".join(lines)
 
 
+# what nginx sends for wrk's request (uwsgi_params + the headers wrk sets)
+NGINX_VARS = uwsgi_vars(
+    "/", host="127.0.0.1", port=8080, REMOTE_PORT="51234", HTTP_CONNECTION="close"
+)
+
+
+def _instructions(app: Path, requests: int) -> int:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="pymaster-callgrind-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "pymaster",
+            "-s",
+            f"127.0.0.1:{port}",
+            "--wsgi-file",
+            str(app),
+            "--disable-logging",
+        ]
+        packet = uwsgi_packet(NGINX_VARS)
+        with run_server(
+            "pymaster",
+            cmd,
+            wait_ports=[port],
+            stop_signal=signal.SIGHUP,
+            grace=120.0,
+            timeout=180.0,
+        ) as srv:
+            for _ in range(requests):
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                    sock.sendall(packet)
+                    while sock.recv(65536):
+                        pass
+            os.kill(srv.pid, signal.SIGHUP)
+            srv.proc.wait(120)
+        text = subprocess.run(["callgrind_annotate", out], capture_output=True, text=True).stdout
+    match = re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text, re.M)
+    if not match:
+        raise RuntimeError(f"no PROGRAM TOTALS in callgrind_annotate's output:\n{text[:2000]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def callgrind(app: str, low: int, high: int) -> str:
+    path, _expect = WSGI_APPS[app]
+    a = _instructions(path, low)
+    b = _instructions(path, high)
+    return (
+        f"app {app}, one single-process worker under callgrind, sequential uwsgi requests, "
+        f"PYMASTER_PURE_PYTHON={os.environ.get('PYMASTER_PURE_PYTHON', '')!r}\n"
+        f"instructions: {a} for {low} requests, {b} for {high}: "
+        f"{(b - a) / (high - low):.0f} per request"
+    )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--app", default="hello", choices=sorted(WSGI_APPS))
@@ -118,7 +192,17 @@ def main(argv=None) -> int:
         metavar="TOP",
         help="run under cProfile and print the TOP functions by own time",
     )
+    p.add_argument(
+        "--callgrind",
+        default="",
+        metavar="A,B",
+        help="instructions per request under callgrind, from runs of A and B requests",
+    )
     opts = p.parse_args(argv)
+    if opts.callgrind:
+        low, high = (int(v) for v in opts.callgrind.split(","))
+        print(callgrind(opts.app, low, high))
+        return 0
     print(profile(opts.app, opts.duration, opts.connections, opts.cprofile or None))
     return 0
 

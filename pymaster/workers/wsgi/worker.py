@@ -51,6 +51,8 @@ from pymaster.workers.wsgi.reqlog import Record, RequestLog
 EXIT_END = EXIT_MASTER_GONE
 _EMPTY = b""
 _BODY_500 = b"Internal Server Error"
+# connections accepted per epoll wake-up at most, while the backlog is not empty
+ACCEPT_BATCH = int(os.environ.get("PYMASTER_ACCEPT_BATCH", "16"))
 
 
 def _timeval(seconds: float) -> bytes:
@@ -376,19 +378,28 @@ class Worker:
 
     # -- connections ------------------------------------------------------------------
     def _accept(self, lst) -> None:
-        try:
-            sock, addr = lst.sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._short_of_fds(exc)
-            else:
-                log(f"accept(): {exc.strerror} [worker {self.wid}]")
-            return
-        self._new_conn(sock, addr, lst, keep=True)
-        if len(self.conns) >= self.max_idle:
-            self._make_room()
+        """New connections, each served at once when its request is there (TCP_DEFER_ACCEPT);
+        accepted again, up to ACCEPT_BATCH, while the backlog holds more: one epoll wake-up
+        for a burst of connections."""
+        ls = lst.sock
+        accept = ls._accept  # socket.accept() without its per-call family/type look-ups
+        family, kind, proto = ls.family, ls.type, ls.proto
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, addr = accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._short_of_fds(exc)
+                else:
+                    log(f"accept(): {exc.strerror} [worker {self.wid}]")
+                return
+            self._new_conn(socket.socket(family, kind, proto, fd), addr, lst, keep=True)
+            if len(self.conns) >= self.max_idle:
+                self._make_room()
+            if self.paused or self.stopping:
+                return
 
     def _new_conn(self, sock, addr, lst, keep: bool) -> None:
         c = Conn(sock, lst, addr, time.monotonic(), self.head_timeout, keep)
