@@ -100,6 +100,15 @@ class Worker:
         self.lock = threading.Lock()
         self.jobs: SimpleQueue = SimpleQueue()
         self.back: deque = deque()  # connections the cores hand back to the loop
+        self._wsgi_env = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": wsgi.ERRORS,
+            "wsgi.multithread": self.multithread,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": wsgi.FileWrapper,
+            "wsgi.input_terminated": True,
+        }
 
     # -- lifecycle --------------------------------------------------------------------
     def _on_hup(self, signum, frame):
@@ -830,19 +839,13 @@ class Worker:
     # -- the app ----------------------------------------------------------------------
     def _dispatch(self, conn, env, body, framing, start, nvars, pktsize, protocol) -> bool:
         """Run the app for one request; True when the connection is still usable."""
-        env["wsgi.version"] = (1, 0)
         env["wsgi.url_scheme"] = (
             "https"
             if env.get("HTTPS", "").lower() in ("on", "1") or env.get("UWSGI_SCHEME") == "https"
             else "http"
         )
         env["wsgi.input"] = body
-        env["wsgi.errors"] = wsgi.ERRORS
-        env["wsgi.multithread"] = self.multithread
-        env["wsgi.multiprocess"] = True
-        env["wsgi.run_once"] = False
-        env["wsgi.file_wrapper"] = wsgi.FileWrapper
-        env["wsgi.input_terminated"] = True
+        env.update(self._wsgi_env)  # the keys that are the same for every request
         for key in ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"):
             if key not in env:
                 env[key] = ""
