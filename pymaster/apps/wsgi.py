@@ -345,7 +345,8 @@ class Call:
                 exc_info = None
         elif self.status is not None:
             raise WsgiError("start_response() called twice without exc_info")
-        validate_head(status, headers)
+        if _head_ok is None or not _head_ok(status, headers):
+            _validate_head_py(status, headers)
         self.status = status
         self.headers = headers
         self.declared = None
@@ -503,7 +504,8 @@ class Call:
             out += body
         if self._send(out) and not self.no_body:
             self.tx = len(body)
-        self._check_length()
+        if self.declared is not None and self.tx < self.declared and not self.no_body:
+            self._no_reuse()  # as _check_length(), inline on the common path
 
     def _send_file(self, span):
         fd, offset, count = span

@@ -30,6 +30,9 @@ class Packet(NamedTuple):
     nvars: int
 
 
+_new_packet = tuple.__new__  # Packet(...) without the Python-level __new__ of a NamedTuple
+
+
 def _b(value: bytes | str | int) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -147,7 +150,7 @@ def parse_packet(buf: bytes | bytearray, size: int) -> Packet:
     """The packet of `size` bytes (see packet_size) at the start of `buf`."""
     modifier1, datasize, modifier2 = HEADER.unpack_from(buf, 0)
     env, nvars = _decode_environ(memoryview(buf)[4:size])
-    return Packet(modifier1, modifier2, env, datasize, nvars)
+    return _new_packet(Packet, (modifier1, modifier2, env, datasize, nvars))
 
 
 def read_packet(recv_into_buf, buffer_size: int) -> tuple[Packet, bytes]:

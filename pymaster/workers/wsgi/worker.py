@@ -79,6 +79,9 @@ class Worker:
         self.timeout = _timeval(cfg.socket_timeout)
         self.keepalive = cfg.http_keepalive
         self.recycling = Recycling.for_worker(cfg, wid)
+        r = self.recycling  # no limit at all: no question to ask after each request
+        self.recycles = bool(r.max_requests or r.rss_limit or r.as_limit)
+        self._raw_framing: dict[str | None, uwsgi.RawFraming] = {}  # stateless: one each
         self.head_timeout = cfg.header_timeout
         self.max_idle = conns.idle_limit(cfg.max_idle_connections)
         self.conns: set[Conn] = set()  # held in the poller: no app runs for them
@@ -367,7 +370,7 @@ class Worker:
 
     def _after_request(self) -> None:
         self.requests += 1
-        if self.stopping:
+        if self.stopping or not self.recycles:
             return
         reason = self.recycling.reason(
             self.requests, time.time() - self.spawned, _rss, self.pid, self.wid
@@ -581,7 +584,8 @@ class Worker:
         if "SERVER_PORT" not in env:
             env["SERVER_PORT"] = self._server_port(c.lst)
         try:
-            length = uwsgi.content_length(env.get("CONTENT_LENGTH"))
+            declared = env.get("CONTENT_LENGTH")
+            length = uwsgi.content_length(declared) if declared else 0
         except uwsgi.UwsgiError as exc:
             log(str(exc))
             self._drop(c)
@@ -592,9 +596,9 @@ class Worker:
                 c, http.HttpError(413, f"Content-Length {length} over the limit of {limit}")
             )
             return
-        reader = uwsgi.BodyReader(c.sock.recv, length, rest)
-        body: object = reader if length else io.BytesIO()
-        if length and self.cfg.post_buffering:
+        reader = uwsgi.BodyReader(c.sock.recv, length, rest) if length else None
+        body: object = reader if reader is not None else io.BytesIO()
+        if reader is not None and self.cfg.post_buffering:
             try:
                 body = self._post_buffer(reader, length)
             except (OSError, uwsgi.UwsgiError) as exc:
@@ -611,16 +615,22 @@ class Worker:
             c.sock,
             env,
             body,
-            uwsgi.RawFraming(protocol),
+            self._raw_framing.get(protocol) or self._new_raw_framing(protocol),
             start,
             packet.nvars,
             packet.datasize,
             protocol,
         )
-        if reader.complete and not rest[length:]:
+        if (reader is None or reader.complete) and not rest[length:]:
             self._drop(c)
         else:  # the body was left unread: no reset that would eat the answer
             self._linger(c)
+
+    def _new_raw_framing(self, protocol: str | None) -> uwsgi.RawFraming:
+        framing = uwsgi.RawFraming(protocol)
+        if len(self._raw_framing) < 16:  # SERVER_PROTOCOL comes from the client
+            self._raw_framing[protocol] = framing
+        return framing
 
     def _post_buffer(self, stream, length: int | None):
         """--post-buffering: the whole body now, in memory below the threshold, else in a
