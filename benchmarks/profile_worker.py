@@ -68,7 +68,7 @@ main(sys.argv[1:])
 def profile(app: str, duration: float, connections: int, top: int | None) -> str:
     path, expect = WSGI_APPS[app]
     port = free_port()
-    args = ["-s", f"127.0.0.1:{port}", "--wsgi-file", str(path), "--disable-logging"]
+    args = ["-s", f"127.0.0.1:{port}", "--wsgi-file", str(path), *QUIET]
     with tempfile.TemporaryDirectory(prefix="pymaster-profile-") as tmp:
         out = os.path.join(tmp, "worker.prof")
         if top:
@@ -122,6 +122,9 @@ def profile(app: str, duration: float, connections: int, top: int | None) -> str
         return "\n".join(lines)
 
 
+# --logging: the request log on (to the server's log file), else --disable-logging
+QUIET = ["--disable-logging"]
+
 # what nginx sends for wrk's request (uwsgi_params + the headers wrk sets)
 NGINX_VARS = uwsgi_vars(
     "/", host="127.0.0.1", port=8080, REMOTE_PORT="51234", HTTP_CONNECTION="close"
@@ -143,7 +146,7 @@ def _instructions(app: Path, requests: int) -> int:
             f"127.0.0.1:{port}",
             "--wsgi-file",
             str(app),
-            "--disable-logging",
+            *QUIET,
         ]
         packet = uwsgi_packet(NGINX_VARS)
         with run_server(
@@ -198,7 +201,11 @@ def main(argv=None) -> int:
         metavar="A,B",
         help="instructions per request under callgrind, from runs of A and B requests",
     )
+    p.add_argument("--logging", action="store_true",
+                   help="with the request log (to the server's log file) instead of --disable-logging")
     opts = p.parse_args(argv)
+    if opts.logging:
+        QUIET[:] = []
     if opts.callgrind:
         low, high = (int(v) for v in opts.callgrind.split(","))
         print(callgrind(opts.app, low, high))
