@@ -51,6 +51,9 @@ from pymaster.workers.wsgi.reqlog import Record, RequestLog
 EXIT_END = EXIT_MASTER_GONE
 _EMPTY = b""
 _BODY_500 = b"Internal Server Error"
+# the scoreboard's request counter: the u64 at byte 8 of a slot (sb.HEAD's third field)
+_REQUESTS_WORD = 1
+_LITTLE_ENDIAN = sys.byteorder == "little" and sb.HEAD.format.startswith("<IIQ")
 # connections accepted per epoll wake-up at most, while the backlog is not empty
 ACCEPT_BATCH = int(os.environ.get("PYMASTER_ACCEPT_BATCH", "16"))
 
@@ -949,9 +952,15 @@ class Worker:
         return usable
 
     def _instance_requests(self) -> int:
-        total = 0
+        """Requests served by every worker of the instance (the log line's `req: n/TOTAL`)."""
         mm = self.scoreboard.mm
-        for i in range(self.scoreboard.highest or self.scoreboard.slots):
+        n = self.scoreboard.highest or self.scoreboard.slots
+        if _LITTLE_ENDIAN:  # each slot's u64 request count, summed in C: no loop in Python
+            with memoryview(mm) as whole, whole[: n * sb.SLOT_SIZE] as part:
+                with part.cast("Q") as words:
+                    return sum(words[_REQUESTS_WORD :: sb.SLOT_SIZE // 8])
+        total = 0
+        for i in range(n):
             total += sb.HEAD.unpack_from(mm, i * sb.SLOT_SIZE)[2]
         return total
 
