@@ -11,6 +11,8 @@ no master) behind nginx `uwsgi_pass`, loaded by wrk, measured two ways:
 from one sequential uwsgi client (nginx's vars, wrk's headers): (instructions(B) -
 instructions(A)) / (B - A) is the worker's instruction count per request, start-up and
 shutdown cancelled out. Unlike CPU time it does not move with the load of a shared machine.
+--logging keeps the request log on (to the server's log file) instead of --disable-logging.
+The server runs from this checkout (cwd), whatever PYTHONPATH says.
 
 CPU per request is the server process's user+system CPU time (psutil) over the measured run
 divided by the requests wrk completed; with --cprofile the worker runs under cProfile (which
