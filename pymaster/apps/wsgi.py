@@ -95,6 +95,9 @@ def split_header(text: str) -> tuple[str, str]:
 
 
 RESPONSES = Responses()
+# --offload-threads: the worker's offloader (workers/wsgi/offload.py), set once per process;
+# its send(sock, fd, offset, count, what) -> bool takes a file body off the request thread
+OFFLOAD: Any = None
 
 
 def configure(cfg: Config) -> None:
@@ -317,6 +320,7 @@ class Call:
         "environ",
         "write_errors",
         "gone",
+        "via",
     )
 
     def __init__(self, sock, framing, method: str, timeout: float = 4.0):
@@ -335,6 +339,7 @@ class Call:
         self.environ: dict = {}
         self.write_errors = 0
         self.gone = False  # the response was given up: nothing more is sent
+        self.via = ""  # the log line's ` via sendfile()` / ` via offload()`
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -507,12 +512,39 @@ class Call:
         if self.declared is not None and self.tx < self.declared and not self.no_body:
             self._no_reuse()  # as _check_length(), inline on the common path
 
+    def _offload(self, offload, fd: int, offset: int, count: int) -> None:
+        """The head here, the body by an offload thread; the connection closes after it."""
+        self._no_reuse()
+        if not self._send(self._head(count)):
+            return
+        env = self.environ
+        what = (
+            f"{env.get('REQUEST_METHOD', '')} {env.get('REQUEST_URI') or env.get('PATH_INFO', '')}"
+            f" ({env.get('REMOTE_ADDR', '')})"
+        )
+        if offload.send(self.sock, fd, offset, count, what):
+            self.via = "offload"
+            self.tx = count  # as uWSGI: the full size, whatever the client then takes
+            return
+        self.via = "sendfile"
+        self._sendfile(fd, offset, count)
+
     def _send_file(self, span):
         fd, offset, count = span
         if self.declared is not None:
             count = min(count, self.declared)
+        offload = OFFLOAD
+        if offload is not None and count and not self.no_body:
+            code = self._status_code()
+            if code >= 200 and code not in (204, 304):
+                self._offload(offload, fd, offset, count)
+                return
         if not self._send(self._head(count)) or self.no_body or not count:
             return
+        self.via = "sendfile"
+        self._sendfile(fd, offset, count)
+
+    def _sendfile(self, fd: int, offset: int, count: int) -> None:
         self.sock.settimeout(self.timeout)  # sendfile() waits on EAGAIN: bound it
         try:
             with os.fdopen(os.dup(fd), "rb") as f:

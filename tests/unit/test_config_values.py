@@ -49,7 +49,7 @@ ZERO_IS_ZERO = {
     "fastrouter-connect-timeout": "the connect is bounded by --fastrouter-timeout (uWSGI)",
     "http-timeout": "accepted, no effect",
     "http-processes": "accepted, no effect",
-    "offload-threads": "accepted, no effect",
+    "offload-threads": "no offload threads: the request thread sends files itself",
     "static-cache-paths": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
