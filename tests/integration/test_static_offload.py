@@ -19,11 +19,11 @@ import pytest
 from tests.client import http_get
 from tests.pm import Pymaster, free_port, wait_port
 
-APP = '''
+APP = """
 def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"APP " + environ["PATH_INFO"].encode()]
-'''
+"""
 BIG = 20 * 1000 * 1000
 CLIENTS = 100
 PROMPT = 10.0  # seconds: generous, the machine is shared; blocked means minutes here
@@ -44,8 +44,19 @@ def tree(tmp_path_factory):
 def _start(root, offload: int):
     port = free_port()
     args = [
-        "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", root / "app.py", "--master", "-p", "1",
-        "--static-map", f"/s={root / 'www'}", "--socket-timeout", "120", "--listen", "256",
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--wsgi-file",
+        root / "app.py",
+        "--master",
+        "-p",
+        "1",
+        "--static-map",
+        f"/s={root / 'www'}",
+        "--socket-timeout",
+        "120",
+        "--listen",
+        "256",
     ]
     if offload:
         args += ["--offload-threads", str(offload)]
@@ -160,8 +171,12 @@ def test_slow_downloads_offloaded(tree):
         trickle = Trickle(socks)
         try:
             # every download is handed over and logged at once, with its full size
-            pm.wait_log(r"GET /s/big.bin => generated 20000000 bytes in \d+ msecs via offload\(\) "
-                        r"\(HTTP/1.1 200\)", timeout=60, count=CLIENTS)
+            pm.wait_log(
+                r"GET /s/big.bin => generated 20000000 bytes in \d+ msecs via offload\(\) "
+                r"\(HTTP/1.1 200\)",
+                timeout=60,
+                count=CLIENTS,
+            )
             for i in range(5):  # the worker is free: app and small static requests answer
                 assert _prompt(port, f"/app{i}") == f"APP /app{i}".encode()
                 assert _prompt(port, "/s/small.txt") == b"small file\n"
@@ -198,7 +213,9 @@ def test_client_leaving_mid_download(tree):
         s.close()  # unread bytes: the kernel resets the connection
         (line,) = pm.wait_log(
             r"u_offload_sendfile_do\(\): (?:Connection reset by peer|Broken pipe) "
-            r"during GET /s/big.bin \(127.0.0.1\)", timeout=20)
+            r"during GET /s/big.bin \(127.0.0.1\)",
+            timeout=20,
+        )
         _no_leak(wpid, before)
         assert _prompt(port, "/after") == b"APP /after"
     finally:
@@ -225,12 +242,18 @@ def test_without_offload_the_worker_is_blocked(tree):
             trickle.end()
             for s in socks:
                 s.close()
-        pm.wait_log(r"uwsgi_response_sendfile_do\(\): (?:Connection reset by peer|Broken pipe) "
-                    r"during GET /s/big.bin \(127.0.0.1\)", timeout=30)
+        pm.wait_log(
+            r"uwsgi_response_sendfile_do\(\): (?:Connection reset by peer|Broken pipe) "
+            r"during GET /s/big.bin \(127.0.0.1\)",
+            timeout=30,
+        )
         # the small static file, sent by the worker, says so in its log line
         assert _prompt(port, "/s/small.txt") == b"small file\n"
-        pm.wait_log(r"GET /s/small.txt => generated 11 bytes in \d+ msecs via sendfile\(\) "
-                    r"\(HTTP/1.1 200\)", timeout=30)
+        pm.wait_log(
+            r"GET /s/small.txt => generated 11 bytes in \d+ msecs via sendfile\(\) "
+            r"\(HTTP/1.1 200\)",
+            timeout=30,
+        )
         assert not re.search(r"via offload\(\)", pm.log())
     finally:
         pm.stop()
