@@ -248,11 +248,11 @@ class Crons:
 
 
 def attach(arbiter: Arbiter, cfg: Config) -> Crons | None:
+    carried = os.environ.pop(CARRY_ENV, None)  # the workers and later images need not see it
     crons = configured(cfg)
     if not crons:
         return None
     manager = Crons(arbiter, crons)
-    carried = os.environ.pop(CARRY_ENV, None)  # the workers need not see it
     if carried:
         manager.adopt(carried)
     manager.attach()
