@@ -160,6 +160,36 @@ def http_cases(opts) -> list[Case]:
     return direct_cases("http", "wsgi", WSGI_APPS, ("pymaster", "uwsgi", "gunicorn"), opts)
 
 
+THREADS = 4
+THREAD_APPS = {
+    "hello": WSGI_APPS["hello"],
+    "sleep10": (BENCH / "apps" / "sleep10.py", "Hello after 10 ms!"),
+}
+
+
+def threaded_server(server: str, app: Path, workers: int) -> ContextManager[Server]:
+    """`--threads 4` on every server: pymaster and uWSGI on --http-socket, gunicorn with
+    its gthread worker (`-k gthread --threads 4`)."""
+    if server == "gunicorn":
+        return gunicorn(app, workers, args=["--worker-class", "gthread",
+                                            "--threads", str(THREADS)])
+    return app_server("wsgi", server, "http", app, workers, ["--threads", str(THREADS)])
+
+
+@contextlib.contextmanager
+def threaded(server: str, app: Path, workers: int) -> Iterator[Target]:
+    with threaded_server(server, app, workers) as srv:
+        yield Target(srv.port, srv)
+
+
+@scenario("threads", f"--threads {THREADS} per worker over HTTP: pymaster vs uWSGI vs gunicorn gthread")
+def threads_cases(opts) -> list[Case]:
+    return [Case("threads", server, app, f"http, {THREADS} threads",
+                 lambda s=server, a=path: threaded(s, a, opts.workers), expect)
+            for app, (path, expect) in THREAD_APPS.items()
+            for server in ("pymaster", "uwsgi", "gunicorn")]
+
+
 # kind -> (server, protocol nginx speaks to it, nginx directive); the native server is
 # behind proxy_pass, for reference
 BEHIND_NGINX = {

@@ -249,7 +249,8 @@ APPLICATIONS = _section(
     opt(
         "plugins/plugin",
         "list",
-        help="plugins to load (comma-separated allowed); built in, names are checked",
+        help="plugins to load (comma-separated allowed); built in, names are checked; a path "
+        "to a uWSGI C plugin (`/x/y_plugin.so`) is skipped with uWSGI's `UNABLE to load` line",
         metavar="NAMES",
     ),
     opt(
@@ -373,7 +374,8 @@ RESPONSES = _section(
         "list",
         help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "
         "action `donotlog:` (no request log line for a matching request, e.g. "
-        "`route = ^/healthz$ donotlog:`); any other action is refused at start (use nginx)",
+        "`route = ^/healthz$ donotlog:`); any other action stops the start with an error "
+        "naming it (routing belongs in nginx)",
         metavar="RULE",
         worker=True,
     ),
