@@ -20,6 +20,7 @@ from pymaster import __version__, procname
 from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
+from pymaster.emperor.vassal import EMPEROR_PID_ENV, keep_with_emperor
 from pymaster.log import log
 from pymaster.master import (
     cron,
@@ -45,7 +46,9 @@ INTERNAL_ENV = (
     "UWSGI_VASSALS_DIR",
     reloadcheck.CHECK_ENV,
     vacuum.INODES_ENV,
+    EMPEROR_PID_ENV,
 )
+VASSAL_ENV_PREFIXES = ("UWSGI_VASSAL_", "PYMASTER_VASSAL_")  # for the Emperor's vassals
 MIN_SLOTS = 64
 
 
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     from pymaster.config import options
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in INTERNAL_ENV and not k.startswith(VASSAL_ENV_PREFIXES)
+    }
     try:
         cfg = options.parse(argv, environ)
     except options.ConfigError as exc:
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         log(warning)
     if cfg.show_config:
         log(cfg.dump_ini())
+    if cfg.emperor:
+        return _run_emperor(cfg)
     try:
         return run(cfg)
     except StartupError as exc:
@@ -113,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     except (sockets.SocketError, privileges.PrivilegeError, AddressError, SubscriptionError) as exc:
         log(f"pymaster: {exc}")  # a bad address, subscription or router setting: named in exc
         return 1
+
+
+def _run_emperor(cfg: Config) -> int:
+    """--emperor: this process is only the Emperor (pymaster/emperor/)."""
+    from pymaster.emperor import emperor
+
+    try:
+        _check_unsupported(cfg)
+    except StartupError as exc:
+        log(str(exc))
+        return exc.code
+    return emperor.run(cfg)
 
 
 def _daemonize() -> bool:
@@ -334,6 +355,8 @@ def run(cfg: Config) -> int:
     log(
         f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
     )
+    if EMPEROR_PID_ENV in os.environ and not reloaded:
+        log(f"*** has_emperor mode detected (emperor pid: {os.environ[EMPEROR_PID_ENV]}) ***")
     for path in cfg.ini_files:
         log(f"[pymaster] getting INI configuration from {path}")
     _hooks(cfg, "asap")
@@ -357,6 +380,7 @@ def run(cfg: Config) -> int:
             fh.write(f"{os.getpid()}\n")
     _hooks(cfg, "as root")
     privileges.drop(cfg.uid, cfg.gid)
+    keep_with_emperor(os.environ)  # a change of ids cleared the death signal a vassal asked for
     _hooks(cfg, "as user")
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None
