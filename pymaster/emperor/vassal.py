@@ -31,6 +31,7 @@ from pymaster.workers.contract import die_with_master
 
 EMPEROR_PID_ENV = "PYMASTER_EMPEROR_PID"
 DEATH_SIGNAL = signal.SIGINT  # what a vassal master gets when the Emperor dies
+COMMANDS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # Emperor → vassal
 _DROPPED = (
     "UWSGI_RELOADS",
     "LISTEN_PID",
@@ -85,8 +86,11 @@ def environment(environ: Mapping[str, str], notify_socket: str, emperor_pid: int
 
 
 def _child_setup(emperor_pid: int) -> None:
-    """In the child, after the tyrant's setuid and before the exec."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    """In the child, after the tyrant's setuid and before the exec. The Emperor's commands
+    stay blocked across the exec until the vassal master has its handlers (a pymaster image
+    holds them too, from its first line): a SIGHUP sent to a vassal still importing pymaster
+    is a reload once it can act on it, never the default action's death."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, COMMANDS)
     die_with_master(DEATH_SIGNAL)
     if os.getppid() != emperor_pid:  # the Emperor died before the request took hold
         os._exit(1)

@@ -336,7 +336,9 @@ def test_a_broken_vassal_is_throttled_and_retried_without_touching_the_others(va
     wait_serving(pa, emperor=emperor)
     a = vassals.wait_vassal("a.ini", loyal=1)
     a_workers = worker_pids(a["pid"])
-    emperor.wait_log(r"\[emperor\] unloyal bad behaving vassal found: bad\.ini throttling it\.\.\.", 40)
+    emperor.wait_log(
+        r"\[emperor\] unloyal bad behaving vassal found: bad\.ini throttling it\.\.\.", 40
+    )
     log = emperor.log()
     assert log.count("[emperor] curse the pymaster instance bad.ini") >= 3
     assert "99999" in log  # the vassal's own error, in the shared log
@@ -421,6 +423,22 @@ def test_sighup_reloads_every_vassal_and_fails_no_request(vassals):
         assert served[port] - old_all, f"no new worker served on {port}"
     for vid, pid in masters.items():
         assert vassals.wait_vassal(vid, ready=1)["pid"] == pid  # same vassal masters
+
+
+def test_sighup_while_a_vassal_starts_is_a_reload_not_its_death(vassals):
+    vassals.write("a")
+    emperor = vassals.start()
+    emperor.wait_log(r"\[emperor\] vassal a\.ini has been spawned", 15)
+    emperor.signal(signal.SIGHUP)  # the vassal is still importing pymaster
+    emperor.wait_log(r"\[emperor\] reload the pymaster instance a\.ini")
+    pc = vassals.write("c")
+    emperor.wait_log(r"\[emperor\] vassal c\.ini has been spawned", 15)
+    emperor.signal(signal.SIGHUP)
+    assert wait_serving(pc, emperor=emperor)["name"] == "c"
+    assert wait_serving(vassals.ports["a"], emperor=emperor)["name"] == "a"
+    vassals.wait_vassal("a.ini", ready=1)
+    vassals.wait_vassal("c.ini", ready=1)
+    assert "curse the pymaster instance" not in emperor.log()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT])
@@ -519,16 +537,25 @@ def _nobody_can_run_python() -> bool:
         os.setuid(65534)
 
     try:
-        return subprocess.run([sys.executable, "-c", "pass"], preexec_fn=as_nobody,
-                              capture_output=True, timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                [sys.executable, "-c", "pass"],
+                preexec_fn=as_nobody,
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        )
     except OSError:
         return False
 
 
 @needs_root
-@pytest.mark.skipif(not _nobody_can_run_python(),
-                    reason="uid 65534 cannot run this interpreter (it lives under a root-only "
-                    "directory); a tyrant's vassal execs it as the file's owner")
+@pytest.mark.skipif(
+    not _nobody_can_run_python(),
+    reason="uid 65534 cannot run this interpreter (it lives under a root-only "
+    "directory); a tyrant's vassal execs it as the file's owner",
+)
 def test_tyrant_runs_each_vassal_as_its_file_owner(open_vassals):
     v = open_vassals
     nobody = (65534, 65534)
@@ -547,7 +574,9 @@ def test_tyrant_runs_each_vassal_as_its_file_owner(open_vassals):
     assert [x["id"] for x in v.stats()["vassals"]] == ["a.ini"]
     procs = v.descendants()
     os.chown(v.dir / "a.ini", 65534, 0)
-    emperor.wait_log(r"!!! permissions of file a\.ini changed\. stopping the instance\.\.\. !!!", 15)
+    emperor.wait_log(
+        r"!!! permissions of file a\.ini changed\. stopping the instance\.\.\. !!!", 15
+    )
     wait_gone(procs)
 
 
