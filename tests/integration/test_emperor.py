@@ -22,9 +22,11 @@ from tests.client import http_get, port_open
 from tests.pm import Pymaster, free_port
 
 APP = """\
-import json, os
+import json, os, time
 
 def application(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(30)
     body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(),
                        "name": os.environ.get("VASSAL_NAME", ""),
                        "uid": os.getuid()}).encode()
@@ -284,6 +286,48 @@ def test_touch_reloads_gracefully_in_place(vassals):
     assert "reload the pymaster instance b.ini" not in emperor.log()
 
 
+def test_a_broken_edit_keeps_the_vassal_serving_its_previous_configuration(vassals):
+    pa = vassals.write("a")
+    emperor = vassals.start()
+    wait_serving(pa, emperor=emperor)
+    a = vassals.wait_vassal("a.ini", loyal=1)
+    workers = worker_pids(a["pid"])
+    path = vassals.dir / "a.ini"
+    path.write_text(path.read_text() + "[broken\n")
+    later = time.time() + 2
+    os.utime(path, (later, later))
+    emperor.wait_log(r"\[emperor\] reload the pymaster instance a\.ini", 15)
+    emperor.wait_log(r"\*\*\* reload aborted: the workers keep serving", 30)
+    assert get(pa)["name"] == "a"
+    assert vassals.vassal("a.ini")["pid"] == a["pid"] and worker_pids(a["pid"]) == workers
+    assert "curse the pymaster instance a.ini" not in emperor.log()
+
+
+def test_a_vassal_that_outlives_the_mercy_is_killed(vassals):
+    pa = vassals.write("a")
+    emperor = vassals.start("--emperor-graceful-shutdown", "--reload-mercy", "2")
+    wait_serving(pa, emperor=emperor)
+    a = vassals.wait_vassal("a.ini", loyal=1)
+    procs = vassals.descendants()
+    slow = threading.Thread(target=lambda: _ignore(http_get, pa, "/slow", timeout=60), daemon=True)
+    slow.start()
+    time.sleep(1)  # the request is in a worker: a graceful stop waits for it
+    (vassals.dir / "a.ini").unlink()
+    emperor.wait_log(r"\[emperor\] stop the pymaster instance a\.ini", 15)
+    emperor.wait_log(r"graceful shutdown triggered", 15)
+    emperor.wait_log(r"\[emperor\] NO MERCY for vassal a\.ini !!!", 15)
+    emperor.wait_log(r"\[emperor\] removed pymaster instance a\.ini", 15)
+    wait_gone(procs)
+    assert not psutil.pid_exists(a["pid"]) or not _running(psutil.Process(a["pid"]))
+
+
+def _ignore(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except OSError:
+        pass
+
+
 def test_a_killed_vassal_is_respawned_and_leaves_no_orphan(vassals):
     pa = vassals.write("a")
     pb = vassals.write("b")
@@ -460,6 +504,10 @@ def test_stop_signals_bury_the_emperor_and_every_vassal(vassals, sig):
     assert "[emperor] stop the pymaster instance a.ini" in log
     assert "[emperor] removed pymaster instance b.ini" in log
     assert log.rstrip().endswith("The Emperor is buried.")
+    if sig == signal.SIGTERM:  # graceful for every vassal
+        assert log.count("graceful shutdown triggered") == 2
+    else:  # at once, as uWSGI's Ragnarok
+        assert log.count("SIGINT/SIGTERM received...killing workers...") == 2
     wait_gone(procs)
     for port in ports:
         assert not port_open(port)

@@ -10,6 +10,7 @@ import pytest
 
 from pymaster.config import parse
 from pymaster.emperor.blacklist import Blacklist
+from pymaster.emperor.emperor import EmperorError, check
 from pymaster.emperor.monitor import Monitor, MonitorError
 from pymaster.emperor.vassal import EMPEROR_PID_ENV, command, environment
 
@@ -131,3 +132,17 @@ def test_nofollow_takes_the_link_mtime(tmp_path):
 def test_bad_monitors_are_refused(spec, message):
     with pytest.raises(MonitorError, match=message):
         Monitor(spec)
+
+
+def test_instance_options_are_refused_and_others_named_as_ignored(tmp_path):
+    with pytest.raises(EmperorError, match="--socket configures an instance"):
+        check(parse(["--emperor", str(tmp_path), "-s", ":3031"], {}))
+    lines = check(parse(["--emperor", str(tmp_path), "--processes", "4", "--harakiri", "5"], {}))
+    assert lines == [
+        "*** the Emperor ignores --processes, --harakiri: instance options belong in the "
+        "vassal files (or --vassals-inherit / --vassal-set) ***"
+    ]
+    assert (
+        check(parse(["--emperor", str(tmp_path), "--logto", "x.log", "--reload-mercy", "5"], {}))
+        == []
+    )
