@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if RELOADS_ENV not in os.environ or cfg.log_reopen:  # else keep the inherited log fd
         logmod.setup(cfg.logto or cfg.daemonize, truncate=cfg.log_truncate)
     logmod.set_date(cfg.log_date)
+    if cfg.emperor:  # before the log master: the Emperor has no loop that would read it
+        return _run_emperor(cfg)
     try:
         logmaster.configure(cfg)
     except logmaster.LogConfigError as exc:
@@ -112,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         log(warning)
     if cfg.show_config:
         log(cfg.dump_ini())
-    if cfg.emperor:
-        return _run_emperor(cfg)
     try:
         return run(cfg)
     except StartupError as exc:
@@ -128,6 +128,10 @@ def _run_emperor(cfg: Config) -> int:
     """--emperor: this process is only the Emperor (pymaster/emperor/)."""
     from pymaster.emperor import emperor
 
+    for warning in cfg.warnings:
+        log(warning)
+    if cfg.show_config:
+        log(cfg.dump_ini())
     try:
         _check_unsupported(cfg)
     except StartupError as exc:
