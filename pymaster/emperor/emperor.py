@@ -188,7 +188,10 @@ class Emperor:
 
     def cycle(self) -> None:
         now = time.monotonic()
-        timeout = max(0.0, min(1.0, self.next_scan - now, *self._deadlines(now)))
+        waits = self._deadlines(now)
+        if self.ragnarok_deadline is None:  # no scan during Ragnarok
+            waits.append(self.next_scan - now)
+        timeout = max(0.0, min(1.0, *waits))
         readers = [self.wake_r, self.notify_sock.fileno()]
         if self.stats is not None:
             readers.append(self.stats.fileno())

@@ -24,13 +24,20 @@ def document(monitors: list[str], tyrant: bool, vassals: list[dict], blacklist: 
         "pid": os.getpid(),
         "uid": os.getuid(),
         "gid": os.getgid(),
-        "cwd": os.getcwd(),
+        "cwd": _cwd(),
         "emperor": monitors,
         "emperor_tyrant": 1 if tyrant else 0,
         "throttle_level": 0,
         "vassals": vassals,
         "blacklist": blacklist,
     }
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # removed under us
+        return ""
 
 
 class StatsServer:

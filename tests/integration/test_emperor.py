@@ -19,14 +19,14 @@ import psutil
 import pytest
 
 from tests.client import http_get, port_open
-from tests.pm import Pymaster, free_port
+from tests.pm import Background, Pymaster, free_port
 
 APP = """\
 import json, os, time
 
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
-        time.sleep(30)
+        time.sleep(float(environ.get("QUERY_STRING") or 30))
     body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(),
                        "name": os.environ.get("VASSAL_NAME", ""),
                        "uid": os.getuid()}).encode()
@@ -511,6 +511,28 @@ def test_stop_signals_bury_the_emperor_and_every_vassal(vassals, sig):
     wait_gone(procs)
     for port in ports:
         assert not port_open(port)
+
+
+def test_graceful_ragnarok_lets_requests_finish_and_waits_without_spinning(vassals):
+    pa = vassals.write("a")
+    emperor = vassals.start()
+    wait_serving(pa, emperor=emperor)
+    vassals.wait_vassal("a.ini", loyal=1)
+    procs = vassals.descendants()
+    slow = Background(http_get, pa, "/slow?5", None, 60)
+    time.sleep(1)  # the request is in a worker
+    me = psutil.Process(emperor.pid)
+    before = sum(me.cpu_times()[:2])
+    emperor.signal(signal.SIGTERM)
+    emperor.wait_log(r"graceful shutdown triggered", 15)
+    time.sleep(2)  # the Emperor waits for its vassal, which waits for the request
+    spent = sum(me.cpu_times()[:2]) - before
+    assert spent < 0.5, f"the Emperor used {spent:.2f} s of CPU while it waited"
+    response = slow.join(30)
+    assert response.status == 200  # the in-flight request finished
+    assert emperor.wait(30) == 0
+    assert "NO MERCY" not in emperor.log()
+    wait_gone(procs)
 
 
 def test_sigkill_of_the_emperor_takes_the_vassals_down(vassals):
