@@ -230,20 +230,33 @@ def test_request_vars_and_mount_as_plack(tmp_path):
         assert json.loads(request(port, "/echo", headers={"X-Env": "1"})[2])["PATH_INFO"] == ""
         assert request(port, "/echox/env")[0] == 404
 
-        # Side by side with the seed's frontend shape (plackup + Plack::App::uWSGI).
+        # Side by side with the seed's frontend (plackup + Plack::App::uWSGI under a Plack
+        # mount), to a pymaster backend and to uWSGI 2.0's python3 plugin: each backend
+        # sees the same request from both frontends.
         if not shutil.which("plackup"):
-            return
-        plack = tmp_path / "plack.psgi"
-        plack.write_text(PLACK_FRONTEND.replace("@port@", str(be_port)))
-        pport = free_port()
-        stack.enter_context(run_server(
-            "plackup", ["plackup", "-Ilib", "--host", LOOPBACK, "--port", str(pport), plack],
-            wait_ports=[pport], cwd=EXAMPLES, tmp=tmp_path, timeout=TIMEOUT))
+            pytest.skip("plackup missing: no side-by-side with Plack::App::uWSGI")
+        targets = {"pymaster": be_port}
+        if uwsgi_plugin_available("python3"):
+            u_port = free_port()
+            stack.enter_context(uwsgi(["--master", "-s", f"{LOOPBACK}:{u_port}", "--wsgi-file",
+                                       str(tmp_path / "echo.wsgi")], tmp=tmp_path))
+            targets["uwsgi"] = u_port
         keys = ("SCRIPT_NAME", "PATH_INFO", "REQUEST_URI", "QUERY_STRING", "REQUEST_METHOD")
-        for path in ("/echo/", "/echo", "/echo/a%20b/c/env?q=%2F", "/echo//x/env"):
-            ours = json.loads(request(port, path, headers={"X-Env": "1"})[2])
-            seed = json.loads(request(pport, path, headers={"X-Env": "1"})[2])
-            assert {k: ours[k] for k in keys} == {k: seed[k] for k in keys}, path
+        paths = ("/echo/", "/echo", "/echo/a%20b/c/env?q=%2F", "/echo//x/env")
+        for name, target in targets.items():
+            fe2, port2 = frontend(stack, tmp_path, {"/echo": {"pass": f"{LOOPBACK}:{target}"}})
+            plack = tmp_path / f"plack-{name}.psgi"
+            plack.write_text(PLACK_FRONTEND.replace("@port@", str(target)))
+            pport = free_port()
+            stack.enter_context(run_server(
+                f"plackup-{name}", ["plackup", "-Ilib", "--host", LOOPBACK, "--port", str(pport),
+                                    plack], wait_ports=[pport], cwd=EXAMPLES, tmp=tmp_path,
+                timeout=TIMEOUT))
+            for path in paths:
+                ours = json.loads(request(port2, path, headers={"X-Env": "1"})[2])
+                seed = json.loads(request(pport, path, headers={"X-Env": "1"})[2])
+                assert {k: ours[k] for k in keys} == {k: seed[k] for k in keys}, (name, path)
+            assert (ours["SCRIPT_NAME"], ours["PATH_INFO"]) == ("/echo", "//x/env"), name
 
 
 def test_bodies_streamed_both_ways(tmp_path):
