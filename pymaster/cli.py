@@ -209,6 +209,19 @@ def _load_app(cfg: Config) -> Callable | None:
         except RuntimeError as exc:
             raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
         return None
+    if cfg.asgi:
+        from pymaster.workers.asgi import app as asgi_app
+
+        start = time.time()
+        try:
+            asgi = asgi_app.load_app(cfg)
+        except asgi_app.AppLoadError as exc:
+            raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
+        log(
+            f"ASGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+            f"on interpreter pid: {os.getpid()} (default app)"
+        )
+        return asgi
     from pymaster.apps import wsgi
 
     start = time.time()
@@ -261,7 +274,12 @@ def _prepare(cfg: Config) -> bool:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount)
+    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount or cfg.asgi)
+    if cfg.asgi and (cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount):
+        raise StartupError(
+            "--asgi serves one ASGI app per instance: drop --wsgi-file/--module/--psgi/"
+            "--mount, or run them in an instance of their own"
+        )
     if cfg.psgi and cfg.mount:
         raise StartupError(
             "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
@@ -286,7 +304,8 @@ def _prepare(cfg: Config) -> bool:
         )
     if has_app and not app_configured:
         raise StartupError(
-            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
+            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE], "
+            "--asgi MOD:CALLABLE or --psgi FILE"
         )
     if has_app and cfg.processes == 0:
         raise StartupError(
@@ -388,7 +407,7 @@ def run(cfg: Config) -> int:
 
 def worker_cores(cfg: Config) -> int:
     """Request threads per worker: --threads for Python workers (PSGI ones have one)."""
-    return 1 if cfg.psgi else max(1, cfg.threads)
+    return 1 if cfg.psgi or cfg.asgi else max(1, cfg.threads)
 
 
 def operational_mode(cfg: Config, processes: int) -> str:
@@ -400,6 +419,8 @@ def operational_mode(cfg: Config, processes: int) -> str:
         mode = "threaded" if threaded else "single process"
     else:
         mode = "no-workers"
+    if cfg.asgi and processes:
+        mode += "+async"
     return f"*** Operational MODE: {mode} ***"
 
 
@@ -422,6 +443,10 @@ def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
         from pymaster.workers.psgi import bridge as psgi
 
         psgi.exec_worker(cfg, 1, [(lst.fd, lst.kind) for lst in app_listeners], scoreboard.fd, None)
+    if cfg.asgi:
+        from pymaster.workers.asgi.worker import AsgiWorker
+
+        AsgiWorker(1, cfg, app_listeners, app, scoreboard, None).run()
     Worker(1, cfg, app_listeners, app, scoreboard, None).run()  # unblocks once it handles them
     return 0
 
@@ -448,6 +473,10 @@ def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
             from pymaster.workers.wsgi import autoreload
 
             autoreload.start(cfg.py_autoreload, master_pid, child.number)
+        if cfg.asgi:
+            from pymaster.workers.asgi.worker import AsgiWorker
+
+            AsgiWorker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
         Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
 
     return target
