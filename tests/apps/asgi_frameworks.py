@@ -5,7 +5,8 @@ import asyncio
 import contextlib
 import os
 
-from fastapi import BackgroundTasks, FastAPI, WebSocket as FastWebSocket
+from fastapi import BackgroundTasks, FastAPI
+from fastapi import WebSocket as FastWebSocket
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
