@@ -3,6 +3,7 @@ out, from an HTTP/1.1 request or from the vars of a uwsgi packet."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote
 
 from pymaster.protocols import http
@@ -32,7 +33,7 @@ def from_request(
         rest = target.split("://", 1)[1]
         target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
     raw, _, query = target.partition("?")
-    scope = {
+    scope: dict[str, Any] = {
         "type": "websocket" if websocket else "http",
         "asgi": ASGI_VERSION,
         "http_version": req.version,

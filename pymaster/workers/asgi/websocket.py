@@ -108,6 +108,7 @@ class WebSocket:
                     self._close(1009, f"message over {self.max_size} bytes")
                     return
                 if event.message_finished:
+                    msg: dict[str, Any]
                     if isinstance(event, TextMessage):
                         msg = {"type": "websocket.receive", "text": "".join(self.parts)}
                     else:

@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 import traceback
+from functools import partial
 
 from pymaster.log import log
 from pymaster.workers import scoreboard as sb
@@ -230,8 +231,8 @@ class AsgiWorker:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            kind = HttpConnection if lst.kind == "http" else UwsgiConnection
-            self._spawn(loop.connect_accepted_socket(lambda k=kind: k(self, lst), sock))
+            factory = partial(HttpConnection if lst.kind == "http" else UwsgiConnection, self, lst)
+            self._spawn(loop.connect_accepted_socket(factory, sock))
 
     def _spawn(self, coro) -> None:
         assert self.loop is not None
