@@ -256,7 +256,7 @@ def _prepare(cfg: Config) -> bool:
     """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
     sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
-    if not cfg.psgi:
+    if not cfg.psgi and not cfg.asgi:
         from pymaster.apps import static
 
         try:
@@ -288,6 +288,8 @@ def _prepare(cfg: Config) -> bool:
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
         app_configured and "LISTEN_FDS" in os.environ
     )
+    if cfg.asgi:
+        _check_asgi(cfg)
     if cfg.psgi and cfg.py_autoreload:
         log(
             "option --py-autoreload watches Python modules: PSGI workers are not watched "
@@ -315,6 +317,24 @@ def _prepare(cfg: Config) -> bool:
     privileges.check_backlog(cfg.listen)
     privileges.check(cfg.uid, cfg.gid)  # refused before anything is bound or written
     return has_app
+
+
+def _check_asgi(cfg: Config) -> None:
+    """What ASGI workers do not do: statics refused (they are a WSGI layer), the options
+    for threads and WSGI bodies logged as without effect."""
+    from pymaster.apps import static
+
+    if static.any_set(cfg):
+        raise StartupError(
+            "static file options are served by pymaster's WSGI layer: for an --asgi app "
+            "serve them from the app (starlette.staticfiles.StaticFiles) or from nginx"
+        )
+    for name, why in (
+        ("threads", "one event loop per worker; see --asgi-concurrency"),
+        ("post-buffering", "the body is streamed to the app as it arrives"),
+    ):
+        if cfg.is_set(name):
+            log(f"option --{name} has no effect on ASGI workers: {why}")
 
 
 def check_reload(cfg: Config) -> int:
