@@ -82,3 +82,66 @@ def test_fastapi(tmp_path):
         s.pm.wait_log(
             r"GET /items/42\?q=x\+y => generated \d+ bytes in \d+ msecs \(HTTP/1\.1 200\)"
         )
+
+
+DJANGO_PROJECT = """
+import os
+
+from django.conf import settings
+from django.core.asgi import get_asgi_application
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import path
+
+settings.configure(
+    DEBUG=False,
+    SECRET_KEY="asgi-test",
+    ALLOWED_HOSTS=["*"],
+    ROOT_URLCONF=__name__,
+    MIDDLEWARE=[],
+    INSTALLED_APPS=[],
+)
+
+
+async def hello(request):
+    return JsonResponse({
+        "path": request.path,
+        "script_name": request.META.get("SCRIPT_NAME", ""),
+        "secure": request.is_secure(),
+        "method": request.method,
+        "body": len(request.body),
+    })
+
+
+def stream(request):
+    return StreamingHttpResponse(f"part {i}\\n" for i in range(5))
+
+
+urlpatterns = [path("hello/", hello), path("stream/", stream)]
+application = get_asgi_application()
+"""
+
+
+def test_django_asgi_app(tmp_path):
+    pytest.importorskip("django")
+    (tmp_path / "djproject.py").write_text(DJANGO_PROJECT)
+    with serve(tmp_path, "--pythonpath", str(tmp_path), app="djproject:application") as s:
+        s.pm.wait_log("ASGI 'lifespan' protocol appears unsupported")  # Django has none
+        with httpx.Client(base_url=f"http://127.0.0.1:{s.http}", timeout=20) as client:
+            r = client.post("/hello/", content=b"d" * 5000)
+            assert r.status_code == 200
+            assert r.json() == {
+                "path": "/hello/",
+                "script_name": "",
+                "secure": False,
+                "method": "POST",
+                "body": 5000,
+            }
+            r = client.get("/stream/")
+            assert r.text == "".join(f"part {i}\n" for i in range(5))
+        from tests.client import uwsgi_request, uwsgi_vars
+
+        env = uwsgi_vars("/app/hello/", SCRIPT_NAME="/app", HTTPS="on")
+        raw = uwsgi_request(s.uwsgi, env)
+        data = json.loads(raw.partition(b"\r\n\r\n")[2])
+        assert data["script_name"] == "/app" and data["path"] == "/app/hello/"
+        assert data["secure"] is True
