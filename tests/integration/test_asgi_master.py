@@ -157,3 +157,22 @@ def test_max_requests_recycles_and_stats_count_requests(tmp_path):
         w = stats["workers"][0]
         assert w["pid"] == worker and w["status"] == "idle"
         assert w["requests"] >= 1 and w["tx"] > 0
+
+
+def test_graceful_shutdown_finishes_requests_in_flight_and_runs_lifespan_shutdown(tmp_path):
+    with serve(tmp_path, processes=2) as s:
+        workers = s.pm.wait_workers(2)
+        results: list = []
+        held = [
+            threading.Thread(target=lambda: results.append(get(s.http, "/slow?s=1.5", timeout=30)))
+            for _ in range(3)
+        ]
+        for t in held:
+            t.start()
+        time.sleep(0.5)
+        s.pm.signal(signal.SIGTERM)
+        for t in held:
+            t.join(30)
+        assert s.pm.wait(30) == 0
+        assert [status for status, _ in results] == [200, 200, 200]
+        assert sorted(int(p) for p in s.mark("shutdown")) == sorted(workers)

@@ -43,6 +43,7 @@ from pymaster.workers.contract import (
     Recycling,
     die_with_master,
 )
+from pymaster.workers.wsgi.conns import DRAIN_QUIET
 from pymaster.workers.wsgi.reqlog import Record, RequestLog
 
 HEARTBEAT = 0.25  # seconds between the loop's stamps in the scoreboard
@@ -88,6 +89,8 @@ class AsgiWorker:
         self.stopping = False
         self.stop_started = 0.0
         self.listening = False
+        self.quiet_until = 0.0  # shutting down: draining the backlog until then
+        self.connecting = 0  # accepted sockets whose transport is being set up
         self.what = b""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.finished: asyncio.Event | None = None
@@ -171,18 +174,46 @@ class AsgiWorker:
         self._listen(False)
         for conn in list(self.conns):
             conn.stop()
+        if self.scoreboard.master_state == sb.MASTER_STOPPING:
+            self.quiet_until = time.monotonic() + DRAIN_QUIET
+            self._drain_backlog()
         mercy = self.cfg.worker_reload_mercy
         grace = max(0.0, mercy - min(2.0, mercy / 4))
         assert self.loop is not None
         self.loop.call_later(grace, self._close_websockets)
         self.check_stopped()
 
+    def _drain_backlog(self) -> None:
+        """Shutting down: serve what already waits in the backlog (the master refuses new
+        handshakes, so the queue is finite) until none came for DRAIN_QUIET seconds."""
+        for lst in self.listeners:
+            for _ in range(10 * max(1, self.cfg.listen)):
+                try:
+                    sock, _addr = lst.sock.accept()
+                except OSError:
+                    break
+                self.quiet_until = time.monotonic() + DRAIN_QUIET
+                self._connect(lst, sock)
+        if time.monotonic() < self.quiet_until:
+            assert self.loop is not None
+            self.loop.call_later(0.05, self._drain_backlog)
+        else:
+            self.quiet_until = 0.0
+            self.check_stopped()
+
     def _close_websockets(self) -> None:
         for ws in list(self.websockets):
             ws.server_close()
 
     def check_stopped(self) -> None:
-        if self.stopping and not self.inflight and not self.conns and self.finished:
+        if (
+            self.stopping
+            and not self.inflight
+            and not self.conns
+            and not self.quiet_until
+            and not self.connecting
+            and self.finished
+        ):
             self.finished.set()
 
     def last_request(self) -> bool:
@@ -228,17 +259,31 @@ class AsgiWorker:
                     self._listen(False)
                     loop.call_later(1.0, self._resume)
                 return
-            sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            factory = partial(HttpConnection if lst.kind == "http" else UwsgiConnection, self, lst)
-            self._spawn(loop.connect_accepted_socket(factory, sock))
+            self._connect(lst, sock)
 
-    def _spawn(self, coro) -> None:
+    def _connect(self, lst, sock: socket.socket) -> None:
+        assert self.loop is not None
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        factory = partial(HttpConnection if lst.kind == "http" else UwsgiConnection, self, lst)
+        self.connecting += 1
+        self._spawn(self.loop.connect_accepted_socket(factory, sock)).add_done_callback(
+            self._connected
+        )
+
+    def _connected(self, task: asyncio.Task) -> None:
+        self.connecting -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log(f"worker {self.wid}: a connection could not be set up: {task.exception()}")
+        self.check_stopped()
+
+    def _spawn(self, coro) -> asyncio.Task:
         assert self.loop is not None
         task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     # -- requests ---------------------------------------------------------------------
     def start_cycle(self, conn: Connection, cycle: Cycle, log_env) -> None:
