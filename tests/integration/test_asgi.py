@@ -50,6 +50,7 @@ def test_uwsgi_scope_https_root_path_and_status_line(tmp_path):
         raw = uwsgi_request(s.uwsgi, env)
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"connection" not in head.lower()  # as the WSGI worker: the close frames it
         import json
 
         scope = json.loads(body)
@@ -295,3 +296,36 @@ def test_lifespan_state_copy_and_shutdown_on_reload(tmp_path):
 
 def test_chunked_response_body_decodes(tmp_path):
     assert dechunk(b"3\r\nabc\r\n0\r\n\r\n") == b"abc"
+
+
+def test_timeouts_and_garbage_never_kill_the_worker(tmp_path):
+    with serve(tmp_path, "--header-timeout", "1", "--http-keepalive", "1") as s:
+        (worker,) = s.pm.wait_workers(1)
+        with socket.create_connection(("127.0.0.1", s.http), timeout=10) as sock:
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n")  # the head never ends
+            started = time.monotonic()
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert time.monotonic() - started < 8
+        with socket.create_connection(("127.0.0.1", s.http), timeout=10) as sock:
+            sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.2)
+            first = sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200 OK")
+            assert sock.recv(65536) == b""  # idle past --http-keepalive: closed
+        for garbage in (b"\x00\xff\xff\x00" + b"x" * 10, b"\x00\x05\x00\x00\x01\x00a"):
+            with socket.create_connection(("127.0.0.1", s.uwsgi), timeout=10) as sock:
+                sock.sendall(garbage)
+                assert sock.recv(65536) == b""
+        with socket.create_connection(("127.0.0.1", s.http), timeout=10) as sock:
+            sock.sendall(
+                b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            )
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400 Bad Request")  # no Sec-WebSocket-Key
+        assert get(s.http, "/pid") == (200, str(worker).encode())
+        assert s.pm.workers() == [worker]

@@ -94,8 +94,11 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark (one future for
+        every writer of the connection: a WebSocket app may send from several tasks)."""
         if self.write_paused and not self.lost:
-            self.drained = asyncio.get_running_loop().create_future()
+            if self.drained is None or self.drained.done():
+                self.drained = asyncio.get_running_loop().create_future()
             await self.drained
 
     def pause_reading(self) -> None:
@@ -182,6 +185,7 @@ class HttpConnection(Connection):
         cfg = worker.cfg
         self.parser = http.RequestParser(cfg.buffer_size, cfg.limit_post)
         self.queue: list[http.Request] = []
+        self.head_armed = True  # the first head's timer is armed at connection_made
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -203,7 +207,8 @@ class HttpConnection(Connection):
             body = cycle.body
             if (body is not None and body.buffered > BODY_HIGH) or len(self.queue) > PIPELINE_HIGH:
                 self.pause_reading()
-        elif self.parser.partial_head and self.timer is None:
+        elif self.parser.partial_head and not self.head_armed:
+            self.head_armed = True  # --header-timeout counts from the head's first bytes
             self.arm(self.worker.cfg.header_timeout, self.on_head_timeout)
         self.next()
 
@@ -228,6 +233,7 @@ class HttpConnection(Connection):
             elif self.parser.broken:
                 self.linger()
             elif self.parser.partial_head:
+                self.head_armed = True
                 self.arm(self.worker.cfg.header_timeout, self.on_head_timeout)
             elif self.worker.stopping:
                 self.arm(STOP_GRACE, self.close)
@@ -236,6 +242,7 @@ class HttpConnection(Connection):
                 self.arm(self.worker.cfg.http_keepalive, self.close)
             return
         req = self.queue.pop(0)
+        self.head_armed = False
         if self.paused and len(self.queue) <= PIPELINE_HIGH:
             self.resume_reading()
         if req.body is not None and req.body.error is not None:  # the app never ran

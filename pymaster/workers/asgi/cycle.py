@@ -159,8 +159,8 @@ class Cycle:
 
     def _head(self, length: int | None) -> bytes:
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers]
-        if self.conn.closing_soon():
-            headers.append(("Connection", "close"))
+        if self.conn.closing_soon() and isinstance(self.framing, http.HttpFraming):
+            self.framing.keep_alive = False  # the framing says `Connection: close`
         head = self.framing.head(status_line(self.status), headers, length, self.no_body)
         self.head_sent = True
         self.head_bytes = len(head)
