@@ -4,13 +4,14 @@ blocked event loop, a failing lifespan startup (exit 22), max-requests, the stat
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
 
 import websockets
 
-from tests.integration.asgi_helpers import get, read_stats, serve
+from tests.integration.asgi_helpers import APPS, get, read_stats, serve
 from tests.pm import free_port, wait_port
 
 
@@ -176,3 +177,32 @@ def test_graceful_shutdown_finishes_requests_in_flight_and_runs_lifespan_shutdow
         assert s.pm.wait(30) == 0
         assert [status for status, _ in results] == [200, 200, 200]
         assert sorted(int(p) for p in s.mark("shutdown")) == sorted(workers)
+
+
+def test_chain_reload_with_lazy_apps_replaces_every_worker(tmp_path):
+    touch = tmp_path / "chain"
+    touch.write_text("")
+    with serve(tmp_path, "--lazy-apps", "--touch-chain-reload", str(touch), processes=2) as s:
+        old = set(s.pm.wait_workers(2))
+        time.sleep(1.1)
+        touch.write_text("again")
+        s.pm.wait_log(r"ASGI app 0 \(mountpoint=''\) ready in worker", count=4, timeout=40)
+        deadline = time.monotonic() + 30
+        while set(s.pm.workers()) & old and time.monotonic() < deadline:
+            assert get(s.http, "/pid")[0] == 200
+            time.sleep(0.1)
+        new = set(s.pm.wait_workers(2))
+        assert not new & old
+        assert {int(get(s.http, "/pid")[1]) for _ in range(6)} <= new
+
+
+def test_without_a_master_the_process_is_the_worker(tmp_path):
+    from tests.pm import Pymaster
+
+    port = free_port()
+    env = {"PYTHONPATH": f"{APPS}:{os.environ.get('PYTHONPATH', '')}"}
+    args = ["--http-socket", f"127.0.0.1:{port}", "--asgi", "asgi_raw:application"]
+    with Pymaster(args, tmp_path, env=env) as pm:
+        pm.wait_log(r"ASGI app 0 \(mountpoint=''\) ready in worker 1", timeout=30)
+        wait_port(port)
+        assert int(get(port, "/pid")[1]) == pm.pid
