@@ -329,3 +329,29 @@ def test_timeouts_and_garbage_never_kill_the_worker(tmp_path):
         assert data.startswith(b"HTTP/1.1 400 Bad Request")  # no Sec-WebSocket-Key
         assert get(s.http, "/pid") == (200, str(worker).encode())
         assert s.pm.workers() == [worker]
+
+
+def test_from_an_ini_file_on_the_plain_asyncio_loop(tmp_path):
+    from tests.integration.asgi_helpers import APPS
+    from tests.pm import Pymaster, free_port, wait_port
+
+    port = free_port()
+    ini = tmp_path / "asgi.ini"
+    ini.write_text(
+        "[uwsgi]\nmaster = true\nprocesses = 1\n"
+        f"http-socket = 127.0.0.1:{port}\npythonpath = {APPS}\n"
+        "asgi = asgi_raw:application\nasgi-loop = asyncio\nasgi-concurrency = 50\n"
+    )
+    with Pymaster([str(ini)], tmp_path) as pm:
+        pm.wait_log(r"ready in worker 1 \(pid: \d+, loop: asyncio, concurrency: 50\)", timeout=30)
+        wait_port(port)
+        assert scope_of(port, "/x?y=1")["query_string"] == "y=1"
+        status, body = get(port, "/stream?n=3")
+        assert status == 200 and body == b"chunk 0\nchunk 1\nchunk 2\n"
+
+        async def ws():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as w:
+                await w.send(b"a" * 200000)
+                assert await w.recv() == b"a" * 200000
+
+        asyncio.run(ws())

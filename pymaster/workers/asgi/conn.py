@@ -251,6 +251,10 @@ class HttpConnection(Connection):
         if req.upgrade and _is_websocket(req):
             from pymaster.workers.asgi.websocket import WebSocket
 
+            if self.worker.stopping:  # it would be closed with 1012 at once
+                self.refuse(http.HttpError(503, "the worker is restarting"))
+                return
+
             self.disarm()
             self.websocket = WebSocket(self, req)
             self.worker.start_websocket(self, self.websocket)
