@@ -6,6 +6,7 @@ import os
 import time
 
 MARKS = os.environ.get("ASGI_TEST_MARKS", "")  # a directory the app leaves files in
+_HELD: list = []
 
 
 def _mark(name: str, text: str = "") -> None:
@@ -119,6 +120,9 @@ async def application(scope, receive, send):
         raise RuntimeError("the app failed on purpose")
     if path == "/none":
         return None
+    if path == "/grow":  # memory the worker keeps: --reload-on-rss recycles it
+        _HELD.append(bytearray(int(query.get("mb", "64")) * 1024 * 1024))
+        return await _respond(send, b"grown")
     if path == "/pid":
         return await _respond(send, str(os.getpid()).encode())
     return await _respond(send, json.dumps(_plain(scope)).encode(), ctype=b"application/json")

@@ -206,3 +206,14 @@ def test_without_a_master_the_process_is_the_worker(tmp_path):
         pm.wait_log(r"ASGI app 0 \(mountpoint=''\) ready in worker 1", timeout=30)
         wait_port(port)
         assert int(get(port, "/pid")[1]) == pm.pid
+
+
+def test_reload_on_rss_recycles_after_the_request(tmp_path):
+    with serve(tmp_path, "--reload-on-rss", "60", "--min-worker-lifetime", "0") as s:
+        (worker,) = s.pm.wait_workers(1)
+        assert get(s.http, "/grow?mb=80") == (200, b"grown")  # answered, then recycled
+        s.pm.wait_log(
+            rf"worker 1 \(pid: {worker}\) RSS \d+ bytes over reload-on-rss \d+ bytes, recycling"
+        )
+        s.pm.wait_log(r"ASGI app 0 \(mountpoint=''\) ready in worker", count=2, timeout=30)
+        assert int(get(s.http, "/pid")[1]) != worker
