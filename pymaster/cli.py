@@ -209,6 +209,19 @@ def _load_app(cfg: Config) -> Callable | None:
         except RuntimeError as exc:
             raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
         return None
+    if cfg.asgi:
+        from pymaster.workers.asgi import app as asgi_app
+
+        start = time.time()
+        try:
+            asgi = asgi_app.load_app(cfg)
+        except asgi_app.AppLoadError as exc:
+            raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
+        log(
+            f"ASGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+            f"on interpreter pid: {os.getpid()} (default app)"
+        )
+        return asgi
     from pymaster.apps import wsgi
 
     start = time.time()
@@ -243,7 +256,7 @@ def _prepare(cfg: Config) -> bool:
     """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
     sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
-    if not cfg.psgi:
+    if not cfg.psgi and not cfg.asgi:
         from pymaster.apps import static
 
         try:
@@ -261,7 +274,12 @@ def _prepare(cfg: Config) -> bool:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount)
+    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount or cfg.asgi)
+    if cfg.asgi and (cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount):
+        raise StartupError(
+            "--asgi serves one ASGI app per instance: drop --wsgi-file/--module/--psgi/"
+            "--mount, or run them in an instance of their own"
+        )
     if cfg.psgi and cfg.mount:
         raise StartupError(
             "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
@@ -270,6 +288,8 @@ def _prepare(cfg: Config) -> bool:
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
         app_configured and "LISTEN_FDS" in os.environ
     )
+    if cfg.asgi:
+        _check_asgi(cfg)
     if cfg.psgi and cfg.py_autoreload:
         log(
             "option --py-autoreload watches Python modules: PSGI workers are not watched "
@@ -286,7 +306,8 @@ def _prepare(cfg: Config) -> bool:
         )
     if has_app and not app_configured:
         raise StartupError(
-            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
+            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE], "
+            "--asgi MOD:CALLABLE or --psgi FILE"
         )
     if has_app and cfg.processes == 0:
         raise StartupError(
@@ -296,6 +317,24 @@ def _prepare(cfg: Config) -> bool:
     privileges.check_backlog(cfg.listen)
     privileges.check(cfg.uid, cfg.gid)  # refused before anything is bound or written
     return has_app
+
+
+def _check_asgi(cfg: Config) -> None:
+    """What ASGI workers do not do: statics refused (they are a WSGI layer), the options
+    for threads and WSGI bodies logged as without effect."""
+    from pymaster.apps import static
+
+    if static.any_set(cfg):
+        raise StartupError(
+            "static file options are served by pymaster's WSGI layer: for an --asgi app "
+            "serve them from the app (starlette.staticfiles.StaticFiles) or from nginx"
+        )
+    for name, why in (
+        ("threads", "one event loop per worker; see --asgi-concurrency"),
+        ("post-buffering", "the body is streamed to the app as it arrives"),
+    ):
+        if cfg.is_set(name):
+            log(f"option --{name} has no effect on ASGI workers: {why}")
 
 
 def check_reload(cfg: Config) -> int:
@@ -388,7 +427,7 @@ def run(cfg: Config) -> int:
 
 def worker_cores(cfg: Config) -> int:
     """Request threads per worker: --threads for Python workers (PSGI ones have one)."""
-    return 1 if cfg.psgi else max(1, cfg.threads)
+    return 1 if cfg.psgi or cfg.asgi else max(1, cfg.threads)
 
 
 def operational_mode(cfg: Config, processes: int) -> str:
@@ -400,6 +439,8 @@ def operational_mode(cfg: Config, processes: int) -> str:
         mode = "threaded" if threaded else "single process"
     else:
         mode = "no-workers"
+    if cfg.asgi and processes:
+        mode += "+async"
     return f"*** Operational MODE: {mode} ***"
 
 
@@ -422,6 +463,10 @@ def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
         from pymaster.workers.psgi import bridge as psgi
 
         psgi.exec_worker(cfg, 1, [(lst.fd, lst.kind) for lst in app_listeners], scoreboard.fd, None)
+    if cfg.asgi:
+        from pymaster.workers.asgi.worker import AsgiWorker
+
+        AsgiWorker(1, cfg, app_listeners, app, scoreboard, None).run()
     Worker(1, cfg, app_listeners, app, scoreboard, None).run()  # unblocks once it handles them
     return 0
 
@@ -448,6 +493,10 @@ def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
             from pymaster.workers.wsgi import autoreload
 
             autoreload.start(cfg.py_autoreload, master_pid, child.number)
+        if cfg.asgi:
+            from pymaster.workers.asgi.worker import AsgiWorker
+
+            AsgiWorker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
         Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
 
     return target

@@ -234,3 +234,9 @@ class Options:
     hook_master_start: list[str] = field(default_factory=list)
     hook_accepting: list[str] = field(default_factory=list)
     cron_harakiri: int = 0
+    asgi: str | None = None
+    asgi_loop: str = "auto"
+    asgi_concurrency: int = 1000
+    asgi_lifespan: str = "auto"
+    websockets_max_size: int = 1024
+    websockets_ping_freq: int = 30

@@ -1288,7 +1288,61 @@ DAEMONS = _section(
 # Filled by the Emperor (pymaster/emperor/) and the ASGI worker (pymaster/workers/asgi/).
 EMPEROR: list[Option] = _section("Emperor")
 
-ASGI: list[Option] = _section("ASGI workers")
+ASGI: list[Option] = _section(
+    "ASGI workers",
+    opt(
+        "asgi",
+        "str",
+        help="load an ASGI 3.0 app, `MODULE:CALLABLE` (`MODULE` alone: `application`); "
+        "each worker serves it from an asyncio event loop, many requests in flight",
+        metavar="MODULE:CALLABLE",
+    ),
+    opt(
+        "asgi-loop",
+        "str",
+        "auto",
+        "the event loop of the ASGI workers: `uvloop`, `asyncio`, or `auto` (uvloop when "
+        "it imports)",
+        choices=("auto", "asyncio", "uvloop"),
+        worker=True,
+    ),
+    opt(
+        "asgi-concurrency",
+        "int",
+        1000,
+        "requests (and WebSockets) in flight per ASGI worker; at the cap the worker stops "
+        "accepting, so new connections wait in the listen queue for another worker",
+        minimum=1,
+        worker=True,
+    ),
+    opt(
+        "asgi-lifespan",
+        "str",
+        "auto",
+        "the ASGI lifespan protocol: `on` (a failing startup is an app-load failure), "
+        "`off`, or `auto` (on, unless the app does not speak it)",
+        choices=("auto", "on", "off"),
+        worker=True,
+    ),
+    opt(
+        "websockets-max-size/websocket-max-size",
+        "int",
+        1024,
+        "the largest WebSocket message in KiB (after reassembly of its fragments) an ASGI "
+        "worker takes, as in uWSGI; a bigger one closes the socket with 1009",
+        minimum=1,
+        metavar="KIB",
+        worker=True,
+    ),
+    opt(
+        "websockets-ping-freq/websocket-ping-freq",
+        "int",
+        30,
+        "seconds between the pings an ASGI worker sends on an idle WebSocket, as in uWSGI "
+        "(0: none)",
+        worker=True,
+    ),
+)
 
 OPTIONS: list[Option] = (
     CONFIGURATION
