@@ -20,6 +20,7 @@ from pymaster import __version__, procname
 from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
+from pymaster.emperor.vassal import EMPEROR_PID_ENV, keep_with_emperor
 from pymaster.log import log
 from pymaster.master import (
     cron,
@@ -45,7 +46,9 @@ INTERNAL_ENV = (
     "UWSGI_VASSALS_DIR",
     reloadcheck.CHECK_ENV,
     vacuum.INODES_ENV,
+    EMPEROR_PID_ENV,
 )
+VASSAL_ENV_PREFIXES = ("UWSGI_VASSAL_", "PYMASTER_VASSAL_")  # for the Emperor's vassals
 MIN_SLOTS = 64
 
 
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     from pymaster.config import options
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in INTERNAL_ENV and not k.startswith(VASSAL_ENV_PREFIXES)
+    }
     try:
         cfg = options.parse(argv, environ)
     except options.ConfigError as exc:
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if RELOADS_ENV not in os.environ or cfg.log_reopen:  # else keep the inherited log fd
         logmod.setup(cfg.logto or cfg.daemonize, truncate=cfg.log_truncate)
     logmod.set_date(cfg.log_date)
+    if cfg.emperor:  # before the log master: the Emperor has no loop that would read it
+        return _run_emperor(cfg)
     try:
         logmaster.configure(cfg)
     except logmaster.LogConfigError as exc:
@@ -113,6 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     except (sockets.SocketError, privileges.PrivilegeError, AddressError, SubscriptionError) as exc:
         log(f"pymaster: {exc}")  # a bad address, subscription or router setting: named in exc
         return 1
+
+
+def _run_emperor(cfg: Config) -> int:
+    """--emperor: this process is only the Emperor (pymaster/emperor/)."""
+    from pymaster.emperor import emperor
+
+    for warning in cfg.warnings:
+        log(warning)
+    if cfg.show_config:
+        log(cfg.dump_ini())
+    try:
+        _check_unsupported(cfg)
+    except StartupError as exc:
+        log(str(exc))
+        return exc.code
+    return emperor.run(cfg)
 
 
 def _daemonize() -> bool:
@@ -373,6 +398,8 @@ def run(cfg: Config) -> int:
     log(
         f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
     )
+    if EMPEROR_PID_ENV in os.environ and not reloaded:
+        log(f"*** has_emperor mode detected (emperor pid: {os.environ[EMPEROR_PID_ENV]}) ***")
     for path in cfg.ini_files:
         log(f"[pymaster] getting INI configuration from {path}")
     _hooks(cfg, "asap")
@@ -396,6 +423,7 @@ def run(cfg: Config) -> int:
             fh.write(f"{os.getpid()}\n")
     _hooks(cfg, "as root")
     privileges.drop(cfg.uid, cfg.gid)
+    keep_with_emperor(os.environ)  # a change of ids cleared the death signal a vassal asked for
     _hooks(cfg, "as user")
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None

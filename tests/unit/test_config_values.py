@@ -56,6 +56,9 @@ ZERO_IS_ZERO = {
     "thread-stacksize": "the default stack size",
     "write-errors-tolerance": "no tolerance: the first write error ends the response",
     "websockets-ping-freq": "no pings",
+    "emperor-curse-tolerance": "accepted, no effect",
+    "emperor-broodlord": "refused at start whatever the value",
+    "emperor-required-heartbeat": "refused at start whatever the value",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
@@ -82,6 +85,9 @@ ZERO_IS_REFUSED = {
     "header-timeout",
     "asgi-concurrency",  # no request could ever be served
     "websockets-max-size",  # no message could ever be taken
+    "emperor-freq",  # the scan would never sleep
+    "emperor-throttle",
+    "emperor-max-throttle",
 }
 
 

@@ -1,5 +1,5 @@
 """The package's import arrows run one way (docs/architecture.md):
-cli -> master -> workers -> {apps, protocols}; master/gateways -> routers -> protocols;
+cli -> {master, emperor} -> workers -> {apps, protocols}; master/gateways -> routers -> protocols;
 config imported by all and importing none of them. Read from the source with `ast`, so a
 violation anywhere (even in a function body) fails here."""
 
@@ -21,7 +21,8 @@ ALLOWED = {
     "workers": SHARED | {"apps", "protocols"},
     "routers": SHARED | {"protocols"},
     "master": SHARED | {"workers", "routers", "protocols"},
-    "cli": SHARED | {"master", "workers", "apps", "protocols", "routers"},
+    "emperor": SHARED | {"protocols", "workers", "master"},
+    "cli": SHARED | {"master", "workers", "apps", "protocols", "routers", "emperor"},
     "__main__": {"cli"},
 }
 
@@ -58,6 +59,24 @@ def test_imports_run_one_way(path):
         allowed = allowed - {"routers"}
     bad = _imports(path) - allowed
     assert not bad, f"{path.relative_to(PACKAGE)} ({layer}) imports {sorted(bad)}"
+
+
+# The Emperor runs vassals as separate processes: of the master and the workers it may use
+# only these self-contained modules.
+EMPEROR_MAY_USE = {"pymaster.master.notify", "pymaster.master.sockets", "pymaster.workers.contract"}
+
+
+def test_the_emperor_uses_no_master_internals():
+    for path in (PACKAGE / "emperor").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                module = node.module
+                if module.startswith(("pymaster.master", "pymaster.workers")):
+                    assert module in EMPEROR_MAY_USE, f"{path.name} imports {module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith(("pymaster.master", "pymaster.workers")):
+                        assert alias.name in EMPEROR_MAY_USE, f"{path.name} imports {alias.name}"
 
 
 def test_every_package_says_what_it_may_import():
