@@ -173,6 +173,7 @@ class Table:
         self.allow = list(allow)
         self.pid = pid or os.getpid()
         self.log = log if log is not None else _default_log
+        self.label = "fastrouter"  # the router's name in log lines (`[uwsgi-http]` ...)
         self.notify_send = notify_send
         self.throttle = Throttle(60.0)
         # replay state: (key, address) -> (last accepted `unix`, when it was accepted);
@@ -378,7 +379,7 @@ class Table:
         pool = self.pools.get(key)
         if pool is not None and node in pool.nodes:
             if not node.death_mark:
-                self.log(f"[uwsgi-fastrouter] {key} => marking {node.name} as failed")
+                self.log(f"[uwsgi-{self.label}] {key} => marking {node.name} as failed")
             node.failcnt += 1
             node.death_mark = 1
 
@@ -496,7 +497,7 @@ class Table:
 
 
 class StaticNodes:
-    """`--fastrouter-to` nodes: plain round robin; a failed node is skipped for 30 s."""
+    """`--fastrouter-to` / `--http-to` nodes: plain round robin; a failed node is skipped for 30 s."""
 
     def __init__(self, addresses, gracetime: float = STATIC_GRACETIME):
         self.nodes = [Node(a) for a in addresses]

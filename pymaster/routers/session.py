@@ -243,6 +243,11 @@ class ClientSession(asyncio.Protocol):
         if self.node is not None:
             self.router.release(self.key, self.node)
 
+    def timed_out(self) -> None:
+        """No traffic for --fastrouter-timeout seconds (the router's ticker)."""
+        log(f'[uwsgi-fastrouter] timeout on a session for key "{self.key}"')
+        self.abort()
+
     def abort(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()  # still connecting: the node is marked failed
