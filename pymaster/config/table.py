@@ -1084,7 +1084,7 @@ HTTP_ROUTER = _section(
         "size",
         65536,
         "pymaster: bytes a request head may take (more: 431); uWSGI's fixed router limit",
-        minimum=1024,
+        minimum=1,
     ),
     opt("http-modifier1", "int", 0, "uwsgi modifier1 of the packets sent to backends"),
     opt("http-modifier2", "int", 0, "uwsgi modifier2 of the packets sent to backends"),

@@ -26,6 +26,7 @@ import os
 import tempfile
 import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -102,7 +103,7 @@ class Request:
         self.buffered = 0
         self.received = 0
         self.complete = False
-        self.sink = None  # where body bytes go once the request is being served
+        self.sink: Callable[[bytes], None] | None = None  # where the body goes once served
         self.host = b""
 
 
@@ -146,6 +147,8 @@ class _Parser:
         req.method = p.get_method().decode("latin-1")
         req.version = p.get_http_version()
         req.close = not p.should_keep_alive()
+        if req.version not in ("1.0", "1.1"):
+            raise HttpFailure(400, f"unsupported protocol version HTTP/{req.version}")
         lengths = set()
         for name, value in req.headers:
             lname = name.lower()
