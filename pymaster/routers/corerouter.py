@@ -200,6 +200,10 @@ class CoreRouter:
         self.stopping = True
         for server in self.servers:
             server.close()
+        for session in list(self.sessions):
+            hook = getattr(session, "stopping", None)
+            if hook is not None:  # idle keep-alive connections go at once
+                hook()
         if not graceful or self.active == 0:
             if not self.done.done():
                 self.done.set_result(0)

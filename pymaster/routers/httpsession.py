@@ -232,6 +232,7 @@ class BackendSide(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.session.last = self.session.loop.time()  # progress: not idle
         self.session.resume_client("backend")
         self._release()
 
@@ -246,8 +247,9 @@ class BackendSide(asyncio.Protocol):
             await self.drained
 
     def write(self, data: bytes) -> None:
-        self.node.tx += len(data)
-        self.transport.write(data)
+        if not self.transport.is_closing():  # a node that answered early may be gone
+            self.node.tx += len(data)
+            self.transport.write(data)
 
 
 class HttpSession(asyncio.Protocol):
@@ -285,6 +287,7 @@ class HttpSession(asyncio.Protocol):
         self.client_full = False
         self.remote_addr = ""
         self.remote_port = ""
+        self.router_stopping = False
 
     # -- client transport events ----------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -353,6 +356,7 @@ class HttpSession(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.client_full = False
+        self.last = self.loop.time()  # a slow reader that reads is not idle
         if self.backend is not None:
             self.backend.transport.resume_reading()
         if self.client_drained is not None and not self.client_drained.done():
@@ -416,6 +420,13 @@ class HttpSession(asyncio.Protocol):
             self.backend.transport.abort()
         self.transport.abort()
 
+    def stopping(self) -> None:
+        """The router stops gracefully: a keep-alive connection waiting for its next
+        request closes now; one in a request ends after its answer."""
+        if self.phase == "idle" or (self.phase == "head" and self.parser_state.current is None):
+            self.close()
+        self.router_stopping = True
+
     def fail_and_close(self, failure: HttpFailure) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -434,7 +445,7 @@ class HttpSession(asyncio.Protocol):
                     break
                 keep = await self.handle(req)
                 self.requests += 1
-                if not keep or self.lost:
+                if not keep or self.lost or self.router_stopping:
                     break
                 self.phase = "idle"
                 self.idle_limit = self.router.keepalive_timeout

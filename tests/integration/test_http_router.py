@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -658,3 +659,54 @@ def test_stats_server(app_file):
         doc = json.loads(data)
         assert doc["http"] == [f"127.0.0.1:{server.port}"]
         assert doc["static_nodes"][0]["hits"] >= 1
+
+
+def test_reload_keeps_serving(app_file):
+    with router(app_file, "--http-keepalive", "30") as server:
+        idle = Conn(server.port)  # a keep-alive connection waiting for its next request
+        idle.send(b"GET /before HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert env_of(idle.response())["PATH_INFO"] == "/before"
+        old = router_pid(server)
+        server.proc.send_signal(signal.SIGHUP)
+        assert idle.closed(timeout=20)  # closed at once, not after the 30 s idle time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, AssertionError, TypeError):
+                env = env_of(get(server.port, "/after"))
+                if router_pid(server) != old:
+                    break
+            time.sleep(0.2)
+        assert env["PATH_INFO"] == "/after"
+        assert router_pid(server) != old
+
+
+def test_ini_with_http_and_static_map(tmp_path):
+    static = tmp_path / "static" / "css"
+    static.mkdir(parents=True)
+    (static / "site.css").write_text("body { color: red }\n")
+    app = tmp_path / "wsgi.py"
+    app.write_text(
+        "def application(env, start):\n"
+        "    start('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'django-ish']\n"
+    )
+    port = free_port()
+    ini = tmp_path / "site.ini"
+    ini.write_text(
+        textwrap.dedent(f"""
+        [uwsgi]
+        master = true
+        http = 127.0.0.1:{port}
+        chdir = {tmp_path}
+        wsgi-file = wsgi.py
+        processes = 2
+        static-map = /static={tmp_path}/static
+        http-timeout = 300
+        vacuum = true
+        """)
+    )
+    with pymaster(["--ini", str(ini)], ports=[port]):
+        status, headers, body = get(port, "/static/css/site.css")
+        assert (status, body) == (200, b"body { color: red }\n")
+        assert headers["content-type"].startswith("text/css")
+        assert get(port, "/admin/")[2] == b"django-ish"
