@@ -710,3 +710,22 @@ def test_ini_with_http_and_static_map(tmp_path):
         assert (status, body) == (200, b"body { color: red }\n")
         assert headers["content-type"].startswith("text/css")
         assert get(port, "/admin/")[2] == b"django-ish"
+
+
+def test_bad_https_is_refused_at_start(tmp_path, app_file):
+    import sys
+
+    port = free_port()
+    cases = [
+        (f"127.0.0.1:{port},only-cert.pem", "expected ADDR,CERT,KEY"),
+        (f"127.0.0.1:{port},{tmp_path}/no.pem,{tmp_path}/no.key", "cannot load certificate"),
+    ]
+    for value, message in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pymaster", "--https", value, "--wsgi-file", app_file],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0
+        assert message in proc.stdout + proc.stderr
