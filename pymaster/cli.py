@@ -295,6 +295,15 @@ def _prepare(cfg: Config) -> bool:
     except (daemons.DaemonError, cron.CronError, hooks.HookError) as exc:
         raise StartupError(str(exc)) from None
     _check_routes(cfg)
+    if _has_http_router(cfg):
+        # imported now (ssl, httptools, uvloop): after --uid the interpreter's own
+        # library may be unreadable
+        from pymaster.routers import httprouter
+
+        try:
+            httprouter.check(cfg)
+        except (httprouter.HttpConfigError, OSError) as exc:
+            raise StartupError(str(exc)) from None
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)

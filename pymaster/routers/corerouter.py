@@ -28,20 +28,22 @@ import json
 import os
 import signal
 import socket
-import ssl
 import stat
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pymaster.config import Config
 from pymaster.log import log
 from pymaster.protocols.address import AddressError, sockaddr_text
 from pymaster.protocols.subscription import SubscriptionError, read_secret
 from pymaster.routers.pools import Node, StaticNodes, Table, parse_allow
+
+if TYPE_CHECKING:
+    import ssl
 
 CHUNK = 65536
 
@@ -410,13 +412,14 @@ def _version() -> str:
         return "pymaster"
 
 
-def _new_loop():
-    try:
-        import uvloop
+try:  # at import (before the master drops privileges), not in the router child
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None  # type: ignore[assignment]
 
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
+
+def _new_loop():
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
 
 
 def run(name: str, router_id: int, make: Callable[[], CoreRouter]) -> NoReturn:
