@@ -288,6 +288,7 @@ class HttpSession(asyncio.Protocol):
         self.remote_addr = ""
         self.remote_port = ""
         self.router_stopping = False
+        self.current: Request | None = None
 
     # -- client transport events ----------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -313,10 +314,14 @@ class HttpSession(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             # the head is complete; what follows belongs to the next protocol
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            if self.heads:
-                self.heads[-1].upgrade = True
-                self.heads[-1].chunks.append(data[offset:])
-                self.heads[-1].complete = True
+            req = self.heads[-1] if self.heads else None
+            if req is not None:
+                req.complete = True
+                if _is_websocket(req):
+                    req.upgrade = True
+                    req.chunks.append(data[offset:])
+                else:  # h2c and the like: served as HTTP/1.1, then closed
+                    req.close = True
             self.pause_client("upgrade")
             self.wake()
         except HttpFailure as exc:
@@ -403,6 +408,12 @@ class HttpSession(asyncio.Protocol):
                 f"not complete after {self.router.headers_timeout:g} s: 408"
             )
             self.fail_and_close(HttpFailure(408, "request head not received in time"))
+        elif phase == "backend" and self.current is not None and not self.current.complete:
+            log(
+                f"[uwsgi-http] client {self.remote_addr}:{self.remote_port}: request body "
+                f"not received in {self.router.timeout:g} s: 408"
+            )
+            self.fail_and_close(HttpFailure(408, "request body not received in time"))
         elif phase == "backend" and (self.resp is None or not self.resp.head_sent):
             log(
                 f'[uwsgi-http] node "{self.node.name if self.node else "?"}" for key '
@@ -488,13 +499,14 @@ class HttpSession(asyncio.Protocol):
     async def handle(self, req: Request) -> bool:
         """Serve one request; True when the connection may carry the next one."""
         router = self.router
+        self.current = req
         self.phase = "backend"
         self.idle_limit = router.timeout
         self.last = self.loop.time()
         if self.redirect_port is not None:
             return self.redirect(req)
-        if req.upgrade and not (router.websockets and _is_websocket(req)):
-            raise HttpFailure(400, "protocol upgrade refused (see --http-websockets)")
+        if req.upgrade and not router.websockets:
+            raise HttpFailure(400, "WebSocket upgrade refused (see --http-websockets)")
         if req.method == "CONNECT":
             raise HttpFailure(405, "CONNECT is not supported")
         limit = router.manage_expect

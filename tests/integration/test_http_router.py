@@ -729,3 +729,22 @@ def test_bad_https_is_refused_at_start(tmp_path, app_file):
         )
         assert proc.returncode != 0
         assert message in proc.stdout + proc.stderr
+
+
+def test_h2c_upgrade_is_served_as_http11(shared_router):
+    c = Conn(shared_router.port)
+    c.send(
+        b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    env = env_of(c.response())
+    assert env["PATH_INFO"] == "/h2c" and env["HTTP_UPGRADE"] == "h2c"
+    assert c.closed()
+
+
+def test_stalled_body_is_408(app_file):
+    with router(app_file, "--http-timeout", "2") as server:
+        c = Conn(server.port)
+        c.send(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+        status, _h, body = c.response()
+        assert status == 408 and b"body" in body
