@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import tempfile
 import urllib.parse
 from collections import deque
@@ -35,7 +36,7 @@ from pymaster.log import log
 from pymaster.protocols.address import Address
 from pymaster.protocols.address import parse as parse_address
 from pymaster.protocols.http import REASONS
-from pymaster.protocols.uwsgi import MAX_DATASIZE, UwsgiError, encode_packet
+from pymaster.protocols.uwsgi import HEADER, MAX_DATASIZE
 
 if TYPE_CHECKING:
     from pymaster.routers.httprouter import HttpRouter
@@ -632,11 +633,7 @@ class HttpSession(asyncio.Protocol):
         if req.length is not None:
             pairs.append((b"CONTENT_LENGTH", str(req.length).encode()))
         pairs += router.extra_vars
-        try:
-            packet = encode_packet(router.modifier1, pairs, router.modifier2)
-        except UwsgiError:
-            raise HttpFailure(431, f"request vars over {MAX_DATASIZE} bytes") from None
-        return packet
+        return _encode(router.modifier1, pairs, router.modifier2)
 
     async def connect(self) -> BackendSide:
         router = self.router
@@ -847,23 +844,28 @@ class _Response:
         if not keep and not info.connection and req.version == "1.1":
             insert += b"Connection: close\r\n"
         self.keep = keep
-        s.write_client(head[:-2] + insert + b"\r\n" if insert else head)
+        out = head[:-2] + insert + b"\r\n" if insert else head
         self.head_sent = True
         s.phase = "response"
         if self.complete:
+            s.write_client(out)
             self.finish()
-            return
-        if rest:
-            self.body(rest)
+        elif rest and self.remaining is not None and len(rest) >= self.remaining:
+            self.body(out + rest, len(out))  # head and body in one write
+        else:
+            s.write_client(out)
+            if rest:
+                self.body(rest)
 
-    def body(self, data: bytes) -> None:
+    def body(self, data: bytes, extra: int = 0) -> None:
+        """Relay body bytes (`extra` leading bytes of `data` are the head, not counted)."""
         s = self.s
         if self.s.phase == "tunnel":
             s.write_client(data)
             return
         if self.remaining is not None:
-            if len(data) >= self.remaining:
-                data = data[: self.remaining]  # anything after is not ours
+            if len(data) - extra >= self.remaining:
+                data = data[: extra + self.remaining]  # anything after is not ours
                 self.remaining = 0
                 s.write_client(data)
                 self.complete = True
@@ -944,6 +946,22 @@ class _ResponseHead:
 
     def on_message_complete(self) -> None:
         self.done = True
+
+
+_LEN = struct.Struct("<H").pack
+
+
+def _encode(modifier1: int, pairs: list[tuple[bytes, bytes]], modifier2: int) -> bytes:
+    """The uwsgi packet (header and vars); 431 when a var or the block is too long."""
+    parts: list[bytes] = []
+    for key, value in pairs:
+        if len(value) > 0xFFFF or len(key) > 0xFFFF:
+            raise HttpFailure(431, f"request var {key[:40]!r} over 65535 bytes")
+        parts += (_LEN(len(key)), key, _LEN(len(value)), value)
+    block = b"".join(parts)
+    if len(block) > MAX_DATASIZE:
+        raise HttpFailure(431, f"request vars over {MAX_DATASIZE} bytes")
+    return HEADER.pack(modifier1, len(block), modifier2) + block
 
 
 def normalize_path(path: bytes) -> bytes:
