@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import socket
 import textwrap
+import threading
 
 import pytest
 
@@ -141,3 +142,90 @@ def test_psgi_workers_behind_the_router():
                     data += chunk
             assert data.startswith(b"HTTP/1.1 200")
             assert data.split(b"\r\n\r\n", 1)[1] == f"psgi /p {local} 4".encode()
+
+
+class Dumper:
+    """A uwsgi node that records each packet's vars (in wire order) and answers 200."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.packets: list[list[tuple[bytes, bytes]]] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        from pymaster.protocols.uwsgi import decode_vars
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while len(data) < 4 or len(data) < 4 + int.from_bytes(data[1:3], "little"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                size = int.from_bytes(data[1:3], "little")
+                self.packets.append(decode_vars(data[4 : 4 + size]))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.skipif(not uwsgi_plugin_available("http"), reason="uWSGI http plugin missing")
+def test_same_vars_as_uwsgis_router():
+    dumper = Dumper()
+    request = (
+        b"POST /p/%41x?q=%20y HTTP/1.1\r\nHost: ex.test\r\nUser-Agent: t\r\n"
+        b"X-Forwarded-For: 9.9.9.9\r\nCookie: a=1\r\nCookie: b=2\r\n"
+        b"Content-Type: text/x\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    try:
+        got = {}
+        for name in ("uwsgi", "pymaster"):
+            port = free_port()
+            args = [
+                "--master",
+                "--http",
+                f"127.0.0.1:{port}",
+                "--http-to",
+                f"127.0.0.1:{dumper.port}",
+            ]
+            server = (
+                uwsgi(args, plugins=["http"], ports=[port])
+                if name == "uwsgi"
+                else pymaster(args, ports=[port])
+            )
+            with server:
+                answer = request_until_close(port, request)
+                assert answer.endswith(b"ok\n"), answer
+            got[name] = dumper.packets[-1]
+    finally:
+        dumper.close()
+    ours, theirs = (dict(got[n]) for n in ("pymaster", "uwsgi"))
+    for key in (b"SERVER_PORT", b"REMOTE_PORT"):  # other ports; REMOTE_PORT byte-swapped there
+        ours.pop(key), theirs.pop(key)
+    assert len(ours) > 12 and ours == theirs
+    # same order, but CONTENT_LENGTH: uWSGI keeps it where the header was, pymaster sends it
+    # after the headers (it frames the body itself)
+    order = [[k for k, _ in got[n] if k != b"CONTENT_LENGTH"] for n in ("pymaster", "uwsgi")]
+    assert order[0] == order[1]
+
+
+def request_until_close(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(raw)
+        data = b""
+        while not data.endswith(b"ok\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
