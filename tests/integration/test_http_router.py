@@ -751,3 +751,30 @@ def test_stalled_body_is_408(app_file):
         c.send(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
         status, _h, body = c.response()
         assert status == 408 and b"body" in body
+
+
+def test_head_answer_keeps_the_connection(shared_router):
+    c = Conn(shared_router.port)
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.sock.settimeout(20)
+    while b"\r\n\r\n" not in c.buf:
+        assert c._fill()
+    head, c.buf = c.buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length:" in head
+    c.send(b"GET /after-head HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert env_of(c.response())["PATH_INFO"] == "/after-head"
+    c.close()
+
+
+def test_router_dies_with_the_master(app_file):
+    with router(app_file) as server:
+        pid = router_pid(server)
+        env_of(get(server.port, "/"))
+        server.proc.kill()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and psutil.pid_exists(pid):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            time.sleep(0.1)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
