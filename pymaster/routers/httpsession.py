@@ -518,12 +518,16 @@ class HttpSession(asyncio.Protocol):
         spool = None
         if req.chunked:
             spool = await self.spool(req)
-        self.key = (req.host or router.hostname.encode()).decode("latin-1")
-        packet = self.packet(req, spool)
-        side = await self.connect()
-        self.resp = _Response(self, req)
-        side.write(packet)
-        body_done = await self.send_body(req, side, spool)
+        try:
+            self.key = (req.host or router.hostname.encode()).decode("latin-1")
+            packet = self.packet(req, spool)
+            side = await self.connect()
+            self.resp = _Response(self, req)
+            side.write(packet)
+            body_done = await self.send_body(req, side, spool)
+        finally:
+            if spool is not None:
+                spool.close()  # never left to the garbage collector
         # the answer is relayed by the backend callbacks; wait for its end
         resp = self.resp
         while not resp.finished and not self.lost:

@@ -778,3 +778,24 @@ def test_router_dies_with_the_master(app_file):
                     break
             time.sleep(0.1)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_failures_leak_no_descriptor(app_file):
+    with router(app_file, "--http-keepalive", "5", processes=1) as server:
+        env_of(get(server.port, "/warm"))
+        proc = psutil.Process(router_pid(server))
+        time.sleep(0.5)
+        before = proc.num_fds()
+        for i in range(20):
+            c = Conn(server.port)
+            c.send(SMUGGLING[sorted(SMUGGLING)[i % len(SMUGGLING)]])
+            c.response()
+            c.close()
+            c = Conn(server.port)  # a chunked body, then the client goes away mid-way
+            c.send(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+            c.close()
+            assert env_of(get(server.port, "/up", body=b"x" * 1000, method="POST"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.num_fds() > before:
+            time.sleep(0.2)
+        assert proc.num_fds() <= before
