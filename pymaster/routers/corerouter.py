@@ -96,6 +96,22 @@ def state_dir(subscription_socks: list[socket.socket], name: str = "fastrouter")
     return path
 
 
+async def open_node(loop: asyncio.AbstractEventLoop, where, factory):
+    """Connect to a node address (`protocols.address.Address`): TCP through asyncio's
+    resolver, unix sockets (filesystem and abstract `@name`) with a socket of our own,
+    since the loops take no abstract name as a path. Returns (transport, protocol)."""
+    if not where.unix:
+        return await loop.create_connection(factory, where.connect_host, where.port)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, where.path)
+        return await loop.create_unix_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def check_subscriptions(cfg: Config) -> None:
     """The signing secret and `--subscription-allow` (shared by every router): raise
     SubscriptionError or OSError when they cannot work."""

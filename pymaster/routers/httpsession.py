@@ -37,6 +37,7 @@ from pymaster.protocols.address import Address
 from pymaster.protocols.address import parse as parse_address
 from pymaster.protocols.http import REASONS
 from pymaster.protocols.uwsgi import HEADER, MAX_DATASIZE
+from pymaster.routers.corerouter import open_node
 
 if TYPE_CHECKING:
     from pymaster.routers.httprouter import HttpRouter
@@ -680,15 +681,7 @@ class HttpSession(asyncio.Protocol):
         raise HttpFailure(503, "no backend node available")
 
     async def _connect(self, node: Node) -> BackendSide:
-        where = _address(node.name)
-        if where.unix:
-            _t, side = await self.loop.create_unix_connection(
-                lambda: BackendSide(self, node), where.path
-            )
-        else:
-            _t, side = await self.loop.create_connection(
-                lambda: BackendSide(self, node), where.connect_host, where.port
-            )
+        _t, side = await open_node(self.loop, _address(node.name), lambda: BackendSide(self, node))
         return side
 
     async def send_body(self, req: Request, side: BackendSide, spool) -> bool:

@@ -799,3 +799,19 @@ def test_failures_leak_no_descriptor(app_file):
         while time.monotonic() < deadline and proc.num_fds() > before:
             time.sleep(0.2)
         assert proc.num_fds() <= before
+
+
+def test_unix_socket_nodes(app_file, tmp_path):
+    abstract = f"@pymaster-http-test-{os.getpid()}-{time.monotonic_ns()}"
+    path = str(tmp_path / "node.sock")
+    with contextlib.ExitStack() as stack:
+        for where in (abstract, path):
+            node = stack.enter_context(
+                pymaster(["--socket", where, "--wsgi-file", app_file], ports=[])
+            )
+            wait_text(node, "uwsgi socket 0 bound to")
+        server = stack.enter_context(
+            router(None, "--http-to", abstract, "--http-to", path, "--http-processes", "1")
+        )
+        pids = {env_of(get(server.port, f"/{i}"))["pid"] for i in range(4)}
+        assert len(pids) == 2
