@@ -1097,8 +1097,9 @@ HTTP_ROUTER = _section(
     opt(
         "http-server-name-as-http-host",
         "str",
-        help="uWSGI's SERVER_NAME = Host header",
-        refused="SERVER_NAME is the machine hostname; the Host header is in HTTP_HOST",
+        help="SERVER_NAME is the Host header (with its port), sent where the header is, "
+        "instead of the machine hostname; takes a value as in uWSGI (`=1`)",
+        metavar="1",
     ),
     opt(
         "http-raw-body",

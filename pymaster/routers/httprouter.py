@@ -155,6 +155,12 @@ class HttpRouter(CoreRouter):
         self.modifier2 = cfg.http_modifier2
         self.extra_vars = extra_vars(cfg)
         self.hostname = socket.gethostname()
+        flag = (cfg.http_server_name_as_http_host or "").lower()
+        self.server_name: list[tuple[bytes, bytes]] = (
+            []
+            if flag not in ("", "0", "false", "no", "off")
+            else [(b"SERVER_NAME", self.hostname.encode())]
+        )  # empty: SERVER_NAME comes from the Host header
 
     def protocol_factory(self, sock: socket.socket):
         port = socket_name(sock).rsplit(":", 1)[-1] if sock.family != socket.AF_UNIX else ""

@@ -611,7 +611,7 @@ class HttpSession(asyncio.Protocol):
             (b"QUERY_STRING", query),
             (b"SERVER_PROTOCOL", f"HTTP/{req.version}".encode()),
             (b"SCRIPT_NAME", b""),
-            (b"SERVER_NAME", router.hostname.encode()),
+            *router.server_name,
             (b"SERVER_PORT", self.server_port.encode()),
             (b"UWSGI_ROUTER", b"http"),
             (b"REMOTE_ADDR", self.remote_addr.encode()),
@@ -624,6 +624,8 @@ class HttpSession(asyncio.Protocol):
             if b"_" in name:  # X_Foo would pass for X-Foo (and Content_Length for the length)
                 continue
             lname = name.lower()
+            if lname == b"host" and not router.server_name:
+                pairs.append((b"SERVER_NAME", value))  # --http-server-name-as-http-host
             if lname in (b"content-length", b"transfer-encoding"):
                 continue  # the router frames the body: CONTENT_LENGTH is set below
             key = name.upper().replace(b"-", b"_")
@@ -635,6 +637,8 @@ class HttpSession(asyncio.Protocol):
             else:
                 seen[key] = len(pairs)
                 pairs.append((key, value))
+        if not req.host and not router.server_name:
+            pairs.append((b"SERVER_NAME", router.hostname.encode()))
         if req.length is not None:
             pairs.append((b"CONTENT_LENGTH", str(req.length).encode()))
         pairs += router.extra_vars

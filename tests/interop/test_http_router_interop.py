@@ -180,7 +180,8 @@ class Dumper:
 
 
 @pytest.mark.skipif(not uwsgi_plugin_available("http"), reason="uWSGI http plugin missing")
-def test_same_vars_as_uwsgis_router():
+@pytest.mark.parametrize("extra", [[], ["--http-server-name-as-http-host=1"]])
+def test_same_vars_as_uwsgis_router(extra):
     dumper = Dumper()
     request = (
         b"POST /p/%41x?q=%20y HTTP/1.1\r\nHost: ex.test\r\nUser-Agent: t\r\n"
@@ -197,6 +198,7 @@ def test_same_vars_as_uwsgis_router():
                 f"127.0.0.1:{port}",
                 "--http-to",
                 f"127.0.0.1:{dumper.port}",
+                *extra,
             ]
             server = (
                 uwsgi(args, plugins=["http"], ports=[port])
