@@ -815,3 +815,31 @@ def test_unix_socket_nodes(app_file, tmp_path):
         )
         pids = {env_of(get(server.port, f"/{i}"))["pid"] for i in range(4)}
         assert len(pids) == 2
+
+
+def test_concurrent_keepalive_clients_get_their_own_answers(app_file):
+    errors: list[str] = []
+
+    def client(n: int, port: int) -> None:
+        try:
+            c = Conn(port)
+            for i in range(25):
+                body = f"{n}-{i}".encode()
+                c.send(
+                    f"POST /c/{n}/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                env = env_of(c.response())
+                if env["PATH_INFO"] != f"/c/{n}/{i}" or env["body"] != body.decode():
+                    errors.append(f"{n}/{i}: {env['PATH_INFO']} {env['body']}")
+            c.close()
+        except Exception as exc:  # reported below
+            errors.append(f"{n}: {exc!r}")
+
+    with router(app_file, "--http-keepalive", "10", "--http-processes", "2") as server:
+        threads = [threading.Thread(target=client, args=(n, server.port)) for n in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert errors == []
