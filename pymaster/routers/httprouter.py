@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from pymaster.config import Config
+from pymaster.log import log
 from pymaster.protocols.address import parse as parse_address
 from pymaster.routers import corerouter
 from pymaster.routers.corerouter import CoreRouter, Settings, socket_name
@@ -155,6 +156,8 @@ class HttpRouter(CoreRouter):
         self.modifier2 = cfg.http_modifier2
         self.extra_vars = extra_vars(cfg)
         self.hostname = socket.gethostname()
+        self._sni_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        self._sni_failed: set[tuple[str, str]] = set()
         flag = (cfg.http_server_name_as_http_host or "").lower()
         self.server_name: list[tuple[bytes, bytes]] = (
             []
@@ -170,7 +173,32 @@ class HttpRouter(CoreRouter):
 
     def ssl_context(self, sock: socket.socket) -> ssl.SSLContext | None:
         spec = self.tls.get(sock.fileno())
-        return tls_context(spec) if spec is not None else None
+        if spec is None:
+            return None
+        ctx = tls_context(spec)
+        if self.use_subscriptions:
+            ctx.sni_callback = self._sni
+        return ctx
+
+    def _sni(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        """The certificate a (signed) subscription announced for this key, if any; else
+        the --https one."""
+        pair = self.table.sni.get(name) if name else None
+        if pair is None:
+            return
+        ctx = self._sni_contexts.get(pair)
+        if ctx is None:
+            try:
+                ctx = tls_context(TlsSpec(name or "", pair[0], pair[1]))
+            except HttpConfigError as exc:
+                if pair not in self._sni_failed:
+                    self._sni_failed.add(pair)
+                    log(f"[uwsgi-http] SNI for {name!r}: {exc}")
+                return
+            if len(self._sni_contexts) > 1024:
+                self._sni_contexts.clear()
+            self._sni_contexts[pair] = ctx
+        sslobj.context = ctx
 
 
 def run(

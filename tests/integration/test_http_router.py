@@ -843,3 +843,87 @@ def test_concurrent_keepalive_clients_get_their_own_answers(app_file):
         for t in threads:
             t.join(120)
     assert errors == []
+
+
+def _self_signed_cn(directory, cn):
+    cert, key = directory / f"{cn}.pem", directory / f"{cn}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={cn}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_sni_certificate_from_a_signed_subscription(app_file, tmp_path):
+    default_cert, default_key = _self_signed_cn(tmp_path, "default.test")
+    sni_cert, sni_key = _self_signed_cn(tmp_path, "sni.test")
+    secret = tmp_path / "secret"
+    secret.write_text("a-long-enough-shared-secret\n")
+    sub, tport, node = free_port(), free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(
+            router(
+                None,
+                "--https",
+                f"127.0.0.1:{tport},{default_cert},{default_key}",
+                "--http-subscription-server",
+                f"127.0.0.1:{sub}",
+                "--subscriptions-sign-secret",
+                str(secret),
+            )
+        )
+        stack.enter_context(
+            pymaster(
+                [
+                    "--socket",
+                    f"127.0.0.1:{node}",
+                    "--wsgi-file",
+                    app_file,
+                    "--subscriptions-sign-secret",
+                    str(secret),
+                    "--subscribe2",
+                    f"server=127.0.0.1:{sub},key=sni.test,sni_key={sni_key},sni_crt={sni_cert}",
+                ],
+                ports=[node],
+            )
+        )
+        wait_text(server, "sni.test => new node")
+        from tests.client import wait_for_port
+
+        wait_for_port(tport)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def presented(name: str) -> bytes:
+            raw = socket.create_connection(("127.0.0.1", tport), timeout=20)
+            with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                der = tls.getpeercert(binary_form=True)
+                tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200") or name != "sni.test", data
+            return der
+
+        def der_of(path) -> bytes:
+            return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+        assert presented("sni.test") == der_of(sni_cert)
+        assert presented("other.test") == der_of(default_cert)
