@@ -927,3 +927,37 @@ def test_sni_certificate_from_a_signed_subscription(app_file, tmp_path):
 
         assert presented("sni.test") == der_of(sni_cert)
         assert presented("other.test") == der_of(default_cert)
+
+
+def test_subscription_table_survives_a_reload(app_file):
+    sub, node = free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(router(None, "--http-subscription-server", f"127.0.0.1:{sub}"))
+        stack.enter_context(
+            pymaster(
+                [
+                    "--socket",
+                    f"127.0.0.1:{node}",
+                    "--wsgi-file",
+                    app_file,
+                    "--subscribe-to",
+                    f"127.0.0.1:{sub}:kept.test",
+                ],
+                ports=[node],
+            )
+        )
+        wait_text(server, "kept.test => new node")
+        server.proc.send_signal(signal.SIGHUP)
+        log = wait_text(server, r"restored 1 node\(s\) in 1 pool\(s\)", timeout=30)
+        assert "[uwsgi-subscription for pid" in log
+        status = None
+        for _ in range(100):
+            with contextlib.suppress(OSError, AssertionError, TypeError):
+                c = Conn(server.port)
+                c.send(b"GET / HTTP/1.1\r\nHost: kept.test\r\nConnection: close\r\n\r\n")
+                status = c.response()[0]
+                c.close()
+                if status == 200:
+                    break
+            time.sleep(0.1)
+        assert status == 200
