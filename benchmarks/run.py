@@ -291,6 +291,28 @@ def fastrouter_cases(opts) -> list[Case]:
                  lambda s=server, a=path: fastrouter_topology(s, a, opts.workers), expect)
             for app, (path, expect) in WSGI_APPS.items() for server in ("pymaster", "uwsgi")]
 
+@contextlib.contextmanager
+def http_router(server: str, app: Path, workers: int) -> Iterator[Target]:
+    """wrk -> the instance's HTTP router (`--http`, keep-alive on both) -> its own workers
+    over the internal uwsgi socket; the measured tree is the whole instance."""
+    port = free_port()
+    common = ["--http", f"127.0.0.1:{port}", "--wsgi-file", str(app), "-M", "-p", str(workers),
+              "--disable-logging"]
+    srv = (uwsgi([*common, "--http-keepalive=1", "--need-app"], plugins=["python3", "http"],
+                 ports=[port])
+           if server == "uwsgi" else pymaster([*common, "--http-keepalive", "5"], ports=[port]))
+    with srv as instance:
+        wait_for_status(port, 200)
+        yield Target(port, instance, "http router")
+
+
+@scenario("router", "wrk -> --http router -> the instance's workers (uWSGI's router vs pymaster's)")
+def router_cases(opts) -> list[Case]:
+    return [Case("router", server, app, "http router",
+                 lambda s=server, a=path: http_router(s, a, opts.workers), expect)
+            for app, (path, expect) in WSGI_APPS.items() for server in ("pymaster", "uwsgi")]
+
+
 RELOADS = 2
 
 

@@ -34,7 +34,7 @@ from pymaster.master import (
 )
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
-from pymaster.protocols.address import AddressError
+from pymaster.protocols.address import AddressError, sockaddr_text
 from pymaster.protocols.subscription import SubscriptionError
 from pymaster.workers.contract import EXIT_FAILED_APP
 from pymaster.workers.scoreboard import Scoreboard
@@ -217,7 +217,45 @@ def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
         specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
         if cfg.fastrouter_stats is not None:
             specs.append(("fastrouter-stats", cfg.fastrouter_stats))
+    if _has_http_router(cfg):
+        specs += [("httprouter", s) for s in cfg.http]
+        specs += [("https", s.split(",", 1)[0]) for s in cfg.https]
+        specs += [("http-to-https", s.split(",", 1)[0]) for s in cfg.http_to_https]
+        specs += [("http-subscription", s) for s in cfg.http_subscription_server]
+        if cfg.http_stats is not None:
+            specs.append(("http-stats", cfg.http_stats))
     return specs
+
+
+def _internal_socket(cfg: Config) -> sockets.Listener:
+    """The workers' uwsgi socket behind --http when none is configured (uWSGI binds
+    127.0.0.1:0 too): a kernel-chosen port, a new one after each reload."""
+    lst = sockets.Listener("127.0.0.1:0", "uwsgi", socket.AF_INET, ("127.0.0.1", 0))
+    lst.bind(cfg.listen)
+    lst.bound.set_inheritable(True)
+    lst.name = sockaddr_text(lst.bound.getsockname())
+    log(f"uwsgi socket 0 bound to TCP address {lst.name} (port auto-assigned) fd {lst.fd}")
+    return lst
+
+
+def _has_http_router(cfg: Config) -> bool:
+    return bool(cfg.http or cfg.https or cfg.http_to_https)
+
+
+def _app_configured(cfg: Config) -> bool:
+    return bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount or cfg.asgi)
+
+
+def _http_worker_socket(cfg: Config) -> bool:
+    """--http with an app, no uwsgi socket and no other backend: the workers get an
+    internal uwsgi socket on 127.0.0.1 (kernel-chosen port) that the router uses."""
+    return (
+        _has_http_router(cfg)
+        and _app_configured(cfg)
+        and not (cfg.socket and cfg.protocol == "uwsgi")
+        and not cfg.http_to
+        and not cfg.http_subscription_server
+    )
 
 
 GAME_OVER = "*** no app loaded. GAME OVER ***"
@@ -266,7 +304,7 @@ def _needs_master(cfg: Config, has_gateway: bool) -> bool:
     """-M, or options that need a master (which then turn it on and say so, unlike uWSGI)."""
     reasons = list(cfg.master_reasons)
     if has_gateway:
-        reasons.append("fastrouter")
+        reasons.append("fastrouter" if cfg.fastrouter else "http")
     if cfg.processes > 1:
         reasons.append("processes")
     if cfg.is_set("master"):
@@ -295,11 +333,20 @@ def _prepare(cfg: Config) -> bool:
     except (daemons.DaemonError, cron.CronError, hooks.HookError) as exc:
         raise StartupError(str(exc)) from None
     _check_routes(cfg)
+    if _has_http_router(cfg):
+        # imported now (ssl, httptools, uvloop): after --uid the interpreter's own
+        # library may be unreadable
+        from pymaster.routers import httprouter
+
+        try:
+            httprouter.check(cfg)
+        except (httprouter.HttpConfigError, OSError) as exc:
+            raise StartupError(str(exc)) from None
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount or cfg.asgi)
+    app_configured = _app_configured(cfg)
     if cfg.asgi and (cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount):
         raise StartupError(
             "--asgi serves one ASGI app per instance: drop --wsgi-file/--module/--psgi/"
@@ -310,8 +357,10 @@ def _prepare(cfg: Config) -> bool:
             "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
             "Plack::Builder's `mount` (one --psgi app per instance)"
         )
-    has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
-        app_configured and "LISTEN_FDS" in os.environ
+    has_app = (
+        bool(cfg.socket or cfg.http_socket or cfg.http11_socket)
+        or _http_worker_socket(cfg)
+        or (app_configured and "LISTEN_FDS" in os.environ)
     )
     if cfg.asgi:
         _check_asgi(cfg)
@@ -324,10 +373,14 @@ def _prepare(cfg: Config) -> bool:
         for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
             if cfg.is_set(name):
                 log(f"option --{name} has no effect without --fastrouter")
+    if not _has_http_router(cfg):
+        for name in ("http-subscription-server", "http-to", "http-stats"):
+            if cfg.is_set(name):
+                log(f"option --{name} has no effect without --http")
     if not specs and "LISTEN_FDS" not in os.environ:
         raise StartupError(
-            "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
-            "or --fastrouter ADDR"
+            "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR, "
+            "--http ADDR or --fastrouter ADDR"
         )
     if has_app and not app_configured:
         raise StartupError(
@@ -375,7 +428,7 @@ def check_reload(cfg: Config) -> int:
         has_app = _prepare(cfg)
         for _kind, spec in _socket_specs(cfg):
             sockets.parse_address(spec)
-        if _needs_master(cfg, bool(cfg.fastrouter)):
+        if _needs_master(cfg, bool(cfg.fastrouter) or _has_http_router(cfg)):
             problem = Cheaper(cfg).validate()
             if problem:
                 raise StartupError(problem)
@@ -408,10 +461,12 @@ def run(cfg: Config) -> int:
         _stdin_to_devnull()
     log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
     has_app = _prepare(cfg)
-    master = _needs_master(cfg, bool(cfg.fastrouter))
+    master = _needs_master(cfg, bool(cfg.fastrouter) or _has_http_router(cfg))
     listeners = sockets.setup(
         _socket_specs(cfg), cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded
     )
+    if _http_worker_socket(cfg):
+        listeners.insert(0, _internal_socket(cfg))
     if cfg.chown_socket and not reloaded:
         unix = [lst.name for lst in listeners if lst.family == socket.AF_UNIX and not lst.inherited]
         privileges.chown_sockets(cfg.chown_socket, [p for p in unix if not p.startswith("@")])
