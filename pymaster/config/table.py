@@ -77,9 +77,6 @@ def opt(spec: str, kind: str, default: object = None, help: str = "", **extra) -
     return Option(name, tuple(aliases), kind, default, help, **extra)
 
 
-_NO_HTTP_ROUTER = "put nginx (or the seed's Plack frontend) in front, or serve with --http-socket"
-
-
 def _section(title: str, *options: Option, force_master: bool = False) -> list[Option]:
     return [replace(o, section=title, force_master=o.force_master or force_master) for o in options]
 
@@ -985,39 +982,166 @@ FASTROUTER = _section(
 HTTP_ROUTER = _section(
     "HTTP router",
     opt(
-        "http",
+        "http/httprouter",
         "list",
-        help="uWSGI's HTTP router",
+        help="run an HTTP router on this address (a gateway child of the master); with an "
+        "app and no --socket, its workers get an internal uwsgi socket the router uses",
         force_master=True,
         metavar="ADDR",
-        refused=_NO_HTTP_ROUTER,
     ),
     opt(
-        "http-to",
+        "https",
         "list",
-        help="uWSGI's HTTP router backend",
-        metavar="ADDR",
-        refused=_NO_HTTP_ROUTER,
+        help="run an HTTPS router (Python ssl) on ADDR with this certificate and key",
+        force_master=True,
+        metavar="ADDR,CERT,KEY[,CIPHERS]",
     ),
     opt(
-        "http-timeout",
-        "int",
-        60,
-        "uWSGI's HTTP router timeout",
-        inert="pymaster has no HTTP router yet",
-    ),
-    opt(
-        "http-auto-chunked",
-        "bool",
-        help="uWSGI's HTTP router chunks responses without a length",
-        inert="pymaster has no HTTP router yet; --http-socket already chunks such responses",
+        "http-to-https",
+        "list",
+        help="answer every request on ADDR with a 301 to https://HOST[:PORT]URI",
+        force_master=True,
+        metavar="ADDR[,PORT]",
     ),
     opt(
         "http-processes/http-workers",
         "int",
         1,
-        "uWSGI's HTTP router processes",
-        inert="pymaster has no HTTP router yet",
+        "number of HTTP router processes",
+        zero=1,
+    ),
+    opt(
+        "http-to",
+        "list",
+        help="static backend node of the HTTP router (round robin)",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-subscription-server",
+        "list",
+        help="subscription server (UDP) of the HTTP router: backends are picked by Host",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-stats/http-stats-server/http-ss",
+        "str",
+        help="serve the HTTP router stats JSON on this address",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-timeout",
+        "int",
+        60,
+        "seconds without traffic before a client or backend is dropped (504 while the "
+        "backend has not answered)",
+        zero=60,
+    ),
+    opt(
+        "http-headers-timeout",
+        "int",
+        0,
+        "seconds a client has to send a request head (408 after part of one; 0: --http-timeout)",
+    ),
+    opt(
+        "http-connect-timeout",
+        "int",
+        0,
+        "seconds a backend connect may take before the next node is tried (0: --http-timeout)",
+    ),
+    opt(
+        "http-auto-chunked",
+        "bool",
+        help="with keep-alive, chunk responses that have neither Content-Length nor "
+        "Transfer-Encoding (else they close the connection)",
+    ),
+    opt(
+        "http-websockets",
+        "bool",
+        help="tunnel WebSocket upgrades raw once the backend answers 101",
+    ),
+    opt(
+        "http-manage-expect",
+        "int",
+        0,
+        "answer `Expect: 100-continue` in the router; N > 1: refuse bodies over N bytes with 413",
+        optional=True,
+        bare="1",
+    ),
+    opt(
+        "http-chunked-limit",
+        "size",
+        1 << 30,
+        "pymaster: the largest chunked request body the router de-chunks (into a temp file, "
+        "to send CONTENT_LENGTH); bigger bodies get 413",
+    ),
+    opt(
+        "http-max-headers",
+        "int",
+        100,
+        "pymaster: request header lines the router accepts (more: 431)",
+        minimum=1,
+    ),
+    opt(
+        "http-max-head",
+        "size",
+        65536,
+        "pymaster: bytes a request head may take (more: 431); uWSGI's fixed router limit",
+        minimum=1,
+    ),
+    opt("http-modifier1", "int", 0, "uwsgi modifier1 of the packets sent to backends"),
+    opt("http-modifier2", "int", 0, "uwsgi modifier2 of the packets sent to backends"),
+    opt(
+        "http-var",
+        "list",
+        help="extra uwsgi var sent with every request",
+        metavar="KEY=VALUE",
+    ),
+    opt(
+        "http-server-name-as-http-host",
+        "str",
+        help="SERVER_NAME is the Host header (with its port), sent where the header is, "
+        "instead of the machine hostname; takes a value as in uWSGI (`=1`)",
+        metavar="1",
+    ),
+    opt(
+        "http-raw-body",
+        "bool",
+        help="uWSGI's raw request body forwarding",
+        refused="the router de-chunks chunked bodies and sends CONTENT_LENGTH; use "
+        "--http-websockets for upgrades",
+    ),
+    opt(
+        "http-chunked-input",
+        "bool",
+        help="uWSGI's raw chunked input forwarding",
+        inert="chunked request bodies are always de-chunked (see --http-chunked-limit)",
+    ),
+    opt(
+        "http-buffer-size",
+        "size",
+        4096,
+        "uWSGI's router read buffer",
+        inert="the router reads 64 KiB at a time; see --http-max-head",
+    ),
+    opt(
+        "http-events",
+        "int",
+        64,
+        "uWSGI's HTTP router event queue size",
+        inert="the router's event loop has no fixed queue",
+    ),
+    opt(
+        "http-gracetime",
+        "int",
+        30,
+        "uWSGI's retry delay of a failed static node",
+        inert="a failed --http-to node is skipped for 30 s",
+    ),
+    opt(
+        "http-enable-proxy-protocol",
+        "bool",
+        help="uWSGI's PROXY protocol v1 on the router",
+        refused="put the proxy that speaks PROXY protocol in front of nginx, or drop it",
     ),
 )
 
@@ -1453,7 +1577,61 @@ EMPEROR: list[Option] = _section(
     ),
 )
 
-ASGI: list[Option] = _section("ASGI workers")
+ASGI: list[Option] = _section(
+    "ASGI workers",
+    opt(
+        "asgi",
+        "str",
+        help="load an ASGI 3.0 app, `MODULE:CALLABLE` (`MODULE` alone: `application`); "
+        "each worker serves it from an asyncio event loop, many requests in flight",
+        metavar="MODULE:CALLABLE",
+    ),
+    opt(
+        "asgi-loop",
+        "str",
+        "auto",
+        "the event loop of the ASGI workers: `uvloop`, `asyncio`, or `auto` (uvloop when "
+        "it imports)",
+        choices=("auto", "asyncio", "uvloop"),
+        worker=True,
+    ),
+    opt(
+        "asgi-concurrency",
+        "int",
+        1000,
+        "requests (and WebSockets) in flight per ASGI worker; at the cap the worker stops "
+        "accepting, so new connections wait in the listen queue for another worker",
+        minimum=1,
+        worker=True,
+    ),
+    opt(
+        "asgi-lifespan",
+        "str",
+        "auto",
+        "the ASGI lifespan protocol: `on` (a failing startup is an app-load failure), "
+        "`off`, or `auto` (on, unless the app does not speak it)",
+        choices=("auto", "on", "off"),
+        worker=True,
+    ),
+    opt(
+        "websockets-max-size/websocket-max-size",
+        "int",
+        1024,
+        "the largest WebSocket message in KiB (after reassembly of its fragments) an ASGI "
+        "worker takes, as in uWSGI; a bigger one closes the socket with 1009",
+        minimum=1,
+        metavar="KIB",
+        worker=True,
+    ),
+    opt(
+        "websockets-ping-freq/websocket-ping-freq",
+        "int",
+        30,
+        "seconds between the pings an ASGI worker sends on an idle WebSocket, as in uWSGI "
+        "(0: none)",
+        worker=True,
+    ),
+)
 
 OPTIONS: list[Option] = (
     CONFIGURATION

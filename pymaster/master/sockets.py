@@ -3,7 +3,8 @@
 Addresses follow `pymaster.protocols.address` (`host:port`, `:port`, `*:port`, `[v6]:port`,
 a unix path, `@name`); binding resolves names there too. Kinds: `uwsgi` and `http` (the
 workers'), `fastrouter`, `subscription` (UDP or unix datagram) and `fastrouter-stats` (the
-routers'), `relay` (unix datagram sockets between router processes, see gateways.py) and
+fastrouter's), `httprouter`, `https`, `http-to-https`, `http-subscription` and `http-stats`
+(the HTTP router's), `relay` (unix datagram sockets between router processes, see gateways.py) and
 `stats` (the master's own, see control.py). Inherited sockets arrive the systemd
 way: LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds.
 """
@@ -24,7 +25,7 @@ from pymaster.protocols.address import parse as parse_text
 
 SD_LISTEN_FDS_START = 3
 ACTIVATED = "sd-"  # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
-DATAGRAM_KINDS = ("subscription", "relay")
+DATAGRAM_KINDS = ("subscription", "http-subscription", "relay")
 
 
 class SocketError(Exception):
@@ -54,6 +55,7 @@ class Listener:
 
     name: str
     # "uwsgi" | "http" | "fastrouter" | "subscription" | "fastrouter-stats" | "stats" | "relay"
+    # | "httprouter" | "https" | "http-to-https" | "http-subscription" | "http-stats"
     kind: str
     family: int = socket.AF_INET
     address: SockAddr = ""

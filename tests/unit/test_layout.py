@@ -90,3 +90,31 @@ def test_no_getattr_on_the_config():
         text = path.read_text()
         for needle in ("getattr(cfg", "getattr(self.cfg", "getattr(arbiter.cfg"):
             assert needle not in text, f"{path.relative_to(PACKAGE)}: {needle}"
+
+
+def _worker_imports(path: Path) -> set[str]:
+    """What `path` imports from `pymaster.workers.*` (as `kind.module`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[:2] == ["pymaster", "workers"] and len(parts) > 2:
+                found.add(".".join(parts[2:]))
+                if len(parts) == 3:
+                    found.update(f"{parts[2]}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_asgi_worker_takes_only_the_request_log_and_constants_from_the_wsgi_one():
+    """workers/asgi may import the contract, the scoreboard, its own modules and, from the
+    WSGI worker, only `reqlog` and `conns`; the WSGI worker never imports the ASGI one."""
+    for path in (PACKAGE / "workers" / "asgi").glob("*.py"):
+        bad = {
+            name
+            for name in _worker_imports(path)
+            if name.split(".")[0] not in ("asgi", "contract", "scoreboard", "routes")
+            and name not in ("wsgi.reqlog", "wsgi.conns", "wsgi")
+        }
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+    for path in (PACKAGE / "workers" / "wsgi").glob("*.py"):
+        assert not any(n.startswith("asgi") for n in _worker_imports(path)), path
