@@ -83,7 +83,8 @@ each from its own file in <code>etc/demo/</code>. Pick a cluster:</p>
 that rendered it. Reload the page and the PID changes: the fastrouter hands each request to
 the next node of the cluster's pool, round robin.</p>
 <pre>
-browser --HTTP--> :8080 frontend (this page; /psgi and /wsgi: pymaster.apps.uwsgi_pass)
+browser --HTTP--> :8080 HTTP router --uwsgi--> frontend worker (this page; /static;
+                                               /psgi and /wsgi: pymaster.apps.uwsgi_pass)
         --uwsgi, UWSGI_FASTROUTER_KEY=psgi_cluster | wsgi_cluster-->
         :4000 fastrouter --uwsgi--> a node of the pool: :4002 :4003 :4004 | :4005 :4006 :4007
               :4001 subscription server  &lt;--UDP heartbeats--  each backend's master

@@ -1,10 +1,10 @@
 """The demo as a visitor sees it: `pymaster --emperor etc/demo` (the very files
 scripts/demo.sh runs, on their fixed ports 4000-4007 and 8080) and Debian's chromium,
-headless, driven by Playwright: the landing page, its links to /psgi/ and /wsgi/, the
-seed's pictures loaded through /static, and the PID of the backend worker changing on
-reload until every node of each cluster has answered. A screenshot of the landing page is
-saved in the test's tmp dir (and copied to $DEMO_SCREENSHOT when set: that is how
-docs/demo.png is made).
+headless, driven by Playwright, through the frontend vassal's HTTP router: the landing
+page, its links to /psgi/ and /wsgi/, the seed's pictures loaded through /static, and the
+PID of the backend worker changing on reload until every node of each cluster has
+answered. A screenshot of the landing page is saved in the test's tmp dir (and copied to
+$DEMO_SCREENSHOT when set: that is how docs/demo.png is made).
 
 Skipped, with the reason, when chromium or Playwright is missing or a demo port is taken.
 The Emperor gets SIGTERM if the test process dies (PR_SET_PDEATHSIG), its vassals die with
@@ -146,6 +146,8 @@ def image_loaded(page, selector: str = "img") -> None:
 
 
 def test_the_demo_in_a_browser(demo, tmp_path):
+    # :8080 is the frontend vassal's HTTP router, in front of its own workers.
+    assert "httprouter socket 0 bound to TCP address 127.0.0.1:8080" in demo.log()
     profile = tmp_path / "profile"  # a new, empty --user-data-dir
     profile.mkdir()
     shot = tmp_path / "demo.png"
