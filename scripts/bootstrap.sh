@@ -21,6 +21,7 @@ DEB_PACKAGES=(
     wrk procps curl ca-certificates python3-venv
     media-types  # /etc/mime.types: the static files' MIME table (pymaster/apps/static.py)
     iproute2  # `ip netns` for tests/integration/test_netns.py (a backend host lost)
+    chromium  # headless browser for tests/integration/test_demo_browser.py (Playwright drives it; no browser download)
 )
 
 LOG="$(mktemp -t pymaster-bootstrap.XXXXXX)"
