@@ -59,7 +59,7 @@ sub new {
 }
 
 # --log-date (pymaster/log.py): undef = no prefix, '' = ctime, else a strftime format; and the
-# descriptor request lines go to under a request logger (PYMASTER_REQ_LOG_FD), else STDERR.
+# descriptor request lines go to under a request logger (PYMASTER_REQ_LOG_FD), else fd 2.
 my ($DATE, $REQ_FH);
 
 sub _log {
@@ -68,7 +68,20 @@ sub _log {
         if defined $DATE;
     utf8::encode($line) if utf8::is_utf8($line);
     $line .= "\n" unless $line =~ /\n\z/;
-    syswrite STDERR, $line;
+    _write_log($line);
+}
+
+# The log is fd 2 as the master set it up, whatever the app did to its STDERR handle (an
+# `:encoding(UTF-8)` layer, as Catalyst puts on it, makes syswrite on STDERR die): the
+# bytes go to the descriptor with write(2), no PerlIO handle involved.
+sub _write_log {
+    my $line = shift;
+    my ($off, $len) = (0, length $line);
+    while ($off < $len) {
+        my $w = POSIX::write(2, $off ? substr($line, $off) : $line, $len - $off);
+        if (!defined $w) { next if $! == EINTR; return }
+        $off += $w;
+    }
 }
 
 sub _log_verbose {    # always stamped (pymaster/log.py log_verbose)
@@ -82,7 +95,7 @@ sub _log_req {    # a request line: never dated, one write (one message on the r
     my $line = shift;
     utf8::encode($line) if utf8::is_utf8($line);
     $line .= "\n" unless $line =~ /\n\z/;
-    if ($REQ_FH) { syswrite $REQ_FH, $line } else { syswrite STDERR, $line }
+    if ($REQ_FH) { syswrite $REQ_FH, $line } else { _write_log($line) }
 }
 
 # -- setup ----------------------------------------------------------------------------------
@@ -698,8 +711,11 @@ sub _read_http {
     $env{SERVER_PORT} = $l->{port};
     @env{qw(REMOTE_ADDR REMOTE_PORT)} = _remote($req->{conn});
     $env{'psgi.url_scheme'} = 'http';
-    $env{'psgix.io'} = $c;
-    my $connection = delete $env{HTTP_CONNECTION};
+    # psgix.io, the client socket: a tied element, so the server knows whether the app took
+    # it (Plack::Handler::Pymaster::IO below); feature tests such as `if ($env->{'psgix.io'})`
+    # count as taking it too, which only matters for the answers listed in _dispatch
+    $req->{io} = tie $env{'psgix.io'}, 'Plack::Handler::Pymaster::IO', $c;
+    my $connection = $env{HTTP_CONNECTION};     # kept: WebSocket handshakes read it
     $req->{keep} = $self->{keepalive} && (($env{SERVER_PROTOCOL} // '') eq 'HTTP/1.1'
         ? !(defined $connection && $connection =~ /\bclose\b/i)
         : (defined $connection && $connection =~ /\bkeep-alive\b/i));
@@ -1104,12 +1120,35 @@ sub _dispatch {
 
     my $failed = 0;
     my $ok = eval { $self->_respond($req, $self->{app}->($env)); 1 };
-    if (!$ok) {
+    # psgix.io taken, then a delayed response that never called the responder (Catalyst's
+    # io_fh, Protocol::WebSocket apps), a 101 or a die: the connection is the app's, as on
+    # Plack's servers. Nothing more is written to it (no 500, no chunk end, no keep-alive)
+    # and the server drops its references without closing it: it closes when the app lets
+    # go of it (at once if the app kept nothing).
+    my $io = $req->{io};
+    if ($io && $io->[1] && (!$ok || $req->{unanswered} || $req->{status} == 101)) {
+        $req->{hijacked} = 1;
+        my $err = $@;
+        if (!$ok && ref $err ne 'Plack::Handler::Pymaster::Gone') {
+            $err =~ s/\s+\z//;
+            _log("[pymaster-perl error] $method $uri: $err");
+        }
+        $req->{status} = 0 unless $req->{sent};
+        $ok = 1;
+    }
+    elsif (!$ok) {
         my $err = $@;
         $failed = 1;
         $self->_app_failed($req, $err, $method, $uri, $env->{REMOTE_ADDR});
     }
-    if ($req->{chunked} && !$failed) {
+    if ($req->{hijacked}) {
+        my $conn = $req->{conn};
+        delete @$conn{qw(c buf)};
+        $conn->{closed} = 1;
+        delete $req->{c};
+        $req->{keep} = 0;
+    }
+    elsif ($req->{chunked} && !$failed) {
         eval { _finish($req); 1 } or $failed = 1;
     }
     # a streamed body that does not match the app's Content-Length: the connection is unframed
@@ -1174,6 +1213,10 @@ sub _respond {
             $self->_send_head($req, $r->[0], $r->[1], undef);
             return Plack::Handler::Pymaster::Writer->new($req);
         });
+        if (!$called && $req->{io} && $req->{io}[1]) {     # psgix.io taken: see _dispatch
+            $req->{unanswered} = 1;
+            return;
+        }
         die "the delayed response never called the responder\n" unless $called;
         return;
     }
@@ -1203,7 +1246,7 @@ sub _send_head {
         my $lk = defined $k && $HEADER{$k} || _header_name($k);
         die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
             unless defined $v && $v !~ /[\r\n\0]/;
-        if ($http && $lk eq 'connection') {
+        if ($http && $lk eq 'connection' && $status != 101) {    # 101: the app's Upgrade
             $req->{keep} = 0 if $v =~ /\bclose\b/i;
             next;
         }
@@ -1242,10 +1285,13 @@ sub _send_head {
         else {
             $req->{keep} = 0;                 # the body ends when the connection does
         }
-        $req->{keep} = 0 if $STOPPING
+        $req->{keep} = 0 if $STOPPING || $status == 101
             || $self->{max_requests} && $self->{requests} + 1 >= $self->{max_requests}
                 && Time::HiRes::time() - $self->{spawned} >= $self->{min_lifetime};
-        if (!$req->{keep}) {
+        if ($status == 101) {
+            # switching protocols: the connection is no longer HTTP (no Connection: close)
+        }
+        elsif (!$req->{keep}) {
             $out .= "Connection: close\r\n";
             $count++;
         }
@@ -1526,6 +1572,13 @@ sub new {
     $msg = 'timeout' if $! == Errno::EAGAIN();
     bless { msg => $msg, epipe => $epipe }, $class;
 }
+
+package Plack::Handler::Pymaster::IO;
+# psgix.io as a tied hash element: [the socket, taken]. Fetching it marks it taken; an app
+# that stores over it replaces the value.
+sub TIESCALAR { my ($class, $c) = @_; bless [$c, 0], $class }
+sub FETCH { $_[0][1] = 1; $_[0][0] }
+sub STORE { $_[0][0] = $_[1] }
 
 package Plack::Handler::Pymaster::Writer;
 # The streaming writer handed to `$responder->([$status, $headers])`.
