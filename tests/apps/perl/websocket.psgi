@@ -29,6 +29,7 @@ sub {
     if ($path eq '/ws101') {
         return sub {
             my $responder = shift;
+            local $env->{HTTP_CONNECTION} = $env->{HTTP_CONNECTION} // 'Upgrade';   # Starman
             my $hs = Protocol::WebSocket::Handshake::Server->new_from_psgi($env);
             $hs->parse('');
             my ($head, @h) = split /\r\n/, $hs->to_string;

@@ -1114,6 +1114,7 @@ sub _dispatch {
     my $uri = $env->{REQUEST_URI};
     $self->_slot_begin($req->{start}, "$method $uri");
     $req->{proto} = $env->{SERVER_PROTOCOL} || 'HTTP/1.0';
+    $req->{env} = $env;                        # psgix.harakiri.commit, read by _send_head
     $req->{head} = $method eq 'HEAD';
     $req->{tx} = $req->{headers} = $req->{head_bytes} = 0;
     $req->{status} = 500;
@@ -1285,7 +1286,7 @@ sub _send_head {
         else {
             $req->{keep} = 0;                 # the body ends when the connection does
         }
-        $req->{keep} = 0 if $STOPPING || $status == 101
+        $req->{keep} = 0 if $STOPPING || $status == 101 || $req->{env}{'psgix.harakiri.commit'}
             || $self->{max_requests} && $self->{requests} + 1 >= $self->{max_requests}
                 && Time::HiRes::time() - $self->{spawned} >= $self->{min_lifetime};
         if ($status == 101) {
