@@ -7,7 +7,6 @@ package DancerApp;
 use Dancer2;
 use Digest::MD5 ();
 
-set serializer => undef;
 set content_type => 'text/plain';
 set logger => 'null';
 

@@ -20,15 +20,10 @@ post '/upload' => sub ($c) {
     $c->render(text => join(' ', $u->filename, $u->size, $md5, $c->param('note') // '') . "\n",
                format => 'txt');
 };
-get '/stream' => sub ($c) {
+get '/stream' => sub ($c) {    # chunks written up front: under PSGI no event loop drains them
     $c->res->headers->content_type('text/plain');
-    my $i = 0;
-    my $next;
-    $next = sub ($c) {
-        return $c->finish if ++$i > 5;
-        $c->write_chunk("line $i\n", $next);
-    };
-    $c->write_chunk('', $next);
+    $c->write_chunk("line $_\n") for 1 .. 5;
+    $c->finish;
 };
 
 my $server = Mojo::Server::PSGI->new(app => app);
