@@ -268,7 +268,7 @@ def _prepare(cfg: Config) -> bool:
             "Plack::Builder's `mount` (one --psgi app per instance)"
         )
     has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
-        app_configured and "LISTEN_FDS" in os.environ
+        app_configured and sockets.inherits_sockets(os.environ)
     )
     if cfg.psgi and cfg.py_autoreload:
         log(
@@ -279,7 +279,7 @@ def _prepare(cfg: Config) -> bool:
         for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
             if cfg.is_set(name):
                 log(f"option --{name} has no effect without --fastrouter")
-    if not specs and "LISTEN_FDS" not in os.environ:
+    if not specs and not sockets.inherits_sockets(os.environ):
         raise StartupError(
             "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
             "or --fastrouter ADDR"

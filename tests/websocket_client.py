@@ -50,13 +50,25 @@ def _read_frame(sock: socket.socket, buf: bytearray) -> bytes:
     return head + _read_exact(sock, buf, size)
 
 
-def session(port: int, path: str, message: bytes = b"hello ws", quiet: float = 1.5,
-            host: str = "127.0.0.1", timeout: float = 15.0) -> Session:
+def session(
+    port: int,
+    path: str,
+    message: bytes = b"hello ws",
+    quiet: float = 1.5,
+    host: str = "127.0.0.1",
+    timeout: float = 15.0,
+) -> Session:
     key = base64.b64encode(os.urandom(16))
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
-                     + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
-                     + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        sock.sendall(
+            b"GET "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + f"{host}:{port}".encode()
+            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+            + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         buf = bytearray()
         while b"\r\n\r\n" not in buf:
             chunk = sock.recv(65536)
@@ -67,8 +79,11 @@ def session(port: int, path: str, message: bytes = b"hello ws", quiet: float = 1
         head = bytes(buf[:end])
         del buf[:end]
         want = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        accept_ok = any(line.split(b":", 1)[1].strip() == want for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"sec-websocket-accept:"))
+        accept_ok = any(
+            line.split(b":", 1)[1].strip() == want
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-accept:")
+        )
         sock.sendall(masked_frame(0x1, message))
         echo = _read_frame(sock, buf)
         sock.sendall(masked_frame(0x8, struct.pack("!H", 1000)))

@@ -586,6 +586,10 @@ class Arbiter:
         self.reload(graceful=True)
 
     def on_SIGTERM(self) -> None:
+        # Graceful stop, not uWSGI's brutal reload (a departure, docs/architecture.md). It is
+        # also what Server::Starter's hot deploy needs: start_server starts a new generation
+        # on the same sockets, then TERMs the old one, as with Starman; shared sockets get no
+        # drop filter (sockets.refuse_new_connections).
         self.shutdown(graceful=True)
 
     def on_SIGINT(self) -> None:

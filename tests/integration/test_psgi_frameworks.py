@@ -46,11 +46,16 @@ UPLOAD = os.urandom(1_000_000)
 
 def multipart(fields: dict[str, str], name: str, filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                 f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
-                 + data + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+        f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        + data
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -61,8 +66,12 @@ def exchanges(port: int) -> dict[str, tuple[int, bytes, dict[str, str]]]:
     requests = {
         "index": ("GET", "/", None, {}),
         "route": ("GET", "/hello/bob", None, {}),
-        "form": ("POST", "/form", b"a=1&b=x+y&c=%C3%A9",
-                 {"Content-Type": "application/x-www-form-urlencoded"}),
+        "form": (
+            "POST",
+            "/form",
+            b"a=1&b=x+y&c=%C3%A9",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        ),
         "upload": ("POST", "/upload", body, {"Content-Type": ctype}),
         "stream": ("GET", "/stream", None, {}),
         "missing": ("GET", "/no/such/page", None, {}),
@@ -89,7 +98,11 @@ STARMAN_DOUBLE_CHUNKS = {("mojo", "stream")}
 
 def check_answers(name: str, got: dict, starman: bool = False) -> None:
     md5 = hashlib.md5(UPLOAD).hexdigest()
-    index = {"catalyst": b"catalyst index\n", "dancer2": b"dancer2 index\n", "mojo": b"mojo index\n"}
+    index = {
+        "catalyst": b"catalyst index\n",
+        "dancer2": b"dancer2 index\n",
+        "mojo": b"mojo index\n",
+    }
     assert got["index"][:2] == (200, index[name])
     assert got["route"][:2] == (200, b"hello bob\n")
     assert got["form"][:2] == (200, "a=1\nb=x y\nc=é\n".encode())
@@ -107,9 +120,22 @@ def framework(request):
         pytest.skip(f"{module} ({package}) missing")
     http_port, uwsgi_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
-        pm = stack.enter_context(pymaster(
-            ["--http-socket", f"{LOOPBACK}:{http_port}", "-s", f"{LOOPBACK}:{uwsgi_port}",
-             "--psgi", str(app), "-M", "-p", "2"], timeout=60))
+        pm = stack.enter_context(
+            pymaster(
+                [
+                    "--http-socket",
+                    f"{LOOPBACK}:{http_port}",
+                    "-s",
+                    f"{LOOPBACK}:{uwsgi_port}",
+                    "--psgi",
+                    str(app),
+                    "-M",
+                    "-p",
+                    "2",
+                ],
+                timeout=60,
+            )
+        )
         front = stack.enter_context(nginx(f"{LOOPBACK}:{uwsgi_port}", "uwsgi_pass"))
         sm = stack.enter_context(starman(app, workers=2, timeout=60))
         yield name, pm, http_port, front, sm
@@ -124,7 +150,7 @@ def test_framework_over_http_and_nginx_as_under_starman(framework):
         check_answers(name, ours)
         for key, (status, body, _) in ours.items():
             if key == "missing" or (name, key) in STARMAN_DOUBLE_CHUNKS:
-                assert status == starman_answers[key][0]   # error pages name the address
+                assert status == starman_answers[key][0]  # error pages name the address
             else:
                 assert (status, body) == starman_answers[key][:2], key
     # streamed over HTTP/1.1 straight to pymaster: chunked, as Starman does
@@ -137,8 +163,10 @@ def test_framework_over_http_and_nginx_as_under_starman(framework):
 def test_catalyst_websocket_on_io_fh_as_under_starman(framework):
     name, pm, http_port, _, sm = framework
     if name != "catalyst":
-        pytest.skip("only Catalyst does a blocking WebSocket under PSGI ($c->req->io_fh); "
-                    "Dancer2's plugin needs Twiggy, Mojolicious none under PSGI")
+        pytest.skip(
+            "only Catalyst does a blocking WebSocket under PSGI ($c->req->io_fh); "
+            "Dancer2's plugin needs Twiggy, Mojolicious none under PSGI"
+        )
     for port in (http_port, sm.port):
         s = ws.session(port, "/ws")
         assert s.head.startswith(b"HTTP/1.1 101 ") and s.accept_ok, s.head
@@ -152,8 +180,10 @@ def test_catalyst_100_requests_no_worker_death(tmp_path):
     """Catalyst's :encoding(UTF-8) layer on STDERR and a wide character logged on every
     request (the index action): the workers stay the same processes."""
     port = free_port()
-    with Pymaster(["--http-socket", f"{LOOPBACK}:{port}", "--psgi", APPS / "catalyst.psgi",
-                   "-M", "-p", "2"], tmp_path) as pm:
+    with Pymaster(
+        ["--http-socket", f"{LOOPBACK}:{port}", "--psgi", APPS / "catalyst.psgi", "-M", "-p", "2"],
+        tmp_path,
+    ) as pm:
         wait_port(port, 60)
         before = sorted(wait_idle_pids(pm, 2, timeout=60))
         for _ in range(100):
@@ -171,16 +201,30 @@ def test_catalyst_100_requests_no_worker_death(tmp_path):
 @pytest.mark.skipif(not perl_has("Catalyst"), reason="Catalyst (libcatalyst-perl) missing")
 def test_catalyst_missing_module_shows_the_real_error(tmp_path):
     proc = subprocess.run(
-        [*pymaster_cmd(), "--http-socket", f"{LOOPBACK}:{free_port()}", "--psgi",
-         str(APPS / "catalyst_broken.psgi"), "-M", "-p", "1"],
-        capture_output=True, text=True, timeout=120)
+        [
+            *pymaster_cmd(),
+            "--http-socket",
+            f"{LOOPBACK}:{free_port()}",
+            "--psgi",
+            str(APPS / "catalyst_broken.psgi"),
+            "-M",
+            "-p",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Pymaster::Test::No::Such::Module" in out, out
-    assert "Can't locate Pymaster/Test/No/Such/Module.pm" in out or "which is not installed" in out, out
+    assert (
+        "Can't locate Pymaster/Test/No/Such/Module.pm" in out or "which is not installed" in out
+    ), out
     assert "syswrite" not in out, out
 
 
 def pymaster_cmd() -> list[str]:
     from tests.external import pymaster_command
+
     return pymaster_command()

@@ -24,9 +24,11 @@ WS_APP = APPS / "websocket.psgi"
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which("plackup"), reason="plackup (libplack-perl) missing"),
-    pytest.mark.skipif(subprocess.run(["perl", "-MProtocol::WebSocket", "-e1"],
-                                      capture_output=True).returncode != 0,
-                       reason="Protocol::WebSocket (libprotocol-websocket-perl) missing"),
+    pytest.mark.skipif(
+        subprocess.run(["perl", "-MProtocol::WebSocket", "-e1"], capture_output=True).returncode
+        != 0,
+        reason="Protocol::WebSocket (libprotocol-websocket-perl) missing",
+    ),
 ]
 
 
@@ -38,8 +40,12 @@ def _no_accept(head: bytes) -> bytes:
 def servers():
     """pymaster (--http-socket, 2 workers) and Starman on the same app."""
     pm_port = free_port()
-    with pymaster(["--http-socket", f"{LOOPBACK}:{pm_port}", "--psgi", str(WS_APP),
-                   "-M", "-p", "2"]) as pm, starman(WS_APP, workers=2) as sm:
+    with (
+        pymaster(
+            ["--http-socket", f"{LOOPBACK}:{pm_port}", "--psgi", str(WS_APP), "-M", "-p", "2"]
+        ) as pm,
+        starman(WS_APP, workers=2) as sm,
+    ):
         yield pm, sm
 
 
@@ -53,13 +59,13 @@ def test_hijacked_websocket_is_byte_clean_as_on_starman(servers, path):
         assert s.accept_ok, s.head
         assert s.echo == ws.text_frame(b"hello ws")
         assert s.close == ws.CLOSE_1000
-        assert s.trailing == b"", s.trailing           # no 500 after the frames
-    if path != "/ws101":                                # the app wrote the head itself
+        assert s.trailing == b"", s.trailing  # no 500 after the frames
+    if path != "/ws101":  # the app wrote the head itself
         assert _no_accept(ours.head) == _no_accept(theirs.head)
     if path == "/ws?keep=1":
-        assert not ours.eof                             # the app still holds the socket
+        assert not ours.eof  # the app still holds the socket
     else:
-        assert ours.eof                                 # the app closed it
+        assert ours.eof  # the app closed it
     log = pm.logtext()
     assert "never called the responder" not in log and "pymaster-perl error" not in log, log
     # the worker carries on: normal requests on new connections
@@ -85,24 +91,42 @@ def test_never_calling_the_responder_without_psgix_io_is_still_a_500(tmp_path):
     app = tmp_path / "never.psgi"
     app.write_text("sub { return sub { 1 } };\n")
     port = free_port()
-    with Pymaster(["--http-socket", f"{LOOPBACK}:{port}", "--psgi", app, "-M", "-p", "1"],
-                  tmp_path) as pm:
+    with Pymaster(
+        ["--http-socket", f"{LOOPBACK}:{port}", "--psgi", app, "-M", "-p", "1"], tmp_path
+    ) as pm:
         wait_port(port, 20)
         assert http_get(port, "/").status == 500
-        pm.wait_log(r"\[pymaster-perl error\] GET /: the delayed response never called the responder")
+        pm.wait_log(
+            r"\[pymaster-perl error\] GET /: the delayed response never called the responder"
+        )
 
 
 def test_cleanup_handlers_run_after_the_response(tmp_path):
     log = tmp_path / "cleanup.log"
     port = free_port()
-    with Pymaster(["--http-socket", f"{LOOPBACK}:{port}", "--psgi", WS_APP, "-M", "-p", "1",
-                   "--env", f"CLEANUP_LOG={log}"], tmp_path) as pm:
+    with Pymaster(
+        [
+            "--http-socket",
+            f"{LOOPBACK}:{port}",
+            "--psgi",
+            WS_APP,
+            "-M",
+            "-p",
+            "1",
+            "--env",
+            f"CLEANUP_LOG={log}",
+        ],
+        tmp_path,
+    ) as pm:
         wait_port(port, 20)
-        for i in range(1, 4):
+        for _ in range(3):
             resp = http_get(port, "/cleanup")
             assert resp.body == b"cleanup yes\n"
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(log.read_text().splitlines() if log.exists() else []) < 3:
+        while (
+            time.monotonic() < deadline
+            and len(log.read_text().splitlines() if log.exists() else []) < 3
+        ):
             time.sleep(0.05)
         (worker,) = wait_idle_pids(pm, 1)
         assert log.read_text().splitlines() == [f"cleanup {worker} {i}" for i in (1, 2, 3)]
@@ -110,8 +134,9 @@ def test_cleanup_handlers_run_after_the_response(tmp_path):
 
 def test_harakiri_commit_restarts_the_worker(tmp_path):
     port = free_port()
-    with Pymaster(["--http-socket", f"{LOOPBACK}:{port}", "--psgi", WS_APP, "-M", "-p", "1"],
-                  tmp_path) as pm:
+    with Pymaster(
+        ["--http-socket", f"{LOOPBACK}:{port}", "--psgi", WS_APP, "-M", "-p", "1"], tmp_path
+    ) as pm:
         wait_port(port, 20)
         (first,) = wait_idle_pids(pm, 1, timeout=20)
         resp = http_get(port, "/harakiri")
@@ -125,11 +150,15 @@ def test_harakiri_commit_restarts_the_worker(tmp_path):
 
 def test_input_buffered_and_seekable_as_on_starman(servers):
     pm, sm = servers
-    body = bytes(range(256)) * 5000                     # over 1 MiB: the temp file
+    body = bytes(range(256)) * 5000  # over 1 MiB: the temp file
     for port in (pm.port, sm.port):
         conn = http.client.HTTPConnection(LOOPBACK, port, timeout=20)
-        conn.request("POST", "/buffered", body=body[:1_000_000],
-                     headers={"Content-Type": "application/octet-stream"})
+        conn.request(
+            "POST",
+            "/buffered",
+            body=body[:1_000_000],
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert conn.getresponse().read() == b"buffered same 1000000\n"
         conn.close()
     assert re.search(r"POST /buffered => generated 22 bytes", pm.logtext())
