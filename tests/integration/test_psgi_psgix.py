@@ -17,7 +17,7 @@ import pytest
 from tests import websocket_client as ws
 from tests.external import LOOPBACK, free_port, http_get, pymaster, starman
 from tests.integration.test_psgi_master import wait_idle_pids
-from tests.pm import Pymaster, wait_port
+from tests.pm import Pymaster, exchange, split_response, uwsgi_get, wait_port
 
 APPS = Path(__file__).resolve().parents[1] / "apps" / "perl"
 WS_APP = APPS / "websocket.psgi"
@@ -162,3 +162,48 @@ def test_input_buffered_and_seekable_as_on_starman(servers):
         assert conn.getresponse().read() == b"buffered same 1000000\n"
         conn.close()
     assert re.search(r"POST /buffered => generated 22 bytes", pm.logtext())
+
+
+CHUNKED_APP = r"""
+my $encoded = "5\r\nhello\r\n7;ext=1\r\n, world\r\n1\r\n\n\r\n0\r\nX-Trailer: t\r\n\r\n";
+sub {
+    my $env = shift;
+    my @pieces = $env->{PATH_INFO} eq '/array' ? ($encoded) : unpack '(a3)*', $encoded;
+    my $body = $env->{PATH_INFO} eq '/array' ? [@pieces]
+             : Plack::Util::inline_object(getline => sub { shift @pieces }, close => sub {});
+    [200, ['Content-Type' => 'text/plain', 'Transfer-Encoding' => 'chunked'], $body];
+};
+"""
+
+
+@pytest.mark.parametrize("path", ["/getline", "/array"])
+def test_apps_own_chunked_body_on_uwsgi_is_sent_decoded(tmp_path, path):
+    """Mojo::Server::PSGI chunk-encodes its streamed bodies itself; nginx does not decode
+    chunks from a uwsgi upstream, so on uwsgi sockets the worker sends the payload."""
+    app = tmp_path / "chunked.psgi"
+    app.write_text("use Plack::Util;\n" + CHUNKED_APP)
+    port, http_port = free_port(), free_port()
+    with Pymaster(
+        [
+            "-s",
+            f"{LOOPBACK}:{port}",
+            "--http-socket",
+            f"{LOOPBACK}:{http_port}",
+            "--psgi",
+            app,
+            "-M",
+            "-p",
+            "1",
+        ],
+        tmp_path,
+    ):
+        wait_port(port, 20)
+        wait_port(http_port, 20)
+        status, headers, body = split_response(uwsgi_get(port, path))
+        assert status.startswith("HTTP/1.1 200") and body == b"hello, world\n"
+        assert "transfer-encoding" not in headers
+        # over HTTP the app's own encoding goes out as it is (as on Starman for HTTP/1.0)
+        raw = exchange(http_port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert raw.endswith(
+            b"\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n1\r\n\n\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )

@@ -994,7 +994,8 @@ sub _serve_uwsgi {
     my $ok = eval {
         my $res = $self->{app}->(\%env);
         my ($st, $h, $body) = ref $res eq 'ARRAY' && @$res == 3 ? @$res : ();
-        if (ref $body eq 'ARRAY' && ref $h eq 'ARRAY' && !(@$h % 2)) {
+        my $general = !(ref $body eq 'ARRAY' && ref $h eq 'ARRAY' && !(@$h % 2));
+        unless ($general) {
             my $reason = $REASON{$st // ''} // _reason($st);
             my $out = "$proto $st $reason\r\n";
             my $has_len;
@@ -1003,35 +1004,38 @@ sub _serve_uwsgi {
                 my $lk = defined $k && $HEADER{$k} || _header_name($k);
                 die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
                     unless defined $v && $v !~ /[\r\n\0]/;
-                $has_len = 1 if $lk eq 'content-length';
+                if ($lk eq 'content-length') { $has_len = 1 }
+                elsif ($lk eq 'transfer-encoding') { $general = 1; last }   # see _send_head
                 $out .= "$k: $v\r\n";
             }
-            my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
-            die "wide character in the response body\n"
-                if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
-            $out .= $self->{extra_headers};
-            my $n = @$h / 2 + $self->{extra_count};
-            my $no_body = $st < 200 || $NO_BODY{$st};
-            if (!$has_len && !$no_body) {
-                $out .= 'Content-Length: ' . length($data) . "\r\n";
-                $n++;
-            }
-            $out .= "\r\n";
-            die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
-            ($status, $headers, $head_bytes) = ($st, $n, length $out);
-            unless ($no_body || $head_only) {
-                $out .= $data;
-                $tx = length $data;
-            }
-            $sent = 1;
-            my $w = syscall($SYS_WRITE, $fd, $out, length $out);
-            if ($w != length $out) {                  # the rest through the general path's loop
-                die Plack::Handler::Pymaster::Gone->new("$!" || 'timeout') if $w < 0 && $! != EINTR;
-                ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
-                _write_all($c, $w > 0 ? substr($out, $w) : $out);
+            unless ($general) {
+                my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
+                die "wide character in the response body\n"
+                    if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
+                $out .= $self->{extra_headers};
+                my $n = @$h / 2 + $self->{extra_count};
+                my $no_body = $st < 200 || $NO_BODY{$st};
+                if (!$has_len && !$no_body) {
+                    $out .= 'Content-Length: ' . length($data) . "\r\n";
+                    $n++;
+                }
+                $out .= "\r\n";
+                die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
+                ($status, $headers, $head_bytes) = ($st, $n, length $out);
+                unless ($no_body || $head_only) {
+                    $out .= $data;
+                    $tx = length $data;
+                }
+                $sent = 1;
+                my $w = syscall($SYS_WRITE, $fd, $out, length $out);
+                if ($w != length $out) {                  # the rest through the general path's loop
+                    die Plack::Handler::Pymaster::Gone->new("$!" || 'timeout') if $w < 0 && $! != EINTR;
+                    ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
+                    _write_all($c, $w > 0 ? substr($out, $w) : $out);
+                }
             }
         }
-        else {
+        if ($general) {
             ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
             $req = _fast_req($c, $l, $start, $proto, $head_only);
             $self->_respond($req, $res);
@@ -1259,6 +1263,17 @@ sub _send_head {
         $out .= "$k: $v\r\n";
         $count++;
     }
+    if ($has_te && !$http && $out =~ s/^Transfer-Encoding:[ \t]*chunked[ \t]*\r\n//mi) {
+        # On a uwsgi socket the response goes to nginx, which does not decode chunks from a
+        # uwsgi upstream: an app's own chunked body (Mojo::Server::PSGI sends one) would
+        # reach the client chunk-encoded. Its payload is sent instead, close-delimited.
+        $count--;
+        $req->{dechunk} = { buf => '', left => 0 };
+        if (defined $body) {
+            $body = _dechunk_out($req, $body);
+            $length = length $body;
+        }
+    }
     $out .= $self->{extra_headers};
     $count += $self->{extra_count};
     my $no_body = $status < 200 || $NO_BODY{$status};
@@ -1388,7 +1403,7 @@ sub _send_path {
 sub _sendfile {
     my ($self, $req, $fh) = @_;
     my $in = fileno $fh;
-    return 0 unless $SYS_SENDFILE && defined $in && !$req->{chunked};
+    return 0 unless $SYS_SENDFILE && defined $in && !$req->{chunked} && !$req->{dechunk};
     my $pos = tell $fh;
     sysseek $fh, $pos, 0 if $pos > 0;             # PerlIO may have read ahead
     my $out = fileno $req->{c};
@@ -1411,9 +1426,44 @@ sub _sendfile {
 # Body bytes of a streamed response: as they are, or as one chunk when chunked.
 sub _write_body {
     my ($req, $data) = @_;
+    if ($req->{dechunk}) {
+        $data = _dechunk_out($req, $data);
+        return unless length $data;
+    }
     _write_all($req->{c}, $req->{chunked}
         ? sprintf('%x', length $data) . "\r\n$data\r\n" : $data);
     $req->{tx} += length $data;
+}
+
+# The payload of an app's own chunked body, fed in pieces of any size (see _send_head);
+# chunk extensions and trailers are dropped.
+sub _dechunk_out {
+    my ($req, $data) = @_;
+    my $st = $req->{dechunk};
+    return '' if $st->{done};
+    $st->{buf} .= $data;
+    my $out = '';
+    while (1) {
+        if ($st->{left}) {
+            my $take = substr $st->{buf}, 0, $st->{left}, '';
+            $out .= $take;
+            last if $st->{left} -= length $take;
+            $st->{crlf} = 1;
+        }
+        if ($st->{crlf}) {
+            last if length $st->{buf} < 2;
+            substr($st->{buf}, 0, 2, '');
+            $st->{crlf} = 0;
+        }
+        my $eol = index $st->{buf}, "\r\n";
+        last if $eol < 0;
+        my ($size) = substr($st->{buf}, 0, $eol) =~ /^([0-9A-Fa-f]+)/
+            or die "the app's chunked response body is malformed\n";
+        substr($st->{buf}, 0, $eol + 2, '');
+        if (!hex $size) { @$st{qw(done buf)} = (1, ''); last }
+        $st->{left} = hex $size;
+    }
+    return $out;
 }
 
 # The end of a chunked body (once).
