@@ -595,7 +595,10 @@ class Arbiter:
     def on_SIGINT(self) -> None:
         self.shutdown(graceful=False)
 
-    on_SIGQUIT = on_SIGINT
+    def on_SIGQUIT(self) -> None:
+        # uWSGI's brutal shutdown, except under Server::Starter: there QUIT is graceful, as
+        # on Starman, whose docs have start_server send it (`--signal-on-hup=QUIT`)
+        self.shutdown(graceful=any(lst.shared for lst in self.listeners))
 
     def on_SIGTTIN(self) -> None:
         if self.state.mode != "running":
