@@ -89,7 +89,12 @@ def test_hijack_then_keep_alive_requests_unaffected(servers):
 
 def test_never_calling_the_responder_without_psgix_io_is_still_a_500(tmp_path):
     app = tmp_path / "never.psgi"
-    app.write_text("sub { return sub { 1 } };\n")
+    # /die reads every env value first, psgix.io too, as Mojolicious does: still a 500
+    app.write_text(
+        "sub { my $env = shift; if ($env->{PATH_INFO} eq '/die') {"
+        " my @v = values %$env; die qq{died after reading the env\\n} }"
+        " return sub { 1 } };\n"
+    )
     port = free_port()
     with Pymaster(
         ["--http-socket", f"{LOOPBACK}:{port}", "--psgi", app, "-M", "-p", "1"], tmp_path
@@ -99,6 +104,8 @@ def test_never_calling_the_responder_without_psgix_io_is_still_a_500(tmp_path):
         pm.wait_log(
             r"\[pymaster-perl error\] GET /: the delayed response never called the responder"
         )
+        assert http_get(port, "/die").status == 500
+        pm.wait_log(r"\[pymaster-perl error\] GET /die: died after reading the env")
 
 
 def test_cleanup_handlers_run_after_the_response(tmp_path):

@@ -1126,12 +1126,13 @@ sub _dispatch {
     my $failed = 0;
     my $ok = eval { $self->_respond($req, $self->{app}->($env)); 1 };
     # psgix.io taken, then a delayed response that never called the responder (Catalyst's
-    # io_fh, Protocol::WebSocket apps), a 101 or a die: the connection is the app's, as on
-    # Plack's servers. Nothing more is written to it (no 500, no chunk end, no keep-alive)
-    # and the server drops its references without closing it: it closes when the app lets
-    # go of it (at once if the app kept nothing).
+    # io_fh, Protocol::WebSocket apps) or a 101: the connection is the app's, as on Plack's
+    # servers. Nothing more is written to it (no 500, no chunk end, no keep-alive) and the
+    # server drops its references without closing it: it closes when the app lets go of it
+    # (at once if the app kept nothing). An app that dies otherwise gets its 500, as on
+    # Starman (frameworks such as Mojolicious read every env value, psgix.io included).
     my $io = $req->{io};
-    if ($io && $io->[1] && (!$ok || $req->{unanswered} || $req->{status} == 101)) {
+    if ($io && $io->[1] && ($req->{unanswered} || $req->{status} == 101)) {
         $req->{hijacked} = 1;
         my $err = $@;
         if (!$ok && ref $err ne 'Plack::Handler::Pymaster::Gone') {
