@@ -177,3 +177,38 @@ def test_start_server_socket_and_hot_deploy_lose_no_request(tmp_path, signal_on_
     finally:
         stop(proc)
         log.close()
+
+
+def test_pymaster_own_reload_keeps_the_shared_socket(tmp_path):
+    """SIGHUP to pymaster itself (its own graceful reload, a re-exec) under start_server:
+    the socket goes through LISTEN_FDS, still shared, and is served after the reload."""
+    app = tmp_path / "app.psgi"
+    app.write_text(APP)
+    port = free_port()
+    proc, log = server_starter(tmp_path, port, "--psgi", str(app), "-M", "-p", "1")
+    logpath = tmp_path / "start_server.log"
+    try:
+        wait_for_port(port, 30)
+        worker, master = wait_serving(port)
+        os.kill(master, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while (
+            time.monotonic() < deadline and "binary reloading pymaster" not in logpath.read_text()
+        ):
+            time.sleep(0.1)
+        new_worker = worker
+        while time.monotonic() < deadline and new_worker == worker:
+            try:
+                new_worker, same_master = get(port)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            assert same_master == master  # a re-exec keeps the pid
+            time.sleep(0.1)
+        assert new_worker != worker
+        text = logpath.read_text(errors="replace")
+        assert re.search(rf"found fd 3 mapped to socket 0 \(127\.0\.0\.1:{port}\)", text), text
+        assert text.count("- Server::Starter socket detected -") == 2, text
+    finally:
+        stop(proc)
+        log.close()
