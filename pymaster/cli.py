@@ -360,7 +360,7 @@ def _prepare(cfg: Config) -> bool:
     has_app = (
         bool(cfg.socket or cfg.http_socket or cfg.http11_socket)
         or _http_worker_socket(cfg)
-        or (app_configured and "LISTEN_FDS" in os.environ)
+        or (app_configured and sockets.inherits_sockets(os.environ))
     )
     if cfg.asgi:
         _check_asgi(cfg)
@@ -377,7 +377,7 @@ def _prepare(cfg: Config) -> bool:
         for name in ("http-subscription-server", "http-to", "http-stats"):
             if cfg.is_set(name):
                 log(f"option --{name} has no effect without --http")
-    if not specs and "LISTEN_FDS" not in os.environ:
+    if not specs and not sockets.inherits_sockets(os.environ):
         raise StartupError(
             "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR, "
             "--http ADDR or --fastrouter ADDR"

@@ -18,6 +18,9 @@ DEB_PACKAGES=(
     uwsgi-core uwsgi-plugin-python3 uwsgi-plugin-psgi
     python3-jinja2  # uWSGI's python3 plugin embeds Debian's python3, not the venv: app.wsgi needs jinja2 there
     libplack-perl libtext-xslate-perl libfile-map-perl starman
+    # Perl frameworks, WebSocket and Server::Starter interop (tests/integration/test_psgi_*.py)
+    libcatalyst-perl libdancer2-perl libmojolicious-perl libprotocol-websocket-perl
+    libserver-starter-perl
     wrk procps curl ca-certificates python3-venv
     media-types  # /etc/mime.types: the static files' MIME table (pymaster/apps/static.py)
     iproute2  # `ip netns` for tests/integration/test_netns.py (a backend host lost)

@@ -596,12 +596,19 @@ class Arbiter:
         self.reload(graceful=True)
 
     def on_SIGTERM(self) -> None:
+        # Graceful stop, not uWSGI's brutal reload (a departure, docs/architecture.md). It is
+        # also what Server::Starter's hot deploy needs: start_server starts a new generation
+        # on the same sockets, then TERMs the old one, as with Starman; shared sockets get no
+        # drop filter (sockets.refuse_new_connections).
         self.shutdown(graceful=True)
 
     def on_SIGINT(self) -> None:
         self.shutdown(graceful=False)
 
-    on_SIGQUIT = on_SIGINT
+    def on_SIGQUIT(self) -> None:
+        # uWSGI's brutal shutdown, except under Server::Starter: there QUIT is graceful, as
+        # on Starman, whose docs have start_server send it (`--signal-on-hup=QUIT`)
+        self.shutdown(graceful=any(lst.shared for lst in self.listeners))
 
     def on_SIGTTIN(self) -> None:
         if self.state.mode != "running":
