@@ -23,6 +23,7 @@ ALLOWED = {
     "master": SHARED | {"workers", "routers", "protocols"},
     "cli": SHARED | {"master", "workers", "apps", "protocols", "routers"},
     "__main__": {"cli"},
+    "deploy": set(),  # shipped files and their writer: runs on any installation
 }
 
 
