@@ -2,5 +2,5 @@
 and the systemd units of `etc/` (in `files/`), and `python -m pymaster.deploy`, which lists
 them, prints one, or writes the systemd units with the absolute path of this installation.
 
-Imports nothing of pymaster's (it must run on any installation, even a broken one).
+May import nothing of pymaster's (it must run on any installation, even a broken one).
 """
