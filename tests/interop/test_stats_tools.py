@@ -199,3 +199,49 @@ def test_uwsgi_exporter_reads_pymaster(tmp_path):
         assert sorted(lab["worker"] for lab, _ in found["uwsgi_workers_requests"]) == ["1", "2"]
         assert found["uwsgi_listen_queue"][0][1] == 0
 
+
+
+STREAM_WSGI = """\
+def application(env, start):
+    start("200 OK", [("Content-Type", "text/plain")])
+    n = int(env["QUERY_STRING"] or "10")
+    return [b"a" * (n // 2), b"b" * (n - n // 2)]
+"""
+
+STREAM_PSGI = """\
+my $app = sub {
+    my $env = shift;
+    my $n = $env->{QUERY_STRING} || 10;
+    return sub {
+        my $w = $_[0]->([200, ['Content-Type' => 'text/plain']]);
+        $w->write('a' x int($n / 2));
+        $w->write('b' x ($n - int($n / 2)));
+        $w->close;
+    };
+};
+"""
+
+
+def test_tx_is_every_byte_sent_for_both_worker_kinds(tmp_path, kind):
+    """Streamed (unframed) answers of Python and Perl workers, on both socket kinds."""
+    from tests.conftest import app_args
+
+    hport, uport, sport = free_port(), free_port(), free_port()
+    plugins = ["--plugins", "psgi"] if kind == "psgi" else []
+    args = [*plugins, "--http-socket", f"127.0.0.1:{hport}", "-s", f"127.0.0.1:{uport}",
+            *app_args(tmp_path, kind, STREAM_WSGI, STREAM_PSGI), "-M", "-p", "1",
+            "--stats", f"127.0.0.1:{sport}"]
+    with pymaster(args):
+        received = 0
+        for n in (10, 999, 70000):
+            with socket.create_connection((LOOPBACK, hport), timeout=10) as s:
+                s.sendall(f"GET /h?{n} HTTP/1.0\r\n\r\n".encode())
+                data = read_all(s)
+            assert data.endswith(b"b" * (n - n // 2))
+            received += len(data)
+            data = uwsgi_once(uport, f"/u?{n}")
+            assert data.endswith(b"b" * (n - n // 2))
+            received += len(data)
+        time.sleep(0.3)
+        worker = stats(sport)["workers"][0]
+    assert worker["requests"] == 6 and worker["tx"] == received
