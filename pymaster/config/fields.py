@@ -234,3 +234,35 @@ class Options:
     hook_master_start: list[str] = field(default_factory=list)
     hook_accepting: list[str] = field(default_factory=list)
     cron_harakiri: int = 0
+    emperor: list[str] = field(default_factory=list)
+    emperor_freq: int = 3
+    emperor_throttle: int = 1000
+    emperor_max_throttle: int = 180000
+    emperor_no_blacklist: bool = False
+    emperor_tyrant: bool = False
+    emperor_tyrant_nofollow: bool = False
+    emperor_nofollow: bool = False
+    emperor_stats: str | None = None
+    emperor_pidfile: str | None = None
+    emperor_procname: str | None = None
+    emperor_graceful_shutdown: bool = False
+    vassals_inherit: list[str] = field(default_factory=list)
+    vassals_include: list[str] = field(default_factory=list)
+    vassals_inherit_before: list[str] = field(default_factory=list)
+    vassals_include_before: list[str] = field(default_factory=list)
+    vassal_set: list[str] = field(default_factory=list)
+    emperor_curse_tolerance: int = 30
+    emperor_on_demand_extension: str | None = None
+    emperor_on_demand_directory: str | None = None
+    emperor_on_demand_exec: str | None = None
+    emperor_broodlord: int = 0
+    emperor_required_heartbeat: int = 0
+    emperor_wrapper: str | None = None
+    emperor_extra_extension: list[str] = field(default_factory=list)
+    emperor_magic_exec: bool = False
+    asgi: str | None = None
+    asgi_loop: str = "auto"
+    asgi_concurrency: int = 1000
+    asgi_lifespan: str = "auto"
+    websockets_max_size: int = 1024
+    websockets_ping_freq: int = 30

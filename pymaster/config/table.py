@@ -249,7 +249,8 @@ APPLICATIONS = _section(
     opt(
         "plugins/plugin",
         "list",
-        help="plugins to load (comma-separated allowed); built in, names are checked",
+        help="plugins to load (comma-separated allowed); built in, names are checked; a path "
+        "to a uWSGI C plugin (`/x/y_plugin.so`) is skipped with uWSGI's `UNABLE to load` line",
         metavar="NAMES",
     ),
     opt(
@@ -373,7 +374,8 @@ RESPONSES = _section(
         "list",
         help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "
         "action `donotlog:` (no request log line for a matching request, e.g. "
-        "`route = ^/healthz$ donotlog:`); any other action is refused at start (use nginx)",
+        "`route = ^/healthz$ donotlog:`); any other action stops the start with an error "
+        "naming it (routing belongs in nginx)",
         metavar="RULE",
         worker=True,
     ),
@@ -1289,9 +1291,228 @@ DAEMONS = _section(
 )
 
 # Filled by the Emperor (pymaster/emperor/) and the ASGI worker (pymaster/workers/asgi/).
-EMPEROR: list[Option] = _section("Emperor")
+_NO_ON_DEMAND = (
+    "the Emperor starts every vassal at once (its own sockets bound by the vassal); for a socket "
+    "that starts its app on the first connection use a systemd .socket unit per app "
+    "(etc/systemd/pymaster@.socket: LISTEN_FDS is adopted)"
+)
+_ONLY_INI = "pymaster's vassals are INI files (`*.ini`); convert the file to INI"
+EMPEROR: list[Option] = _section(
+    "Emperor",
+    opt(
+        "emperor",
+        "list",
+        help="run the Emperor: one vassal (a `pymaster --ini FILE` master) per `*.ini` file in "
+        "DIR, or per file matching GLOB; started, respawned, reloaded when the file is touched, "
+        "stopped when it is removed (repeatable)",
+        metavar="DIR|GLOB",
+    ),
+    opt(
+        "emperor-freq",
+        "int",
+        3,
+        "seconds between two scans of the vassal directories and globs",
+        minimum=1,
+    ),
+    opt(
+        "emperor-throttle",
+        "int",
+        1000,
+        "milliseconds the next start of a vassal that died before it was ready is delayed by, "
+        "more at each further death",
+        minimum=1,
+    ),
+    opt(
+        "emperor-max-throttle",
+        "int",
+        180000,
+        "milliseconds the start delay of a failing vassal grows to (then it is halved)",
+        minimum=1,
+    ),
+    opt(
+        "emperor-no-blacklist",
+        "bool",
+        help="respawn a vassal that died before it was ready at the next scan, without throttling",
+    ),
+    opt(
+        "emperor-tyrant",
+        "bool",
+        help="run each vassal with the uid and gid of its file's owner (root only; files owned "
+        "by uid 0 or gid 0 are refused)",
+    ),
+    opt(
+        "emperor-tyrant-nofollow",
+        "bool",
+        help="with --emperor-tyrant, the owner of a symlinked vassal file is the link's own",
+    ),
+    opt(
+        "emperor-nofollow",
+        "bool",
+        help="a symlinked vassal file is reloaded when the link changes, not its target",
+    ),
+    opt(
+        "emperor-stats/emperor-stats-server",
+        "str",
+        help="serve the Emperor's stats JSON (vassals, blacklist) on this address",
+        metavar="ADDR",
+    ),
+    opt("emperor-pidfile", "str", help="write the Emperor's pid to this file", metavar="FILE"),
+    opt("emperor-procname", "str", help="name the Emperor process this"),
+    opt(
+        "emperor-graceful-shutdown",
+        "bool",
+        help="stop vassals gracefully (SIGTERM: requests finish) when their file is removed or the "
+        "Emperor gets SIGINT/SIGQUIT, instead of at once (SIGINT)",
+    ),
+    opt(
+        "vassals-inherit",
+        "list",
+        help="load this INI after every vassal's own file and --vassals-include (its values "
+        "win, as uWSGI's inherited template)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassals-include",
+        "list",
+        help="load this INI after every vassal's own file (its values win)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassals-inherit-before",
+        "list",
+        help="as --vassals-inherit, loaded before its files (uWSGI applies inherited files last "
+        "wherever they are given)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassals-include-before",
+        "list",
+        help="load this INI before every vassal's own file (the vassal's values win)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassal-set/vassals-set",
+        "list",
+        help="pass `--set KEY=VALUE` to every vassal (before its own file: the file's value wins)",
+        metavar="KEY=VALUE",
+    ),
+    opt(
+        "emperor-curse-tolerance",
+        "int",
+        30,
+        "uWSGI kills a vassal whose pipe closed but which lives on after N seconds",
+        inert="the Emperor is the vassals' parent and reaps them; a vassal asked to stop gets "
+        "--reload-mercy (30 s unless set) before SIGKILL",
+    ),
+    opt(
+        "emperor-on-demand-extension/emperor-on-demand-ext",
+        "str",
+        help="uWSGI's on-demand vassals (socket path in a file with this extension)",
+        refused=_NO_ON_DEMAND,
+    ),
+    opt(
+        "emperor-on-demand-directory/emperor-on-demand-dir",
+        "str",
+        help="uWSGI's on-demand vassals (sockets in this directory)",
+        refused=_NO_ON_DEMAND,
+    ),
+    opt(
+        "emperor-on-demand-exec",
+        "str",
+        help="uWSGI's on-demand vassals (socket path printed by a command)",
+        refused=_NO_ON_DEMAND,
+    ),
+    opt(
+        "emperor-broodlord",
+        "int",
+        0,
+        "uWSGI's broodlord mode (zerg vassals spawned on demand)",
+        refused="give the vassal more workers, or --cheaper to grow them with the load",
+    ),
+    opt(
+        "emperor-required-heartbeat",
+        "int",
+        0,
+        "uWSGI's vassal heartbeat deadline",
+        refused="a vassal's master watches its own workers (--harakiri, --worker-reload-mercy); "
+        "the Emperor sees a vassal die by waitpid at once",
+    ),
+    opt(
+        "emperor-wrapper",
+        "str",
+        help="uWSGI runs the vassals with this binary",
+        refused="vassals run `python -m pymaster` with the Emperor's interpreter; use a vassal's "
+        "own systemd unit for another binary",
+    ),
+    opt(
+        "emperor-extra-extension",
+        "list",
+        help="uWSGI's extra vassal file extensions",
+        refused=_ONLY_INI,
+    ),
+    opt(
+        "emperor-magic-exec",
+        "bool",
+        help="uWSGI runs executable vassal files and reads their output as the configuration",
+        refused="write the INI file the program would print",
+    ),
+)
 
-ASGI: list[Option] = _section("ASGI workers")
+ASGI: list[Option] = _section(
+    "ASGI workers",
+    opt(
+        "asgi",
+        "str",
+        help="load an ASGI 3.0 app, `MODULE:CALLABLE` (`MODULE` alone: `application`); "
+        "each worker serves it from an asyncio event loop, many requests in flight",
+        metavar="MODULE:CALLABLE",
+    ),
+    opt(
+        "asgi-loop",
+        "str",
+        "auto",
+        "the event loop of the ASGI workers: `uvloop`, `asyncio`, or `auto` (uvloop when "
+        "it imports)",
+        choices=("auto", "asyncio", "uvloop"),
+        worker=True,
+    ),
+    opt(
+        "asgi-concurrency",
+        "int",
+        1000,
+        "requests (and WebSockets) in flight per ASGI worker; at the cap the worker stops "
+        "accepting, so new connections wait in the listen queue for another worker",
+        minimum=1,
+        worker=True,
+    ),
+    opt(
+        "asgi-lifespan",
+        "str",
+        "auto",
+        "the ASGI lifespan protocol: `on` (a failing startup is an app-load failure), "
+        "`off`, or `auto` (on, unless the app does not speak it)",
+        choices=("auto", "on", "off"),
+        worker=True,
+    ),
+    opt(
+        "websockets-max-size/websocket-max-size",
+        "int",
+        1024,
+        "the largest WebSocket message in KiB (after reassembly of its fragments) an ASGI "
+        "worker takes, as in uWSGI; a bigger one closes the socket with 1009",
+        minimum=1,
+        metavar="KIB",
+        worker=True,
+    ),
+    opt(
+        "websockets-ping-freq/websocket-ping-freq",
+        "int",
+        30,
+        "seconds between the pings an ASGI worker sends on an idle WebSocket, as in uWSGI "
+        "(0: none)",
+        worker=True,
+    ),
+)
 
 OPTIONS: list[Option] = (
     CONFIGURATION

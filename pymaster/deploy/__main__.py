@@ -16,6 +16,7 @@ from pathlib import Path
 SHIPPED_EXEC = "ExecStart=/usr/bin/env pymaster "
 UNIT = "pymaster@.service"
 SOCKET = "pymaster@.socket"
+EMPEROR = "pymaster-emperor.service"
 
 
 def files() -> dict[str, str]:
@@ -36,13 +37,18 @@ def command() -> str:
     return f"{sys.executable} -m pymaster"
 
 
-def service(ini_dir: str = "/etc/pymaster") -> str:
-    """The shipped service unit with this installation's command and INI directory."""
-    text = files()[UNIT]
+def service(ini_dir: str = "/etc/pymaster", name: str = UNIT) -> str:
+    """Shipped unit `name` with this installation's command, and its INI directory (the
+    instances' INI files, or the Emperor's `vassals/` under it)."""
+    text = files()[name]
+    ini_dir = ini_dir.rstrip("/") or "/"
     lines = []
     for line in text.splitlines():
         if line.startswith(SHIPPED_EXEC):
-            line = f"ExecStart={command()} --ini {ini_dir.rstrip('/')}/%i.ini"
+            if name == UNIT:
+                line = f"ExecStart={command()} --ini {ini_dir}/%i.ini"
+            else:
+                line = f"ExecStart={command()} --emperor {ini_dir}/vassals"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -56,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="the shipped files")
     show = sub.add_parser("show", help="print one shipped file")
     show.add_argument("name")
-    unit = sub.add_parser("unit", help="write the systemd units for this installation")
+    unit = sub.add_parser(
+        "unit",
+        help="print the instance unit, or write every systemd unit (-o) for this installation",
+    )
     unit.add_argument("-o", "--output", metavar="DIR", help="directory (default: print)")
     unit.add_argument("--ini-dir", default="/etc/pymaster", help="where the INI files are")
     args = parser.parse_args(argv)
@@ -80,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.output)
+    units = {UNIT: text, SOCKET: shipped[SOCKET], EMPEROR: service(args.ini_dir, EMPEROR)}
     try:
-        (out / UNIT).write_text(text, encoding="utf-8")
-        (out / SOCKET).write_text(shipped[SOCKET], encoding="utf-8")
+        for name, body in units.items():
+            (out / name).write_text(body, encoding="utf-8")
     except OSError as exc:
         print(f"python -m pymaster.deploy: cannot write to {out}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"wrote {out / UNIT} and {out / SOCKET} (ExecStart={command()} ...)")
+    print(f"wrote {', '.join(str(out / n) for n in units)} (ExecStart={command()} ...)")
     return 0
 
 

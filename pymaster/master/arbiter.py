@@ -90,6 +90,16 @@ class System:
     def getpid(self) -> int:
         return os.getpid()
 
+    def is_child(self, pid: int) -> bool:
+        """Whether `pid` is a child of this process (alive, or a zombie not reaped yet)."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        return len(fields) > 1 and int(fields[1]) == os.getpid()
+
     def rss(self, pid: int) -> int | None:
         """Resident set size in bytes; None when the process cannot be read."""
         try:

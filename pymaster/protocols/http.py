@@ -132,6 +132,7 @@ class RequestParser:
         self.headers_complete = False
         self.error: HttpError | None = None  # set when requests before it completed
         self.broken = False
+        self.upgraded = b""  # after an upgrade request: the bytes that followed its head
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
@@ -210,8 +211,9 @@ class RequestParser:
             return []
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:  # the bytes after the head: the new protocol
             self.broken = True
+            self.upgraded = data[exc.args[0] :] if exc.args else b""
         except (HttpError, httptools.HttpParserError) as exc:
             self.broken = True
             error: HttpError | None = _as_http_error(exc)

@@ -23,7 +23,8 @@ from tests.client import LOOPBACK, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "etc" / "systemd"
-SHIPPED = ["fastrouter.ini", "psgi.ini", "pymaster@.service", "pymaster@.socket", "wsgi.ini"]
+SHIPPED = ["asgi.ini", "fastrouter.ini", "psgi.ini", "pymaster-emperor.service", "pymaster@.service",
+           "pymaster@.socket", "wsgi.ini"]
 
 needs_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian: systemd)"
@@ -48,9 +49,13 @@ def deploy(*args: str) -> subprocess.CompletedProcess:
 
 @needs_analyze
 def test_shipped_units_verify_and_are_hardened():
-    res = analyze("verify", str(UNITS / "pymaster@.service"), str(UNITS / "pymaster@.socket"))
+    units = [UNITS / "pymaster@.service", UNITS / "pymaster@.socket",
+             UNITS / "pymaster-emperor.service"]
+    assert sorted(p.name for p in UNITS.iterdir()) == sorted(p.name for p in units)
+    res = analyze("verify", *map(str, units))
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     assert exposure(UNITS / "pymaster@.service") < 4.0
+    assert exposure(UNITS / "pymaster-emperor.service") < 4.0
 
 
 @needs_analyze
@@ -67,7 +72,11 @@ def test_generated_unit_names_this_installation(tmp_path):
     shipped = (UNITS / "pymaster@.service").read_text().splitlines()
     assert [x for x in text.splitlines() if not x.startswith("ExecStart=")] == \
         [x for x in shipped if not x.startswith("ExecStart=")]
-    res = analyze("verify", str(tmp_path / "pymaster@.service"), str(tmp_path / "pymaster@.socket"))
+    emperor = (tmp_path / "pymaster-emperor.service").read_text()
+    assert f"ExecStart={execs[0].removeprefix('ExecStart=').split(' --ini')[0]} --emperor " \
+        "/srv/ini/vassals" in emperor
+    res = analyze("verify", *(str(tmp_path / n) for n in
+                              ("pymaster@.service", "pymaster@.socket", "pymaster-emperor.service")))
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     assert exposure(tmp_path / "pymaster@.service") < 4.0
 

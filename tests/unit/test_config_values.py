@@ -55,6 +55,10 @@ ZERO_IS_ZERO = {
     "log-master-bufsize": "accepted, no effect",
     "thread-stacksize": "the default stack size",
     "write-errors-tolerance": "no tolerance: the first write error ends the response",
+    "websockets-ping-freq": "no pings",
+    "emperor-curse-tolerance": "accepted, no effect",
+    "emperor-broodlord": "refused at start whatever the value",
+    "emperor-required-heartbeat": "refused at start whatever the value",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
@@ -74,7 +78,17 @@ ZERO_IS_DEFAULT = {
     "threads": 1,  # core/init.c:105,472 (cores stay 1 unless threads > 1)
 }
 # Where 0 cannot work (uWSGI divides by it, or nothing could ever be served).
-ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq", "header-timeout"}
+ZERO_IS_REFUSED = {
+    "buffer-size",
+    "socket-timeout",
+    "subscribe-freq",
+    "header-timeout",
+    "asgi-concurrency",  # no request could ever be served
+    "websockets-max-size",  # no message could ever be taken
+    "emperor-freq",  # the scan would never sleep
+    "emperor-throttle",
+    "emperor-max-throttle",
+}
 
 
 def test_every_numeric_option_has_a_declared_meaning_for_zero():
