@@ -85,11 +85,11 @@ def test_deploy_lists_and_shows_the_shipped_files():
     res = deploy("list")
     assert res.returncode == 0 and res.stdout.split() == SHIPPED
     for name in SHIPPED:
-        source = UNITS / name if name.startswith("pymaster@") else ROOT / "etc" / name
+        source = UNITS / name if name.startswith("pymaster") else ROOT / "etc" / name
         assert deploy("show", name).stdout == source.read_text()
     res = deploy("show", "nginx.conf")
     assert res.returncode == 2
-    assert "no shipped file 'nginx.conf'; expected one of: fastrouter.ini" in res.stderr
+    assert "no shipped file 'nginx.conf'; expected one of: asgi.ini, fastrouter.ini" in res.stderr
 
 
 def syscall_groups() -> dict[str, set[str]]:
@@ -190,7 +190,7 @@ def test_wheel_carries_units_configs_and_metadata(tmp_path):
         names = set(zf.namelist())
         for name in SHIPPED:
             assert f"pymaster/deploy/files/{name}" in names
-            source = UNITS / name if name.startswith("pymaster@") else ROOT / "etc" / name
+            source = UNITS / name if name.startswith("pymaster") else ROOT / "etc" / name
             assert zf.read(f"pymaster/deploy/files/{name}").decode() == source.read_text()
         assert "pymaster/workers/psgi/perl/Plack/Handler/Pymaster.pm" in names
         dist = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
