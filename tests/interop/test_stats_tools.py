@@ -222,15 +222,34 @@ my $app = sub {
 """
 
 
-def test_tx_is_every_byte_sent_for_both_worker_kinds(tmp_path, kind):
-    """Streamed (unframed) answers of Python and Perl workers, on both socket kinds."""
+STREAM_ASGI = """\
+async def application(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    n = int(scope["query_string"] or b"10")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"a" * (n // 2), "more_body": True})
+    await send({"type": "http.response.body", "body": b"b" * (n - n // 2)})
+"""
+
+
+@pytest.mark.parametrize("worker", ["wsgi", "psgi", "asgi"])
+def test_tx_is_every_byte_sent_for_every_worker_kind(tmp_path, worker):
+    """Streamed (unframed) answers of Python, Perl and ASGI workers, on both socket kinds."""
     from tests.conftest import app_args
 
+    if worker == "psgi" and not have("plackup"):
+        pytest.skip("plackup (libplack-perl) missing")
     hport, uport, sport = free_port(), free_port(), free_port()
-    plugins = ["--plugins", "psgi"] if kind == "psgi" else []
+    if worker == "asgi":
+        (tmp_path / "stream_asgi.py").write_text(STREAM_ASGI)
+        app = ["--pythonpath", str(tmp_path), "--asgi", "stream_asgi:application"]
+    else:
+        app = app_args(tmp_path, worker, STREAM_WSGI, STREAM_PSGI)
+    plugins = ["--plugins", "psgi"] if worker == "psgi" else []
     args = [*plugins, "--http-socket", f"127.0.0.1:{hport}", "-s", f"127.0.0.1:{uport}",
-            *app_args(tmp_path, kind, STREAM_WSGI, STREAM_PSGI), "-M", "-p", "1",
-            "--stats", f"127.0.0.1:{sport}"]
+            *app, "-M", "-p", "1", "--stats", f"127.0.0.1:{sport}"]
     with pymaster(args):
         received = 0
         for n in (10, 999, 70000):
