@@ -25,6 +25,8 @@ DEB_PACKAGES=(
     media-types  # /etc/mime.types: the static files' MIME table (pymaster/apps/static.py)
     iproute2  # `ip netns` for tests/integration/test_netns.py (a backend host lost)
     chromium  # headless browser for tests/integration/test_demo_browser.py (Playwright drives it; no browser download)
+    systemd strace  # systemd-analyze verify/security and the unit's syscall filter (tests/integration/test_deploy.py)
+    tmux  # uwsgitop on a terminal (tests/interop/test_stats_tools.py)
 )
 
 LOG="$(mktemp -t pymaster-bootstrap.XXXXXX)"

@@ -892,7 +892,12 @@ STATS = _section(
         force_master=True,
         metavar="ADDR",
     ),
-    opt("stats-http", "bool", help="prefix the stats JSON with an HTTP response header"),
+    opt(
+        "stats-http",
+        "bool",
+        help="serve the stats over HTTP: the JSON, and Prometheus metrics on `GET /metrics` "
+        "(text format, or OpenMetrics when asked in Accept)",
+    ),
     opt("stats-minified", "bool", help="stats JSON without whitespace"),
 )
 

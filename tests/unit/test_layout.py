@@ -24,6 +24,7 @@ ALLOWED = {
     "emperor": SHARED | {"protocols", "workers", "master"},
     "cli": SHARED | {"master", "workers", "apps", "protocols", "routers", "emperor"},
     "__main__": {"cli"},
+    "deploy": set(),  # shipped files and their writer: runs on any installation
 }
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pymaster.workers.asgi.worker import AsgiWorker
 
 PIPELINE_HIGH = 16  # pipelined requests queued before the connection stops reading
+VARS_OF_LOG_ENVIRON = -1  # a `pktsize` for HTTP requests: the log computes the vars block
 
 
 class Connection(asyncio.Protocol):
@@ -266,7 +267,7 @@ class HttpConnection(Connection):
         framing = http.HttpFraming(req.version, req.keep_alive, req.body)
         scope = scopes.from_request(req, self.client, self.server, self.worker.state, False)
         cycle = Cycle(self, scope, req.body, framing)
-        cycle.head_size = req.head_size
+        cycle.head_size = VARS_OF_LOG_ENVIRON  # the log counts the vars block, as uwsgi sockets do
         cycle.nvars = len(req.headers) + 9
         self.start(cycle, lambda: scopes.log_environ(req, self.client, self.server))
 

@@ -30,9 +30,15 @@ import traceback
 from functools import partial
 
 from pymaster.log import log
+from pymaster.protocols import uwsgi
 from pymaster.workers import scoreboard as sb
 from pymaster.workers.asgi import app as asgi_app
-from pymaster.workers.asgi.conn import Connection, HttpConnection, UwsgiConnection
+from pymaster.workers.asgi.conn import (
+    VARS_OF_LOG_ENVIRON,
+    Connection,
+    HttpConnection,
+    UwsgiConnection,
+)
 from pymaster.workers.asgi.cycle import Cycle
 from pymaster.workers.asgi.lifespan import Lifespan, LifespanFailed
 from pymaster.workers.asgi.websocket import WebSocket
@@ -333,7 +339,7 @@ class AsgiWorker:
                 ws.header_count,
                 ws.head_bytes,
                 len(ws.req.headers) + 9,
-                ws.req.head_size,
+                VARS_OF_LOG_ENVIRON,
             )
 
     def _begin(self, key: object, what: bytes) -> None:
@@ -357,12 +363,15 @@ class AsgiWorker:
         now = time.time()
         elapsed = now - start
         idle = sb.STOPPING if self.stopping else sb.IDLE
-        self.slot.end(elapsed, tx, failed, sb.BUSY if self.inflight else idle)
+        # uWSGI's tx: head + body
+        self.slot.end(elapsed, tx + hsize, failed, sb.BUSY if self.inflight else idle)
         if self.inflight:
             self._board()
         self.requests += 1
         if self.reqlog.wanted(status, elapsed):
             env = log_env()
+            if pktsize == VARS_OF_LOG_ENVIRON:  # HTTP: the vars block uwsgi would send
+                nvars, pktsize = len(env), uwsgi.vars_size(env)
             self.reqlog.emit(
                 Record(
                     env=env,

@@ -797,7 +797,7 @@ class Worker:
             framing,
             start,
             len(env),
-            req.head_size,
+            uwsgi.vars_size(env),  # the log's {N vars in M bytes}, as on uwsgi sockets
             env["SERVER_PROTOCOL"],
         )
         usable = ok and framing.keep_alive
@@ -892,14 +892,15 @@ class Worker:
                 close()
         elapsed = time.time() - start
         if core is None:
-            self.slot.end(elapsed, call.tx, failed)
+            self.slot.end(elapsed, call.tx + call.head_bytes, failed)  # uWSGI's tx: head + body
             self._after_request()
             requests = self.requests
         else:
             core.end()
             with self.lock:
                 self.app_busy -= 1
-                self.slot.end(elapsed, call.tx, failed, sb.BUSY if self.app_busy else sb.IDLE)
+                tx = call.tx + call.head_bytes
+                self.slot.end(elapsed, tx, failed, sb.BUSY if self.app_busy else sb.IDLE)
                 self._after_request()
                 requests = self.requests
         if self.reqlog.wanted(status, elapsed):

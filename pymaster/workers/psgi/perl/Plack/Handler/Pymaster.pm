@@ -1063,7 +1063,7 @@ sub _serve_uwsgi {
         my $n = ++$slot->[2];
         @$slot[1, 3] = (ST_IDLE, 0.0);
         $slot->[4]++ if $failed;
-        $slot->[5] += $tx;
+        $slot->[5] += $tx + $head_bytes;    # uWSGI's tx: head + body
         $slot->[6] += $elapsed;
         $slot->[7] = $n == 1 ? $elapsed : $slot->[7] + ($elapsed - $slot->[7]) / ($n < 100 ? $n : 100);
         if (my $map = $self->{map}) { substr($$map, $self->{sb_off}, 64, pack $SLOT_HEAD, @$slot) }
@@ -1165,7 +1165,7 @@ sub _dispatch {
     my $now = $self->{now} = Time::HiRes::time();
     my $elapsed = $now - $req->{start};
     $self->{requests}++;
-    $self->_slot_end($elapsed, $req->{tx}, $failed);
+    $self->_slot_end($elapsed, $req->{tx} + $req->{head_bytes}, $failed);    # uWSGI's tx: head + body
     $self->_log_request($req, $env, $elapsed)
         if $self->{log} || $self->{log_some} && $self->_wanted($req->{status}, $elapsed);
 
