@@ -203,8 +203,11 @@ def main(argv=None) -> int:
         metavar="A,B",
         help="instructions per request under callgrind, from runs of A and B requests",
     )
-    p.add_argument("--logging", action="store_true",
-                   help="with the request log (to the server's log file) instead of --disable-logging")
+    p.add_argument(
+        "--logging",
+        action="store_true",
+        help="with the request log (to the server's log file) instead of --disable-logging",
+    )
     opts = p.parse_args(argv)
     if opts.logging:
         QUIET[:] = []
