@@ -788,19 +788,7 @@ class Worker:
             "SERVER_NAME": self._server_name(lst),
             "SERVER_PORT": self._server_port(lst),
         }
-        for name, value in req.headers:
-            if b"_" in name:  # X_Forwarded_For would shadow X-Forwarded-For: dropped
-                continue
-            key = name.decode("latin-1").upper().replace("-", "_")
-            val = value.decode("latin-1")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                env[key] = val
-                continue
-            key = "HTTP_" + key
-            if key in env:
-                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + val
-            else:
-                env[key] = val
+        http.headers_to_environ(env, req.headers)
         host = env.get("HTTP_HOST")
         if host:
             env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
