@@ -199,3 +199,7 @@ def test_wheel_carries_units_configs_and_metadata(tmp_path):
     assert "Classifier: Topic :: Internet :: WWW/HTTP :: WSGI :: Server" in meta
     assert "Classifier: License ::" not in meta  # SPDX expression only (PEP 639)
     assert "MIT License" in (ROOT / "LICENSE").read_text()
+    # PyPI shows the long description: no link in it may be relative (PyPI cannot follow them)
+    assert "Description-Content-Type: text/markdown" in meta and "--emperor DIR" in meta
+    links = re.findall(r"\]\(([^)]+)\)", meta)
+    assert all(link.startswith(("https://", "http://", "#")) for link in links), links
