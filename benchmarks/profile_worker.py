@@ -124,6 +124,10 @@ def profile(app: str, duration: float, connections: int, top: int | None) -> str
         return "\n".join(lines)
 
 
+# --http: the worker's --http-socket, one request per connection (wrk's request)
+HTTP = False
+WRK_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n"
+
 # --logging: the request log on (to the server's log file), else --disable-logging
 QUIET = ["--disable-logging"]
 
@@ -144,13 +148,13 @@ def _instructions(app: Path, requests: int) -> int:
             sys.executable,
             "-m",
             "pymaster",
-            "-s",
+            "--http-socket" if HTTP else "-s",
             f"127.0.0.1:{port}",
             "--wsgi-file",
             str(app),
             *QUIET,
         ]
-        packet = uwsgi_packet(NGINX_VARS)
+        packet = WRK_REQUEST if HTTP else uwsgi_packet(NGINX_VARS)
         with run_server(
             "pymaster",
             cmd,
@@ -178,7 +182,8 @@ def callgrind(app: str, low: int, high: int) -> str:
     a = _instructions(path, low)
     b = _instructions(path, high)
     return (
-        f"app {app}, one single-process worker under callgrind, sequential uwsgi requests, "
+        f"app {app}, one single-process worker under callgrind, sequential "
+        f"{'HTTP' if HTTP else 'uwsgi'} requests, "
         f"PYMASTER_PURE_PYTHON={os.environ.get('PYMASTER_PURE_PYTHON', '')!r}\n"
         f"instructions: {a} for {low} requests, {b} for {high}: "
         f"{(b - a) / (high - low):.0f} per request"
@@ -203,9 +208,19 @@ def main(argv=None) -> int:
         metavar="A,B",
         help="instructions per request under callgrind, from runs of A and B requests",
     )
-    p.add_argument("--logging", action="store_true",
-                   help="with the request log (to the server's log file) instead of --disable-logging")
+    p.add_argument(
+        "--logging",
+        action="store_true",
+        help="with the request log (to the server's log file) instead of --disable-logging",
+    )
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="--callgrind over the worker's --http-socket instead of -s",
+    )
     opts = p.parse_args(argv)
+    global HTTP
+    HTTP = opts.http
     if opts.logging:
         QUIET[:] = []
     if opts.callgrind:

@@ -47,6 +47,7 @@ from tests.external import (  # noqa: E402
     http_get,
     nginx,
     pymaster,
+    run_server,
     starman,
     tree_memory,
     uwsgi,
@@ -56,7 +57,7 @@ from tests.external import (  # noqa: E402
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 WRK_SCRIPT = BENCH / "wrk_report.lua"
-SERVERS = ("pymaster", "uwsgi", "gunicorn", "starman")
+SERVERS = ("pymaster", "uwsgi", "gunicorn", "starman", "uvicorn")
 
 # app name -> (file, text the page must contain)
 WSGI_APPS = {
@@ -160,6 +161,36 @@ def http_cases(opts) -> list[Case]:
     return direct_cases("http", "wsgi", WSGI_APPS, ("pymaster", "uwsgi", "gunicorn"), opts)
 
 
+THREADS = 4
+THREAD_APPS = {
+    "hello": WSGI_APPS["hello"],
+    "sleep10": (BENCH / "apps" / "sleep10.py", "Hello after 10 ms!"),
+}
+
+
+def threaded_server(server: str, app: Path, workers: int) -> ContextManager[Server]:
+    """`--threads 4` on every server: pymaster and uWSGI on --http-socket, gunicorn with
+    its gthread worker (`-k gthread --threads 4`)."""
+    if server == "gunicorn":
+        return gunicorn(app, workers, args=["--worker-class", "gthread",
+                                            "--threads", str(THREADS)])
+    return app_server("wsgi", server, "http", app, workers, ["--threads", str(THREADS)])
+
+
+@contextlib.contextmanager
+def threaded(server: str, app: Path, workers: int) -> Iterator[Target]:
+    with threaded_server(server, app, workers) as srv:
+        yield Target(srv.port, srv)
+
+
+@scenario("threads", f"--threads {THREADS} per worker over HTTP: pymaster vs uWSGI vs gunicorn gthread")
+def threads_cases(opts) -> list[Case]:
+    return [Case("threads", server, app, f"http, {THREADS} threads",
+                 lambda s=server, a=path: threaded(s, a, opts.workers), expect)
+            for app, (path, expect) in THREAD_APPS.items()
+            for server in ("pymaster", "uwsgi", "gunicorn")]
+
+
 # kind -> (server, protocol nginx speaks to it, nginx directive); the native server is
 # behind proxy_pass, for reference
 BEHIND_NGINX = {
@@ -192,6 +223,34 @@ def psgi_cases(opts) -> list[Case]:
                         "(Starman: nginx proxy_pass, for reference)")
 def psgi_nginx_cases(opts) -> list[Case]:
     return nginx_cases_for("psgi-nginx", "psgi", PSGI_APPS, opts)
+
+ASGI_APPS = {"hello": ("hello_asgi:app", "Hello, World!")}
+
+
+@contextlib.contextmanager
+def asgi_direct(server: str, target: str, workers: int) -> Iterator[Target]:
+    """pymaster --asgi vs uvicorn (httptools, uvloop), the same worker count."""
+    port = free_port()
+    apps = str(BENCH / "apps")
+    if server == "pymaster":
+        cm = pymaster(["--http-socket", f"127.0.0.1:{port}", "--asgi", target, "--pythonpath",
+                       apps, "-M", "-p", str(workers), "--disable-logging"])
+    else:
+        cm = run_server("uvicorn", [sys.executable, "-m", "uvicorn", "--app-dir", apps, target,
+                                    "--host", "127.0.0.1", "--port", str(port), "--workers",
+                                    str(workers), "--http", "httptools", "--loop", "uvloop",
+                                    "--no-access-log", "--log-level", "warning"],
+                        wait_ports=[port], stop_signal=signal.SIGINT)
+    with cm as srv:
+        yield Target(port, srv)
+
+
+@scenario("asgi", "ASGI over HTTP: pymaster --asgi vs uvicorn --http httptools (same workers)")
+def asgi_cases(opts) -> list[Case]:
+    return [Case("asgi", server, app, "http",
+                 lambda s=server, t=target: asgi_direct(s, t, opts.workers), expect)
+            for app, (target, expect) in ASGI_APPS.items() for server in ("pymaster", "uvicorn")]
+
 
 @contextlib.contextmanager
 def fastrouter_topology(server: str, app: Path, workers: int, backends: int = 2) -> Iterator[Target]:
@@ -231,6 +290,28 @@ def fastrouter_cases(opts) -> list[Case]:
     return [Case("fastrouter", server, app, "nginx -> fastrouter",
                  lambda s=server, a=path: fastrouter_topology(s, a, opts.workers), expect)
             for app, (path, expect) in WSGI_APPS.items() for server in ("pymaster", "uwsgi")]
+
+@contextlib.contextmanager
+def http_router(server: str, app: Path, workers: int) -> Iterator[Target]:
+    """wrk -> the instance's HTTP router (`--http`, keep-alive on both) -> its own workers
+    over the internal uwsgi socket; the measured tree is the whole instance."""
+    port = free_port()
+    common = ["--http", f"127.0.0.1:{port}", "--wsgi-file", str(app), "-M", "-p", str(workers),
+              "--disable-logging"]
+    srv = (uwsgi([*common, "--http-keepalive=1", "--need-app"], plugins=["python3", "http"],
+                 ports=[port])
+           if server == "uwsgi" else pymaster([*common, "--http-keepalive", "5"], ports=[port]))
+    with srv as instance:
+        wait_for_status(port, 200)
+        yield Target(port, instance, "http router")
+
+
+@scenario("router", "wrk -> --http router -> the instance's workers (uWSGI's router vs pymaster's)")
+def router_cases(opts) -> list[Case]:
+    return [Case("router", server, app, "http router",
+                 lambda s=server, a=path: http_router(s, a, opts.workers), expect)
+            for app, (path, expect) in WSGI_APPS.items() for server in ("pymaster", "uwsgi")]
+
 
 RELOADS = 2
 

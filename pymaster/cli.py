@@ -20,6 +20,7 @@ from pymaster import __version__, procname
 from pymaster import log as logmod
 from pymaster.config import Config
 from pymaster.config.table import OPTIONS
+from pymaster.emperor.vassal import EMPEROR_PID_ENV, keep_with_emperor
 from pymaster.log import log
 from pymaster.master import (
     cron,
@@ -34,7 +35,7 @@ from pymaster.master import (
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
 from pymaster.protocols import speedups
-from pymaster.protocols.address import AddressError
+from pymaster.protocols.address import AddressError, sockaddr_text
 from pymaster.protocols.subscription import SubscriptionError
 from pymaster.workers.contract import EXIT_FAILED_APP
 from pymaster.workers.scoreboard import Scoreboard
@@ -46,7 +47,9 @@ INTERNAL_ENV = (
     "UWSGI_VASSALS_DIR",
     reloadcheck.CHECK_ENV,
     vacuum.INODES_ENV,
+    EMPEROR_PID_ENV,
 )
+VASSAL_ENV_PREFIXES = ("UWSGI_VASSAL_", "PYMASTER_VASSAL_")  # for the Emperor's vassals
 MIN_SLOTS = 64
 
 
@@ -73,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     from pymaster.config import options
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    environ = {k: v for k, v in os.environ.items() if k not in INTERNAL_ENV}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in INTERNAL_ENV and not k.startswith(VASSAL_ENV_PREFIXES)
+    }
     try:
         cfg = options.parse(argv, environ)
     except options.ConfigError as exc:
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if RELOADS_ENV not in os.environ or cfg.log_reopen:  # else keep the inherited log fd
         logmod.setup(cfg.logto or cfg.daemonize, truncate=cfg.log_truncate)
     logmod.set_date(cfg.log_date)
+    if cfg.emperor:  # before the log master: the Emperor has no loop that would read it
+        return _run_emperor(cfg)
     try:
         logmaster.configure(cfg)
     except logmaster.LogConfigError as exc:
@@ -114,6 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     except (sockets.SocketError, privileges.PrivilegeError, AddressError, SubscriptionError) as exc:
         log(f"pymaster: {exc}")  # a bad address, subscription or router setting: named in exc
         return 1
+
+
+def _run_emperor(cfg: Config) -> int:
+    """--emperor: this process is only the Emperor (pymaster/emperor/)."""
+    from pymaster.emperor import emperor
+
+    for warning in cfg.warnings:
+        log(warning)
+    if cfg.show_config:
+        log(cfg.dump_ini())
+    try:
+        _check_unsupported(cfg)
+    except StartupError as exc:
+        log(str(exc))
+        return exc.code
+    return emperor.run(cfg)
 
 
 def _daemonize() -> bool:
@@ -193,7 +218,45 @@ def _socket_specs(cfg: Config) -> list[tuple[str, str]]:
         specs += [("subscription", s) for s in cfg.fastrouter_subscription_server]
         if cfg.fastrouter_stats is not None:
             specs.append(("fastrouter-stats", cfg.fastrouter_stats))
+    if _has_http_router(cfg):
+        specs += [("httprouter", s) for s in cfg.http]
+        specs += [("https", s.split(",", 1)[0]) for s in cfg.https]
+        specs += [("http-to-https", s.split(",", 1)[0]) for s in cfg.http_to_https]
+        specs += [("http-subscription", s) for s in cfg.http_subscription_server]
+        if cfg.http_stats is not None:
+            specs.append(("http-stats", cfg.http_stats))
     return specs
+
+
+def _internal_socket(cfg: Config) -> sockets.Listener:
+    """The workers' uwsgi socket behind --http when none is configured (uWSGI binds
+    127.0.0.1:0 too): a kernel-chosen port, a new one after each reload."""
+    lst = sockets.Listener("127.0.0.1:0", "uwsgi", socket.AF_INET, ("127.0.0.1", 0))
+    lst.bind(cfg.listen)
+    lst.bound.set_inheritable(True)
+    lst.name = sockaddr_text(lst.bound.getsockname())
+    log(f"uwsgi socket 0 bound to TCP address {lst.name} (port auto-assigned) fd {lst.fd}")
+    return lst
+
+
+def _has_http_router(cfg: Config) -> bool:
+    return bool(cfg.http or cfg.https or cfg.http_to_https)
+
+
+def _app_configured(cfg: Config) -> bool:
+    return bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount or cfg.asgi)
+
+
+def _http_worker_socket(cfg: Config) -> bool:
+    """--http with an app, no uwsgi socket and no other backend: the workers get an
+    internal uwsgi socket on 127.0.0.1 (kernel-chosen port) that the router uses."""
+    return (
+        _has_http_router(cfg)
+        and _app_configured(cfg)
+        and not (cfg.socket and cfg.protocol == "uwsgi")
+        and not cfg.http_to
+        and not cfg.http_subscription_server
+    )
 
 
 GAME_OVER = "*** no app loaded. GAME OVER ***"
@@ -210,6 +273,19 @@ def _load_app(cfg: Config) -> Callable | None:
         except RuntimeError as exc:
             raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
         return None
+    if cfg.asgi:
+        from pymaster.workers.asgi import app as asgi_app
+
+        start = time.time()
+        try:
+            asgi = asgi_app.load_app(cfg)
+        except asgi_app.AppLoadError as exc:
+            raise StartupError(str(exc), EXIT_FAILED_APP if cfg.need_app else 1) from None
+        log(
+            f"ASGI app 0 (mountpoint='') ready in {int(time.time() - start)} seconds "
+            f"on interpreter pid: {os.getpid()} (default app)"
+        )
+        return asgi
     from pymaster.apps import wsgi
 
     start = time.time()
@@ -229,7 +305,7 @@ def _needs_master(cfg: Config, has_gateway: bool) -> bool:
     """-M, or options that need a master (which then turn it on and say so, unlike uWSGI)."""
     reasons = list(cfg.master_reasons)
     if has_gateway:
-        reasons.append("fastrouter")
+        reasons.append("fastrouter" if cfg.fastrouter else "http")
     if cfg.processes > 1:
         reasons.append("processes")
     if cfg.is_set("master"):
@@ -244,7 +320,7 @@ def _prepare(cfg: Config) -> bool:
     """Start-up up to binding, shared with the reload check: refusals, --env/--chdir, the
     sanity checks; True when the instance serves an app."""
     _check_unsupported(cfg)
-    if not cfg.psgi:
+    if not cfg.psgi and not cfg.asgi:
         from pymaster.apps import static
 
         try:
@@ -258,19 +334,37 @@ def _prepare(cfg: Config) -> bool:
     except (daemons.DaemonError, cron.CronError, hooks.HookError) as exc:
         raise StartupError(str(exc)) from None
     _check_routes(cfg)
+    if _has_http_router(cfg):
+        # imported now (ssl, httptools, uvloop): after --uid the interpreter's own
+        # library may be unreadable
+        from pymaster.routers import httprouter
+
+        try:
+            httprouter.check(cfg)
+        except (httprouter.HttpConfigError, OSError) as exc:
+            raise StartupError(str(exc)) from None
     if cfg.umask is not None:
         privileges.set_umask(cfg.umask)
     _apply_environment(cfg)
     specs = _socket_specs(cfg)
-    app_configured = bool(cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount)
+    app_configured = _app_configured(cfg)
+    if cfg.asgi and (cfg.wsgi_file or cfg.module or cfg.psgi or cfg.mount):
+        raise StartupError(
+            "--asgi serves one ASGI app per instance: drop --wsgi-file/--module/--psgi/"
+            "--mount, or run them in an instance of their own"
+        )
     if cfg.psgi and cfg.mount:
         raise StartupError(
             "--mount loads WSGI apps; for PSGI apps mount them in app.psgi with "
             "Plack::Builder's `mount` (one --psgi app per instance)"
         )
-    has_app = bool(cfg.socket or cfg.http_socket or cfg.http11_socket) or (
-        app_configured and "LISTEN_FDS" in os.environ
+    has_app = (
+        bool(cfg.socket or cfg.http_socket or cfg.http11_socket)
+        or _http_worker_socket(cfg)
+        or (app_configured and sockets.inherits_sockets(os.environ))
     )
+    if cfg.asgi:
+        _check_asgi(cfg)
     if cfg.psgi and cfg.py_autoreload:
         log(
             "option --py-autoreload watches Python modules: PSGI workers are not watched "
@@ -280,14 +374,19 @@ def _prepare(cfg: Config) -> bool:
         for name in ("fastrouter-subscription-server", "fastrouter-to", "fastrouter-stats"):
             if cfg.is_set(name):
                 log(f"option --{name} has no effect without --fastrouter")
-    if not specs and "LISTEN_FDS" not in os.environ:
+    if not _has_http_router(cfg):
+        for name in ("http-subscription-server", "http-to", "http-stats"):
+            if cfg.is_set(name):
+                log(f"option --{name} has no effect without --http")
+    if not specs and not sockets.inherits_sockets(os.environ):
         raise StartupError(
-            "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR "
-            "or --fastrouter ADDR"
+            "The -s/--socket option is missing: give -s ADDR, --http-socket ADDR, "
+            "--http ADDR or --fastrouter ADDR"
         )
     if has_app and not app_configured:
         raise StartupError(
-            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE] or --psgi FILE"
+            "no app configured: use --wsgi-file FILE, --module MOD[:CALLABLE], "
+            "--asgi MOD:CALLABLE or --psgi FILE"
         )
     if has_app and cfg.processes == 0:
         raise StartupError(
@@ -297,6 +396,24 @@ def _prepare(cfg: Config) -> bool:
     privileges.check_backlog(cfg.listen)
     privileges.check(cfg.uid, cfg.gid)  # refused before anything is bound or written
     return has_app
+
+
+def _check_asgi(cfg: Config) -> None:
+    """What ASGI workers do not do: statics refused (they are a WSGI layer), the options
+    for threads and WSGI bodies logged as without effect."""
+    from pymaster.apps import static
+
+    if static.any_set(cfg):
+        raise StartupError(
+            "static file options are served by pymaster's WSGI layer: for an --asgi app "
+            "serve them from the app (starlette.staticfiles.StaticFiles) or from nginx"
+        )
+    for name, why in (
+        ("threads", "one event loop per worker; see --asgi-concurrency"),
+        ("post-buffering", "the body is streamed to the app as it arrives"),
+    ):
+        if cfg.is_set(name):
+            log(f"option --{name} has no effect on ASGI workers: {why}")
 
 
 def check_reload(cfg: Config) -> int:
@@ -312,7 +429,7 @@ def check_reload(cfg: Config) -> int:
         has_app = _prepare(cfg)
         for _kind, spec in _socket_specs(cfg):
             sockets.parse_address(spec)
-        if _needs_master(cfg, bool(cfg.fastrouter)):
+        if _needs_master(cfg, bool(cfg.fastrouter) or _has_http_router(cfg)):
             problem = Cheaper(cfg).validate()
             if problem:
                 raise StartupError(problem)
@@ -335,6 +452,8 @@ def run(cfg: Config) -> int:
     log(
         f"*** Starting pymaster {__version__} ({struct.calcsize('P') * 8}bit) on [{time.ctime()}] ***"
     )
+    if EMPEROR_PID_ENV in os.environ and not reloaded:
+        log(f"*** has_emperor mode detected (emperor pid: {os.environ[EMPEROR_PID_ENV]}) ***")
     for path in cfg.ini_files:
         log(f"[pymaster] getting INI configuration from {path}")
     _hooks(cfg, "asap")
@@ -345,10 +464,12 @@ def run(cfg: Config) -> int:
     has_app = _prepare(cfg)
     if has_app and not cfg.psgi:
         log(f"WSGI request codec: {speedups.describe()}")
-    master = _needs_master(cfg, bool(cfg.fastrouter))
+    master = _needs_master(cfg, bool(cfg.fastrouter) or _has_http_router(cfg))
     listeners = sockets.setup(
         _socket_specs(cfg), cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded
     )
+    if _http_worker_socket(cfg):
+        listeners.insert(0, _internal_socket(cfg))
     if cfg.chown_socket and not reloaded:
         unix = [lst.name for lst in listeners if lst.family == socket.AF_UNIX and not lst.inherited]
         privileges.chown_sockets(cfg.chown_socket, [p for p in unix if not p.startswith("@")])
@@ -360,6 +481,7 @@ def run(cfg: Config) -> int:
             fh.write(f"{os.getpid()}\n")
     _hooks(cfg, "as root")
     privileges.drop(cfg.uid, cfg.gid)
+    keep_with_emperor(os.environ)  # a change of ids cleared the death signal a vassal asked for
     _hooks(cfg, "as user")
     log(f"your mercy for graceful operations on workers is {cfg.worker_reload_mercy} seconds")
     app = None
@@ -391,7 +513,7 @@ def run(cfg: Config) -> int:
 
 def worker_cores(cfg: Config) -> int:
     """Request threads per worker: --threads for Python workers (PSGI ones have one)."""
-    return 1 if cfg.psgi else max(1, cfg.threads)
+    return 1 if cfg.psgi or cfg.asgi else max(1, cfg.threads)
 
 
 def operational_mode(cfg: Config, processes: int) -> str:
@@ -403,6 +525,8 @@ def operational_mode(cfg: Config, processes: int) -> str:
         mode = "threaded" if threaded else "single process"
     else:
         mode = "no-workers"
+    if cfg.asgi and processes:
+        mode += "+async"
     return f"*** Operational MODE: {mode} ***"
 
 
@@ -425,6 +549,10 @@ def _run_single(cfg: Config, listeners, app, scoreboard) -> int:
         from pymaster.workers.psgi import bridge as psgi
 
         psgi.exec_worker(cfg, 1, [(lst.fd, lst.kind) for lst in app_listeners], scoreboard.fd, None)
+    if cfg.asgi:
+        from pymaster.workers.asgi.worker import AsgiWorker
+
+        AsgiWorker(1, cfg, app_listeners, app, scoreboard, None).run()
     Worker(1, cfg, app_listeners, app, scoreboard, None).run()  # unblocks once it handles them
     return 0
 
@@ -451,6 +579,10 @@ def _worker_target(cfg: Config, listeners, app, scoreboard, master_pid):
             from pymaster.workers.wsgi import autoreload
 
             autoreload.start(cfg.py_autoreload, master_pid, child.number)
+        if cfg.asgi:
+            from pymaster.workers.asgi.worker import AsgiWorker
+
+            AsgiWorker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
         Worker(child.number, cfg, app_listeners, app, scoreboard, master_pid).run()
 
     return target

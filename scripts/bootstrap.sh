@@ -18,9 +18,15 @@ DEB_PACKAGES=(
     uwsgi-core uwsgi-plugin-python3 uwsgi-plugin-psgi
     python3-jinja2  # uWSGI's python3 plugin embeds Debian's python3, not the venv: app.wsgi needs jinja2 there
     libplack-perl libtext-xslate-perl libfile-map-perl starman
+    # Perl frameworks, WebSocket and Server::Starter interop (tests/integration/test_psgi_*.py)
+    libcatalyst-perl libdancer2-perl libmojolicious-perl libprotocol-websocket-perl
+    libserver-starter-perl
     wrk procps curl ca-certificates python3-venv
     media-types  # /etc/mime.types: the static files' MIME table (pymaster/apps/static.py)
     iproute2  # `ip netns` for tests/integration/test_netns.py (a backend host lost)
+    chromium  # headless browser for tests/integration/test_demo_browser.py (Playwright drives it; no browser download)
+    systemd strace  # systemd-analyze verify/security and the unit's syscall filter (tests/integration/test_deploy.py)
+    tmux  # uwsgitop on a terminal (tests/interop/test_stats_tools.py)
     gcc libc6-dev python3-dev  # the compiled codec (pymaster/protocols/_codec.c), built by pip
 )
 

@@ -301,18 +301,23 @@ http {{
 
 @contextlib.contextmanager
 def nginx(upstream: str, mode: str = "uwsgi_pass", extra_params: Mapping[str, str] | None = None,
-          *, port: int | None = None, workers: int = 1, **kw) -> Iterator[Server]:
+          *, port: int | None = None, workers: int = 1, upgrade: bool = False,
+          directives: Iterable[str] = (), **kw) -> Iterator[Server]:
     """nginx on 127.0.0.1:<port> passing everything to `upstream` ('127.0.0.1:P') with
     `uwsgi_pass` (uwsgi_params from Debian plus `extra_params`, e.g.
-    {'UWSGI_FASTROUTER_KEY': 'wsgi_cluster'}) or `proxy_pass` (HTTP)."""
+    {'UWSGI_FASTROUTER_KEY': 'wsgi_cluster'}) or `proxy_pass` (HTTP; `upgrade`: the
+    client's Upgrade and Connection headers are passed on, for WebSockets); `directives`
+    go in the location too (e.g. 'client_max_body_size 50m;')."""
     port = port or free_port()
     if mode == "uwsgi_pass":
-        lines = [f"include {NGINX_UWSGI_PARAMS};"]
+        lines = [*directives, f"include {NGINX_UWSGI_PARAMS};"]
         lines += [f"uwsgi_param {k} {v};" for k, v in (extra_params or {}).items()]
         lines.append(f"uwsgi_pass {upstream};")
     elif mode == "proxy_pass":
-        lines = ["proxy_http_version 1.1;", "proxy_set_header Host $http_host;",
-                 'proxy_set_header Connection "";']
+        lines = [*directives, "proxy_http_version 1.1;", "proxy_set_header Host $http_host;"]
+        lines += (["proxy_set_header Upgrade $http_upgrade;",
+                   "proxy_set_header Connection $http_connection;"] if upgrade
+                  else ['proxy_set_header Connection "";'])
         lines += [f"proxy_set_header {k} {v};" for k, v in (extra_params or {}).items()]
         lines.append(f"proxy_pass http://{upstream};")
     else:

@@ -63,6 +63,11 @@ class FakeSystem:
     def getpid(self) -> int:
         return self.pid
 
+    def is_child(self, pid: int) -> bool:
+        """Forked here (or by the image before a re-exec: `self.forked` is kept) and not
+        yet reaped or gone."""
+        return pid in self.forked and pid not in self.gone
+
     def rss(self, pid: int) -> int | None:
         return self.rss_of.get(pid)
 

@@ -189,10 +189,31 @@ class Options:
     fastrouter_stats: str | None = None
     fastrouter_events: int = 64
     http: list[str] = field(default_factory=list)
-    http_to: list[str] = field(default_factory=list)
-    http_timeout: int = 60
-    http_auto_chunked: bool = False
+    https: list[str] = field(default_factory=list)
+    http_to_https: list[str] = field(default_factory=list)
     http_processes: int = 1
+    http_to: list[str] = field(default_factory=list)
+    http_subscription_server: list[str] = field(default_factory=list)
+    http_stats: str | None = None
+    http_timeout: int = 60
+    http_headers_timeout: int = 0
+    http_connect_timeout: int = 0
+    http_auto_chunked: bool = False
+    http_websockets: bool = False
+    http_manage_expect: int = 0
+    http_chunked_limit: int = 1073741824
+    http_max_headers: int = 100
+    http_max_head: int = 65536
+    http_modifier1: int = 0
+    http_modifier2: int = 0
+    http_var: list[str] = field(default_factory=list)
+    http_server_name_as_http_host: str | None = None
+    http_raw_body: bool = False
+    http_chunked_input: bool = False
+    http_buffer_size: int = 4096
+    http_events: int = 64
+    http_gracetime: int = 30
+    http_enable_proxy_protocol: bool = False
     static_map: list[str] = field(default_factory=list)
     static_map2: list[str] = field(default_factory=list)
     check_static: list[str] = field(default_factory=list)
@@ -234,3 +255,35 @@ class Options:
     hook_master_start: list[str] = field(default_factory=list)
     hook_accepting: list[str] = field(default_factory=list)
     cron_harakiri: int = 0
+    emperor: list[str] = field(default_factory=list)
+    emperor_freq: int = 3
+    emperor_throttle: int = 1000
+    emperor_max_throttle: int = 180000
+    emperor_no_blacklist: bool = False
+    emperor_tyrant: bool = False
+    emperor_tyrant_nofollow: bool = False
+    emperor_nofollow: bool = False
+    emperor_stats: str | None = None
+    emperor_pidfile: str | None = None
+    emperor_procname: str | None = None
+    emperor_graceful_shutdown: bool = False
+    vassals_inherit: list[str] = field(default_factory=list)
+    vassals_include: list[str] = field(default_factory=list)
+    vassals_inherit_before: list[str] = field(default_factory=list)
+    vassals_include_before: list[str] = field(default_factory=list)
+    vassal_set: list[str] = field(default_factory=list)
+    emperor_curse_tolerance: int = 30
+    emperor_on_demand_extension: str | None = None
+    emperor_on_demand_directory: str | None = None
+    emperor_on_demand_exec: str | None = None
+    emperor_broodlord: int = 0
+    emperor_required_heartbeat: int = 0
+    emperor_wrapper: str | None = None
+    emperor_extra_extension: list[str] = field(default_factory=list)
+    emperor_magic_exec: bool = False
+    asgi: str | None = None
+    asgi_loop: str = "auto"
+    asgi_concurrency: int = 1000
+    asgi_lifespan: str = "auto"
+    websockets_max_size: int = 1024
+    websockets_ping_freq: int = 30

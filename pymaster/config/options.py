@@ -99,8 +99,21 @@ def _to_size(entry: Entry, text: str) -> int:
 
 
 def _plugin_names(entry: Entry, text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    for name in names:
+    """Built-in plugin names; a path to a shared object (uWSGI's C plugin, e.g. a logging
+    plugin a project builds) is skipped with uWSGI's own line for a plugin it cannot load,
+    as uWSGI goes on without it; any other name is an error."""
+    names = []
+    for name in (name.strip() for name in text.split(",")):
+        if not name:
+            continue
+        if "/" in name or name.endswith(".so"):
+            entry.warnings.append(
+                f"!!! UNABLE to load uWSGI plugin: {name} !!! (option 'plugin'{_where(entry)}: "
+                "pymaster does not load uWSGI's C plugins; the options and log variables "
+                "it adds are not available)"
+            )
+            continue
+        names.append(name)
         if name not in PLUGINS:
             raise ConfigError(
                 f"unknown plugin '{name}'{_where(entry)}: known plugins are {', '.join(PLUGINS)}"

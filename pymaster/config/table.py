@@ -77,9 +77,6 @@ def opt(spec: str, kind: str, default: object = None, help: str = "", **extra) -
     return Option(name, tuple(aliases), kind, default, help, **extra)
 
 
-_NO_HTTP_ROUTER = "put nginx (or the seed's Plack frontend) in front, or serve with --http-socket"
-
-
 def _section(title: str, *options: Option, force_master: bool = False) -> list[Option]:
     return [replace(o, section=title, force_master=o.force_master or force_master) for o in options]
 
@@ -249,7 +246,8 @@ APPLICATIONS = _section(
     opt(
         "plugins/plugin",
         "list",
-        help="plugins to load (comma-separated allowed); built in, names are checked",
+        help="plugins to load (comma-separated allowed); built in, names are checked; a path "
+        "to a uWSGI C plugin (`/x/y_plugin.so`) is skipped with uWSGI's `UNABLE to load` line",
         metavar="NAMES",
     ),
     opt(
@@ -373,7 +371,8 @@ RESPONSES = _section(
         "list",
         help="uWSGI's internal routing rule on PATH_INFO, `REGEX ACTION`; pymaster has the "
         "action `donotlog:` (no request log line for a matching request, e.g. "
-        "`route = ^/healthz$ donotlog:`); any other action is refused at start (use nginx)",
+        "`route = ^/healthz$ donotlog:`); any other action stops the start with an error "
+        "naming it (routing belongs in nginx)",
         metavar="RULE",
         worker=True,
     ),
@@ -893,7 +892,12 @@ STATS = _section(
         force_master=True,
         metavar="ADDR",
     ),
-    opt("stats-http", "bool", help="prefix the stats JSON with an HTTP response header"),
+    opt(
+        "stats-http",
+        "bool",
+        help="serve the stats over HTTP: the JSON, and Prometheus metrics on `GET /metrics` "
+        "(text format, or OpenMetrics when asked in Accept)",
+    ),
     opt("stats-minified", "bool", help="stats JSON without whitespace"),
 )
 
@@ -983,39 +987,166 @@ FASTROUTER = _section(
 HTTP_ROUTER = _section(
     "HTTP router",
     opt(
-        "http",
+        "http/httprouter",
         "list",
-        help="uWSGI's HTTP router",
+        help="run an HTTP router on this address (a gateway child of the master); with an "
+        "app and no --socket, its workers get an internal uwsgi socket the router uses",
         force_master=True,
         metavar="ADDR",
-        refused=_NO_HTTP_ROUTER,
     ),
     opt(
-        "http-to",
+        "https",
         "list",
-        help="uWSGI's HTTP router backend",
-        metavar="ADDR",
-        refused=_NO_HTTP_ROUTER,
+        help="run an HTTPS router (Python ssl) on ADDR with this certificate and key",
+        force_master=True,
+        metavar="ADDR,CERT,KEY[,CIPHERS]",
     ),
     opt(
-        "http-timeout",
-        "int",
-        60,
-        "uWSGI's HTTP router timeout",
-        inert="pymaster has no HTTP router yet",
-    ),
-    opt(
-        "http-auto-chunked",
-        "bool",
-        help="uWSGI's HTTP router chunks responses without a length",
-        inert="pymaster has no HTTP router yet; --http-socket already chunks such responses",
+        "http-to-https",
+        "list",
+        help="answer every request on ADDR with a 301 to https://HOST[:PORT]URI",
+        force_master=True,
+        metavar="ADDR[,PORT]",
     ),
     opt(
         "http-processes/http-workers",
         "int",
         1,
-        "uWSGI's HTTP router processes",
-        inert="pymaster has no HTTP router yet",
+        "number of HTTP router processes",
+        zero=1,
+    ),
+    opt(
+        "http-to",
+        "list",
+        help="static backend node of the HTTP router (round robin)",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-subscription-server",
+        "list",
+        help="subscription server (UDP) of the HTTP router: backends are picked by Host",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-stats/http-stats-server/http-ss",
+        "str",
+        help="serve the HTTP router stats JSON on this address",
+        metavar="ADDR",
+    ),
+    opt(
+        "http-timeout",
+        "int",
+        60,
+        "seconds without traffic before a client or backend is dropped (504 while the "
+        "backend has not answered)",
+        zero=60,
+    ),
+    opt(
+        "http-headers-timeout",
+        "int",
+        0,
+        "seconds a client has to send a request head (408 after part of one; 0: --http-timeout)",
+    ),
+    opt(
+        "http-connect-timeout",
+        "int",
+        0,
+        "seconds a backend connect may take before the next node is tried (0: --http-timeout)",
+    ),
+    opt(
+        "http-auto-chunked",
+        "bool",
+        help="with keep-alive, chunk responses that have neither Content-Length nor "
+        "Transfer-Encoding (else they close the connection)",
+    ),
+    opt(
+        "http-websockets",
+        "bool",
+        help="tunnel WebSocket upgrades raw once the backend answers 101",
+    ),
+    opt(
+        "http-manage-expect",
+        "int",
+        0,
+        "answer `Expect: 100-continue` in the router; N > 1: refuse bodies over N bytes with 413",
+        optional=True,
+        bare="1",
+    ),
+    opt(
+        "http-chunked-limit",
+        "size",
+        1 << 30,
+        "pymaster: the largest chunked request body the router de-chunks (into a temp file, "
+        "to send CONTENT_LENGTH); bigger bodies get 413",
+    ),
+    opt(
+        "http-max-headers",
+        "int",
+        100,
+        "pymaster: request header lines the router accepts (more: 431)",
+        minimum=1,
+    ),
+    opt(
+        "http-max-head",
+        "size",
+        65536,
+        "pymaster: bytes a request head may take (more: 431); uWSGI's fixed router limit",
+        minimum=1,
+    ),
+    opt("http-modifier1", "int", 0, "uwsgi modifier1 of the packets sent to backends"),
+    opt("http-modifier2", "int", 0, "uwsgi modifier2 of the packets sent to backends"),
+    opt(
+        "http-var",
+        "list",
+        help="extra uwsgi var sent with every request",
+        metavar="KEY=VALUE",
+    ),
+    opt(
+        "http-server-name-as-http-host",
+        "str",
+        help="SERVER_NAME is the Host header (with its port), sent where the header is, "
+        "instead of the machine hostname; takes a value as in uWSGI (`=1`)",
+        metavar="1",
+    ),
+    opt(
+        "http-raw-body",
+        "bool",
+        help="uWSGI's raw request body forwarding",
+        refused="the router de-chunks chunked bodies and sends CONTENT_LENGTH; use "
+        "--http-websockets for upgrades",
+    ),
+    opt(
+        "http-chunked-input",
+        "bool",
+        help="uWSGI's raw chunked input forwarding",
+        inert="chunked request bodies are always de-chunked (see --http-chunked-limit)",
+    ),
+    opt(
+        "http-buffer-size",
+        "size",
+        4096,
+        "uWSGI's router read buffer",
+        inert="the router reads 64 KiB at a time; see --http-max-head",
+    ),
+    opt(
+        "http-events",
+        "int",
+        64,
+        "uWSGI's HTTP router event queue size",
+        inert="the router's event loop has no fixed queue",
+    ),
+    opt(
+        "http-gracetime",
+        "int",
+        30,
+        "uWSGI's retry delay of a failed static node",
+        inert="a failed --http-to node is skipped for 30 s",
+    ),
+    opt(
+        "http-enable-proxy-protocol",
+        "bool",
+        help="uWSGI's PROXY protocol v1 on the router",
+        refused="put the proxy that speaks PROXY protocol in front of nginx, or drop it",
     ),
 )
 
@@ -1287,9 +1418,228 @@ DAEMONS = _section(
 )
 
 # Filled by the Emperor (pymaster/emperor/) and the ASGI worker (pymaster/workers/asgi/).
-EMPEROR: list[Option] = _section("Emperor")
+_NO_ON_DEMAND = (
+    "the Emperor starts every vassal at once (its own sockets bound by the vassal); for a socket "
+    "that starts its app on the first connection use a systemd .socket unit per app "
+    "(etc/systemd/pymaster@.socket: LISTEN_FDS is adopted)"
+)
+_ONLY_INI = "pymaster's vassals are INI files (`*.ini`); convert the file to INI"
+EMPEROR: list[Option] = _section(
+    "Emperor",
+    opt(
+        "emperor",
+        "list",
+        help="run the Emperor: one vassal (a `pymaster --ini FILE` master) per `*.ini` file in "
+        "DIR, or per file matching GLOB; started, respawned, reloaded when the file is touched, "
+        "stopped when it is removed (repeatable)",
+        metavar="DIR|GLOB",
+    ),
+    opt(
+        "emperor-freq",
+        "int",
+        3,
+        "seconds between two scans of the vassal directories and globs",
+        minimum=1,
+    ),
+    opt(
+        "emperor-throttle",
+        "int",
+        1000,
+        "milliseconds the next start of a vassal that died before it was ready is delayed by, "
+        "more at each further death",
+        minimum=1,
+    ),
+    opt(
+        "emperor-max-throttle",
+        "int",
+        180000,
+        "milliseconds the start delay of a failing vassal grows to (then it is halved)",
+        minimum=1,
+    ),
+    opt(
+        "emperor-no-blacklist",
+        "bool",
+        help="respawn a vassal that died before it was ready at the next scan, without throttling",
+    ),
+    opt(
+        "emperor-tyrant",
+        "bool",
+        help="run each vassal with the uid and gid of its file's owner (root only; files owned "
+        "by uid 0 or gid 0 are refused)",
+    ),
+    opt(
+        "emperor-tyrant-nofollow",
+        "bool",
+        help="with --emperor-tyrant, the owner of a symlinked vassal file is the link's own",
+    ),
+    opt(
+        "emperor-nofollow",
+        "bool",
+        help="a symlinked vassal file is reloaded when the link changes, not its target",
+    ),
+    opt(
+        "emperor-stats/emperor-stats-server",
+        "str",
+        help="serve the Emperor's stats JSON (vassals, blacklist) on this address",
+        metavar="ADDR",
+    ),
+    opt("emperor-pidfile", "str", help="write the Emperor's pid to this file", metavar="FILE"),
+    opt("emperor-procname", "str", help="name the Emperor process this"),
+    opt(
+        "emperor-graceful-shutdown",
+        "bool",
+        help="stop vassals gracefully (SIGTERM: requests finish) when their file is removed or the "
+        "Emperor gets SIGINT/SIGQUIT, instead of at once (SIGINT)",
+    ),
+    opt(
+        "vassals-inherit",
+        "list",
+        help="load this INI after every vassal's own file and --vassals-include (its values "
+        "win, as uWSGI's inherited template)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassals-include",
+        "list",
+        help="load this INI after every vassal's own file (its values win)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassals-inherit-before",
+        "list",
+        help="as --vassals-inherit, loaded before its files (uWSGI applies inherited files last "
+        "wherever they are given)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassals-include-before",
+        "list",
+        help="load this INI before every vassal's own file (the vassal's values win)",
+        metavar="FILE",
+    ),
+    opt(
+        "vassal-set/vassals-set",
+        "list",
+        help="pass `--set KEY=VALUE` to every vassal (before its own file: the file's value wins)",
+        metavar="KEY=VALUE",
+    ),
+    opt(
+        "emperor-curse-tolerance",
+        "int",
+        30,
+        "uWSGI kills a vassal whose pipe closed but which lives on after N seconds",
+        inert="the Emperor is the vassals' parent and reaps them; a vassal asked to stop gets "
+        "--reload-mercy (30 s unless set) before SIGKILL",
+    ),
+    opt(
+        "emperor-on-demand-extension/emperor-on-demand-ext",
+        "str",
+        help="uWSGI's on-demand vassals (socket path in a file with this extension)",
+        refused=_NO_ON_DEMAND,
+    ),
+    opt(
+        "emperor-on-demand-directory/emperor-on-demand-dir",
+        "str",
+        help="uWSGI's on-demand vassals (sockets in this directory)",
+        refused=_NO_ON_DEMAND,
+    ),
+    opt(
+        "emperor-on-demand-exec",
+        "str",
+        help="uWSGI's on-demand vassals (socket path printed by a command)",
+        refused=_NO_ON_DEMAND,
+    ),
+    opt(
+        "emperor-broodlord",
+        "int",
+        0,
+        "uWSGI's broodlord mode (zerg vassals spawned on demand)",
+        refused="give the vassal more workers, or --cheaper to grow them with the load",
+    ),
+    opt(
+        "emperor-required-heartbeat",
+        "int",
+        0,
+        "uWSGI's vassal heartbeat deadline",
+        refused="a vassal's master watches its own workers (--harakiri, --worker-reload-mercy); "
+        "the Emperor sees a vassal die by waitpid at once",
+    ),
+    opt(
+        "emperor-wrapper",
+        "str",
+        help="uWSGI runs the vassals with this binary",
+        refused="vassals run `python -m pymaster` with the Emperor's interpreter; use a vassal's "
+        "own systemd unit for another binary",
+    ),
+    opt(
+        "emperor-extra-extension",
+        "list",
+        help="uWSGI's extra vassal file extensions",
+        refused=_ONLY_INI,
+    ),
+    opt(
+        "emperor-magic-exec",
+        "bool",
+        help="uWSGI runs executable vassal files and reads their output as the configuration",
+        refused="write the INI file the program would print",
+    ),
+)
 
-ASGI: list[Option] = _section("ASGI workers")
+ASGI: list[Option] = _section(
+    "ASGI workers",
+    opt(
+        "asgi",
+        "str",
+        help="load an ASGI 3.0 app, `MODULE:CALLABLE` (`MODULE` alone: `application`); "
+        "each worker serves it from an asyncio event loop, many requests in flight",
+        metavar="MODULE:CALLABLE",
+    ),
+    opt(
+        "asgi-loop",
+        "str",
+        "auto",
+        "the event loop of the ASGI workers: `uvloop`, `asyncio`, or `auto` (uvloop when "
+        "it imports)",
+        choices=("auto", "asyncio", "uvloop"),
+        worker=True,
+    ),
+    opt(
+        "asgi-concurrency",
+        "int",
+        1000,
+        "requests (and WebSockets) in flight per ASGI worker; at the cap the worker stops "
+        "accepting, so new connections wait in the listen queue for another worker",
+        minimum=1,
+        worker=True,
+    ),
+    opt(
+        "asgi-lifespan",
+        "str",
+        "auto",
+        "the ASGI lifespan protocol: `on` (a failing startup is an app-load failure), "
+        "`off`, or `auto` (on, unless the app does not speak it)",
+        choices=("auto", "on", "off"),
+        worker=True,
+    ),
+    opt(
+        "websockets-max-size/websocket-max-size",
+        "int",
+        1024,
+        "the largest WebSocket message in KiB (after reassembly of its fragments) an ASGI "
+        "worker takes, as in uWSGI; a bigger one closes the socket with 1009",
+        minimum=1,
+        metavar="KIB",
+        worker=True,
+    ),
+    opt(
+        "websockets-ping-freq/websocket-ping-freq",
+        "int",
+        30,
+        "seconds between the pings an ASGI worker sends on an idle WebSocket, as in uWSGI "
+        "(0: none)",
+        worker=True,
+    ),
+)
 
 OPTIONS: list[Option] = (
     CONFIGURATION

@@ -90,6 +90,16 @@ class System:
     def getpid(self) -> int:
         return os.getpid()
 
+    def is_child(self, pid: int) -> bool:
+        """Whether `pid` is a child of this process (alive, or a zombie not reaped yet)."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        return len(fields) > 1 and int(fields[1]) == os.getpid()
+
     def rss(self, pid: int) -> int | None:
         """Resident set size in bytes; None when the process cannot be read."""
         try:
@@ -586,12 +596,19 @@ class Arbiter:
         self.reload(graceful=True)
 
     def on_SIGTERM(self) -> None:
+        # Graceful stop, not uWSGI's brutal reload (a departure, docs/architecture.md). It is
+        # also what Server::Starter's hot deploy needs: start_server starts a new generation
+        # on the same sockets, then TERMs the old one, as with Starman; shared sockets get no
+        # drop filter (sockets.refuse_new_connections).
         self.shutdown(graceful=True)
 
     def on_SIGINT(self) -> None:
         self.shutdown(graceful=False)
 
-    on_SIGQUIT = on_SIGINT
+    def on_SIGQUIT(self) -> None:
+        # uWSGI's brutal shutdown, except under Server::Starter: there QUIT is graceful, as
+        # on Starman, whose docs have start_server send it (`--signal-on-hup=QUIT`)
+        self.shutdown(graceful=any(lst.shared for lst in self.listeners))
 
     def on_SIGTTIN(self) -> None:
         if self.state.mode != "running":

@@ -4,6 +4,7 @@ stats server (uWSGI's JSON layout, so uwsgitop and Prometheus exporters work unc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -15,7 +16,9 @@ import psutil
 
 from pymaster import __version__
 from pymaster.log import log
-from pymaster.master import sockets, vacuum
+from pymaster.master import metrics, sockets, vacuum
+from pymaster.protocols.address import AddressError
+from pymaster.protocols.address import parse as parse_text
 from pymaster.workers import scoreboard as sb
 
 if TYPE_CHECKING:
@@ -263,8 +266,47 @@ def stats_document(arbiter: Arbiter) -> dict:
     }
 
 
+MAX_HEAD = 8192  # bytes of an HTTP request head the stats server reads
+HEAD_WAIT = 3.0  # seconds a --stats-http client may take to send its request
+MAX_PENDING = 64  # stats connections waiting for their request or for the router
+ROUTER_WAIT = 1.0  # seconds the router's stats may take for a /metrics scrape
+
+
+class Pending:
+    """A --stats-http connection: its request head, then (for /metrics with a fastrouter)
+    the router's stats document arriving on `router`."""
+
+    __slots__ = ("conn", "buf", "deadline", "router", "rbuf", "openmetrics", "head")
+
+    def __init__(self, conn: socket.socket, deadline: float):
+        self.conn = conn
+        self.buf = b""
+        self.deadline = deadline
+        self.router: socket.socket | None = None
+        self.rbuf = b""
+        self.openmetrics = False
+        self.head = False
+
+
+def parse_head(head: bytes) -> tuple[str, str, str]:
+    """(method, path, Accept) of an HTTP request head; empty strings where unparsable."""
+    lines = head.split(b"\n")
+    parts = lines[0].split()
+    method = parts[0].decode("latin-1") if parts else ""
+    target = parts[1].decode("latin-1") if len(parts) > 1 else ""
+    accept = ""
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"accept":
+            accept = value.strip().decode("latin-1")
+    return method, target.split("?", 1)[0], accept
+
+
 class StatsServer:
-    """`--stats ADDR`: accept, write one JSON document, close (HTTP with --stats-http)."""
+    """`--stats ADDR`: accept, write one JSON document, close. With `--stats-http` the
+    request is read first (in the master loop, never waiting): `GET /metrics` answers the
+    Prometheus metrics, any other request the JSON (uWSGI ignores the request); a client
+    that sends nothing within HEAD_WAIT seconds gets the JSON, as uWSGI writes it at once."""
 
     def __init__(self, address: str, arbiter: Arbiter):
         self.arbiter = arbiter
@@ -275,7 +317,11 @@ class StatsServer:
         self.sock = self.listener.sock
         self.sock.set_inheritable(False)
         self.sock.setblocking(False)
+        self.pending: dict[int, Pending] = {}
+        self.started = _start_time()
         arbiter.add_reader(self.listener.fd, self.readable)
+        if arbiter.cfg.stats_http:
+            arbiter.on_tick.append(self.expire)
         log(f"*** Stats server enabled on {address} fd: {self.listener.fd} ***")
 
     def readable(self) -> None:
@@ -283,30 +329,160 @@ class StatsServer:
             conn, _ = self.sock.accept()
         except OSError:
             return
-        with conn:
-            cfg = self.arbiter.cfg
-            doc = stats_document(self.arbiter)
-            body = json.dumps(
-                doc,
-                separators=(",", ":") if cfg.stats_minified else None,
-                indent=None if cfg.stats_minified else 1,
-            )
-            data = body.encode()
-            if cfg.stats_http:
-                data = (
-                    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n" % len(data)
-                ) + data
-            conn.setblocking(False)  # the master hardly waits on a stats reader:
-            try:  # what the socket buffer takes at once, then
-                sent = conn.send(data)  # at most 0.2 s for a large document
-                if sent < len(data):
-                    conn.settimeout(0.2)
-                    conn.sendall(data[sent:])
-            except OSError:
-                pass
+        if not self.arbiter.cfg.stats_http:
+            with conn:
+                self._send(conn, self._json())
+            return
+        conn.setblocking(False)
+        if len(self.pending) >= MAX_PENDING:  # the oldest waiting client makes room
+            oldest = min(self.pending.values(), key=lambda p: p.deadline)
+            self._finish(oldest, None)
+        pend = Pending(conn, time.monotonic() + HEAD_WAIT)
+        self.pending[conn.fileno()] = pend
+        self.arbiter.add_reader(conn.fileno(), lambda: self._head(pend))
+
+    def _json(self) -> bytes:
+        cfg = self.arbiter.cfg
+        body = json.dumps(
+            stats_document(self.arbiter),
+            separators=(",", ":") if cfg.stats_minified else None,
+            indent=None if cfg.stats_minified else 1,
+        )
+        return body.encode()
+
+    def _head(self, pend: Pending) -> None:
+        try:
+            data = pend.conn.recv(MAX_HEAD)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        pend.buf += data
+        if data and b"\r\n\r\n" not in pend.buf and b"\n\n" not in pend.buf:
+            if len(pend.buf) < MAX_HEAD:
+                return
+        self.arbiter.remove_reader(pend.conn.fileno())
+        method, path, accept = parse_head(pend.buf)
+        if path != "/metrics":
+            self._finish(pend, (b"application/json", self._json()))
+            return
+        pend.head = method == "HEAD"
+        pend.openmetrics = metrics.wants_openmetrics(accept)
+        router = self._router_socket()
+        if router is None:
+            self._finish(pend, self._metrics(pend, None))
+            return
+        pend.router = router
+        pend.deadline = time.monotonic() + ROUTER_WAIT
+        self.arbiter.add_reader(router.fileno(), lambda: self._router_read(pend))
+
+    def _router_socket(self) -> socket.socket | None:
+        """A connection under way to the fastrouter's stats socket (router 1 serves it),
+        None when no fastrouter runs or it cannot be reached at once."""
+        cfg = self.arbiter.cfg
+        if not cfg.fastrouter or cfg.fastrouter_stats is None:
+            return None
+        try:
+            family, addr = parse_text(cfg.fastrouter_stats, "fastrouter-stats socket").resolve()
+        except AddressError:
+            return None
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            sock.close()
+            return None
+        return sock
+
+    def _router_read(self, pend: Pending) -> None:
+        assert pend.router is not None
+        try:
+            data = pend.router.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._finish(pend, self._metrics(pend, None))
+            return
+        if data:
+            pend.rbuf += data
+            return
+        try:
+            router = json.loads(pend.rbuf)
+        except ValueError:
+            router = None
+        self._finish(pend, self._metrics(pend, router if isinstance(router, dict) else None))
+
+    def _metrics(self, pend: Pending, router: dict | None) -> tuple[bytes, bytes]:
+        arbiter = self.arbiter
+        master = {
+            "state": metrics.MASTER_STATES[arbiter.scoreboard.master_state]
+            if arbiter.scoreboard.master_state < len(metrics.MASTER_STATES)
+            else "running",
+            "start_time": self.started,
+            "processes": sum(1 for c in arbiter.slots if c.kind == "worker"),
+            "paused": arbiter.paused,
+        }
+        cfg = arbiter.cfg
+        body = metrics.render(
+            stats_document(arbiter),
+            master,
+            router,
+            with_router=bool(cfg.fastrouter and cfg.fastrouter_stats is not None),
+            openmetrics=pend.openmetrics,
+        )
+        kind = metrics.OPENMETRICS_TYPE if pend.openmetrics else metrics.TEXT_TYPE
+        return kind.encode(), body
+
+    def _finish(self, pend: Pending, answer: tuple[bytes, bytes] | None) -> None:
+        """Send `answer` (content type, body) to the client, or just close (None)."""
+        fd = pend.conn.fileno()
+        self.pending.pop(fd, None)
+        self.arbiter.remove_reader(fd)
+        if pend.router is not None:
+            self.arbiter.remove_reader(pend.router.fileno())
+            pend.router.close()
+            pend.router = None
+        with pend.conn:
+            if answer is not None:
+                kind, body = answer
+                head = (
+                    b"HTTP/1.0 200 OK\r\nContent-Type: %s\r\n"
+                    b"Access-Control-Allow-Origin: *\r\nContent-Length: %d\r\n\r\n"
+                    % (kind, len(body))
+                )
+                self._send(pend.conn, head if pend.head else head + body)
+
+    def expire(self, now: float) -> None:
+        """Tick: a client that sent no request gets the JSON; a router that did not answer
+        leaves the metrics without its pools (`pymaster_fastrouter_up 0`)."""
+        mono = time.monotonic()
+        for pend in [p for p in self.pending.values() if p.deadline <= mono]:
+            if pend.router is not None:
+                self._finish(pend, self._metrics(pend, None))
+            else:
+                self._finish(pend, (b"application/json", self._json()))
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> None:
+        conn.setblocking(False)  # the master hardly waits on a stats reader:
+        try:  # what the socket buffer takes at once, then
+            sent = conn.send(data)  # at most 0.2 s for a large document
+            if sent < len(data):
+                conn.settimeout(0.2)
+                conn.sendall(data[sent:])
+        except OSError:
+            pass
 
     def close(self) -> None:
+        for pend in list(self.pending.values()):
+            self._finish(pend, None)
         self.arbiter.remove_reader(self.listener.fd)
         self.sock.close()
         self.owned.remove_sockets()  # if still ours
+
+
+def _start_time() -> float:
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error:
+        return time.time()

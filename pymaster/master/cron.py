@@ -8,10 +8,17 @@ seconds. The master checks when its loop starts and on every tick (local time), 
 started while its previous run is alive. CMD runs as `/bin/sh -c CMD`, a child of the master
 (own session, stdin on /dev/null, the sockets closed); it is not waited for nor stopped at reload or
 shutdown, as in uWSGI. `--cron-harakiri N` (or `harakiri=N` in cron2) kills a run after N s.
+
+A reload re-execs the master, and a run still going is still its child: the old image hands
+each task's pid, start time and last run to the new one in the environment (keyed by the
+task's definition), so a `unique-cron` is not started twice, the exit of a run begun before
+the reload is logged as the cron's, its harakiri still applies, and a task does not run again
+in the same minute because of the reload.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -26,6 +33,7 @@ if TYPE_CHECKING:
     from pymaster.master.arbiter import Arbiter
 
 ANY = -1
+CARRY_ENV = "PYMASTER_CRON_STATE"  # {definition: [pid, started_at, last_job]} across a re-exec
 
 
 class CronError(ValueError):
@@ -46,6 +54,12 @@ class Cron:
     started_at: float = 0.0
     last_job: float = 0.0
     deadline: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """What identifies the task across a reload (the config may have changed)."""
+        when = (self.minute, self.hour, self.day, self.month, self.week)
+        return f"{int(self.unique)} {self.harakiri} {when} {self.command}"
 
 
 def parse(value: str, unique: bool = False) -> Cron:
@@ -144,6 +158,31 @@ class Crons:
         self.arbiter.on_start.append(lambda: self.check(self.system.time()))
         self.arbiter.on_tick.append(self.tick)
         self.arbiter.reapers.append(self.reaped)
+        self.arbiter.before_exec.append(self.to_environ)
+
+    def to_environ(self, environ: dict[str, str]) -> None:
+        """Hand the runs in progress and the last run times to the next image."""
+        state = {c.key: [c.pid, c.started_at, c.last_job] for c in self.crons}
+        environ[CARRY_ENV] = json.dumps(state)
+
+    def adopt(self, raw: str) -> None:
+        """Take back what the image before this one handed over (`to_environ`): a run is
+        adopted only if that pid is still a child of this process."""
+        try:
+            state = json.loads(raw)
+            carried = {str(k): (int(v[0]), float(v[1]), float(v[2])) for k, v in state.items()}
+        except (ValueError, TypeError, IndexError, AttributeError):
+            return
+        for cron in self.crons:
+            if cron.key not in carried:
+                continue
+            pid, started_at, last_job = carried[cron.key]
+            cron.last_job = last_job
+            if pid and self.system.is_child(pid):
+                cron.pid, cron.started_at = pid, started_at
+                limit = cron.harakiri if cron.harakiri else self.default_harakiri
+                cron.deadline = started_at + limit if limit > 0 else 0.0
+                log(f'[uwsgi-cron] command "{cron.command}" still running with pid {pid}')
 
     def tick(self, now: float) -> None:
         self.harakiri(now)
@@ -209,9 +248,12 @@ class Crons:
 
 
 def attach(arbiter: Arbiter, cfg: Config) -> Crons | None:
+    carried = os.environ.pop(CARRY_ENV, None)  # the workers and later images need not see it
     crons = configured(cfg)
     if not crons:
         return None
     manager = Crons(arbiter, crons)
+    if carried:
+        manager.adopt(carried)
     manager.attach()
     return manager

@@ -3,9 +3,13 @@
 Addresses follow `pymaster.protocols.address` (`host:port`, `:port`, `*:port`, `[v6]:port`,
 a unix path, `@name`); binding resolves names there too. Kinds: `uwsgi` and `http` (the
 workers'), `fastrouter`, `subscription` (UDP or unix datagram) and `fastrouter-stats` (the
-routers'), `relay` (unix datagram sockets between router processes, see gateways.py) and
+fastrouter's), `httprouter`, `https`, `http-to-https`, `http-subscription` and `http-stats`
+(the HTTP router's), `relay` (unix datagram sockets between router processes, see gateways.py) and
 `stats` (the master's own, see control.py). Inherited sockets arrive the systemd
-way: LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds.
+way: LISTEN_PID = our pid, LISTEN_FDS = count from fd 3, LISTEN_FDNAMES = colon-separated kinds;
+or from Server::Starter's `start_server`: SERVER_STARTER_PORT = `host:port=fd;path=fd;...`.
+Server::Starter's sockets are *shared*: the next generation accepts on the very same socket,
+so a graceful stop must leave it untouched (no drop filter, see refuse_new_connections).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pymaster.protocols.address import parse as parse_text
 
 SD_LISTEN_FDS_START = 3
 ACTIVATED = "sd-"  # LISTEN_FDNAMES prefix for systemd-given sockets we re-pass
-DATAGRAM_KINDS = ("subscription", "relay")
+SHARED = "ss-"  # LISTEN_FDNAMES prefix (after ACTIVATED) for Server::Starter's sockets
+SERVER_STARTER = "SERVER_STARTER_PORT"
+DATAGRAM_KINDS = ("subscription", "http-subscription", "relay")
 
 
 class SocketError(Exception):
@@ -54,12 +60,14 @@ class Listener:
 
     name: str
     # "uwsgi" | "http" | "fastrouter" | "subscription" | "fastrouter-stats" | "stats" | "relay"
+    # | "httprouter" | "https" | "http-to-https" | "http-subscription" | "http-stats"
     kind: str
     family: int = socket.AF_INET
     address: SockAddr = ""
     sock: socket.socket | None = None
     inherited: bool = False
     activated: bool = False  # handed to us by systemd, not in the configuration
+    shared: bool = False  # Server::Starter's: the next generation accepts on it too
 
     @property
     def bound(self) -> socket.socket:
@@ -122,9 +130,28 @@ class Listener:
         self.sock = sock
 
 
+def inherits_sockets(environ) -> bool:
+    """Listening sockets come from outside (systemd's LISTEN_FDS or Server::Starter)."""
+    return "LISTEN_FDS" in environ or SERVER_STARTER in environ
+
+
+def _server_starter_fds(environ) -> list[tuple[int, str]]:
+    """SERVER_STARTER_PORT (`127.0.0.1:8080=3;/tmp/s.sock=4`): the fds, named `sd-ss-http`
+    (activated, shared; unmatched ones are served as HTTP, as by Starman or Starlet).
+    Left in the environment: every generation start_server runs gets its own."""
+    found = []
+    for item in filter(None, environ.get(SERVER_STARTER, "").split(";")):
+        _addr, sep, fd = item.rpartition("=")
+        if not sep or not fd.isdigit():
+            log(f"{SERVER_STARTER}: ignoring '{item}' (expected ADDRESS=FD)")
+            continue
+        found.append((int(fd), ACTIVATED + SHARED + "http"))
+    return found
+
+
 def _inherited_fds(environ) -> list[tuple[int, str]]:
     if environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
+        return _server_starter_fds(environ)
     try:
         count = int(environ.get("LISTEN_FDS", "0"))
     except ValueError:
@@ -162,13 +189,14 @@ def setup(
         family, address = parse_address(spec, kind)
         lst = Listener(spec, kind, family, address)
         stype = socket.SOCK_DGRAM if lst.datagram else socket.SOCK_STREAM
-        for i, (sock, _kind) in enumerate(inherited):
+        for i, (sock, name) in enumerate(inherited):
             if (
                 sock.family == family
                 and sock.type == stype
                 and _same_address(family, address, sock.getsockname())
             ):
                 lst.sock, lst.inherited = sock, True
+                lst.shared = name.removeprefix(ACTIVATED).startswith(SHARED)
                 inherited.pop(i)
                 break
         if lst.sock is None:
@@ -180,13 +208,19 @@ def setup(
     for sock, kind in inherited:
         activated = kind.startswith(ACTIVATED)
         kind = kind.removeprefix(ACTIVATED)
+        shared = kind.startswith(SHARED)
+        kind = kind.removeprefix(SHARED)
         if not (adopt_unmatched or activated) or sock.type != socket.SOCK_STREAM:
             sock.close()
             continue
         kind = kind if kind in ("uwsgi", "http") else "uwsgi"
         name = sock.getsockname()
-        lst = Listener(sockaddr_text(name), kind, sock.family, name, sock, True, True)
-        log("- SystemD socket activation detected -")
+        lst = Listener(sockaddr_text(name), kind, sock.family, name, sock, True, True, shared)
+        log(
+            "- Server::Starter socket detected -"
+            if shared
+            else "- SystemD socket activation detected -"
+        )
         log(f"{kind} socket {len(listeners)} inherited {lst.describe()} fd {lst.fd}")
         listeners.append(lst)
     return listeners
@@ -211,7 +245,9 @@ def pass_to_exec(listeners: list[Listener], environ) -> None:
         os.close(fd)
     environ["LISTEN_PID"] = str(os.getpid())
     environ["LISTEN_FDS"] = str(len(listeners))
-    environ["LISTEN_FDNAMES"] = ":".join(ACTIVATED * lst.activated + lst.kind for lst in listeners)
+    environ["LISTEN_FDNAMES"] = ":".join(
+        ACTIVATED * lst.activated + SHARED * lst.shared + lst.kind for lst in listeners
+    )
 
 
 class _SockFilter(ctypes.Structure):
@@ -248,10 +284,13 @@ def refuse_new_connections(listeners: list[Listener]) -> None:
     segments of handshakes already under way pass, and connections in the accept queue are
     untouched: the workers drain the queue until it stays empty, so none is reset by the
     final close. Unix sockets have no such filter: they keep
-    the short race between the last accept and the close.
+    the short race between the last accept and the close. Server::Starter's sockets are
+    left alone: the filter would hold the new generation's connections too.
     """
     prog = bytes(memoryview(_SockFprog(len(_HOLD_NEW), _HOLD_NEW)))
     for lst in listeners:
+        if lst.shared:  # Server::Starter's next generation accepts on this very socket
+            continue
         if lst.family in (socket.AF_INET, socket.AF_INET6) and not lst.datagram and lst.sock:
             try:
                 lst.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)

@@ -1,6 +1,6 @@
 /* pymaster.protocols._codec: the compiled half of the per-request codec.
  *
- * Four functions, each a drop-in for a pure-Python one that stays the reference
+ * Five functions, each a drop-in for a pure-Python one that stays the reference
  * (pymaster/protocols/speedups.py chooses; PYMASTER_PURE_PYTHON=1 forces Python):
  *
  *   decode_environ(block)      -> (dict, nvars)     protocols/uwsgi.py _decode_environ_py
@@ -10,6 +10,7 @@
  *   http_head(version, status, headers, length, no_body, keep_alive)
  *                              -> (bytes, keep_alive, chunked) | None
  *                                                   protocols/http.py HttpFraming.head
+ *   headers_environ(env, headers) -> bool           protocols/http.py _headers_to_environ_py
  *
  * decode_environ raises the UwsgiError given to setup() with the Python codec's messages.
  * The framing functions return None for anything but plain str in a list of 2-tuples of
@@ -460,6 +461,99 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- HTTP head -> environ */
+
+/* headers_environ(env, headers): the request's header fields into the environ as
+ * protocols/http.py _headers_to_environ_py puts them (HTTP_*, CONTENT_TYPE, CONTENT_LENGTH,
+ * names with "_" dropped, repeats joined with "," or "; " for Cookie). True when done;
+ * False, with env untouched, unless every field is a (bytes, bytes) tuple with an ASCII
+ * name (str.upper() of other latin-1 characters changes length or leaves latin-1): then
+ * the Python code runs. */
+static PyObject *
+headers_environ(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "headers_environ(env, headers)");
+        return NULL;
+    }
+    PyObject *env = args[0], *headers = args[1];
+    if (!PyDict_CheckExact(env) || !PyList_CheckExact(headers))
+        Py_RETURN_FALSE;
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)))
+            Py_RETURN_FALSE;
+        PyObject *name = PyTuple_GET_ITEM(item, 0);
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(name);
+        for (Py_ssize_t k = 0; k < PyBytes_GET_SIZE(name); k++)
+            if (p[k] >= 0x80)
+                Py_RETURN_FALSE;
+    }
+    char small[256];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        const char *np = PyBytes_AS_STRING(name);
+        Py_ssize_t nl = PyBytes_GET_SIZE(name);
+        if (memchr(np, '_', (size_t)nl) != NULL)
+            continue; /* X_Forwarded_For would shadow X-Forwarded-For: dropped */
+        char *key = nl + 5 <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)nl + 5);
+        if (key == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        memcpy(key, "HTTP_", 5);
+        for (Py_ssize_t k = 0; k < nl; k++) {
+            char c = np[k];
+            if (c >= 'a' && c <= 'z')
+                c = (char)(c - 32);
+            else if (c == '-')
+                c = '_';
+            key[5 + k] = c;
+        }
+        int plain = (nl == 12 && memcmp(key + 5, "CONTENT_TYPE", 12) == 0) ||
+                    (nl == 14 && memcmp(key + 5, "CONTENT_LENGTH", 14) == 0);
+        PyObject *k = plain ? PyUnicode_DecodeASCII(key + 5, nl, NULL)
+                            : PyUnicode_DecodeASCII(key, nl + 5, NULL);
+        if (key != small)
+            PyMem_Free(key);
+        if (k == NULL)
+            return NULL;
+        PyObject *v = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value),
+                                             NULL);
+        if (v == NULL) {
+            Py_DECREF(k);
+            return NULL;
+        }
+        int rc;
+        PyObject *old = plain ? NULL : PyDict_GetItemWithError(env, k);
+        if (old == NULL && PyErr_Occurred())
+            rc = -1;
+        else if (old == NULL)
+            rc = PyDict_SetItem(env, k, v);
+        else {
+            int cookie = PyUnicode_CompareWithASCIIString(k, "HTTP_COOKIE") == 0;
+            PyObject *sep = PyUnicode_FromString(cookie ? "; " : ",");
+            PyObject *tail = sep == NULL ? NULL : PyUnicode_Concat(sep, v);
+            Py_XDECREF(sep);
+            Py_INCREF(old);
+            PyObject *joined = tail == NULL ? NULL : PyNumber_InPlaceAdd(old, tail);
+            Py_DECREF(old);
+            Py_XDECREF(tail);
+            rc = joined == NULL ? -1 : PyDict_SetItem(env, k, joined);
+            Py_XDECREF(joined);
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (rc < 0)
+            return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyObject *
@@ -486,6 +580,9 @@ static PyMethodDef methods[] = {
     {"http_head", (PyCFunction)(void (*)(void))http_head, METH_FASTCALL,
      "http_head(version, status, headers, length, no_body, keep_alive) -> "
      "(bytes, keep_alive, chunked), or None: use the Python framing"},
+    {"headers_environ", (PyCFunction)(void (*)(void))headers_environ, METH_FASTCALL,
+     "headers_environ(env, headers) -> True when the header fields were put in env, False: "
+     "use the Python code"},
     {NULL, NULL, 0, NULL},
 };
 

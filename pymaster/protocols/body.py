@@ -27,6 +27,11 @@ class InputStream:
         self._buf = bytearray(already)
         self.closed = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes arrived and not read yet."""
+        return len(self._buf)
+
     def _more(self, want: int) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -133,6 +133,7 @@ class RequestParser:
         self.headers_complete = False
         self.error: HttpError | None = None  # set when requests before it completed
         self.broken = False
+        self.upgraded = b""  # after an upgrade request: the bytes that followed its head
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
@@ -211,8 +212,9 @@ class RequestParser:
             return []
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:  # the bytes after the head: the new protocol
             self.broken = True
+            self.upgraded = data[exc.args[0] :] if exc.args else b""
         except (HttpError, httptools.HttpParserError) as exc:
             self.broken = True
             error: HttpError | None = _as_http_error(exc)
@@ -258,6 +260,32 @@ def _as_http_error(exc: Exception) -> HttpError:
     if isinstance(exc.__context__, HttpError):
         return exc.__context__
     return HttpError(400, str(exc) or "malformed request")
+
+
+def headers_to_environ(env: dict, headers) -> None:
+    """A request's header fields [(name bytes, value bytes)] into a WSGI environ: HTTP_NAME
+    (upper case, "-" as "_"), CONTENT_TYPE and CONTENT_LENGTH as they are; a name with "_"
+    is dropped (X_Forwarded_For would shadow X-Forwarded-For); repeated fields are joined
+    with "," ("; " for Cookie). The compiled codec's when it runs (protocols/speedups.py)."""
+    if _headers_environ is not None and _headers_environ(env, headers):
+        return
+    _headers_to_environ_py(env, headers)
+
+
+def _headers_to_environ_py(env: dict, headers) -> None:
+    for name, value in headers:
+        if b"_" in name:
+            continue
+        key = name.decode("latin-1").upper().replace("-", "_")
+        val = value.decode("latin-1")
+        if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+            env[key] = val
+            continue
+        key = "HTTP_" + key
+        if key in env:
+            env[key] += ("; " if key == "HTTP_COOKIE" else ",") + val
+        else:
+            env[key] = val
 
 
 def error_response(status: int, detail: str = "") -> bytes:
@@ -344,3 +372,4 @@ class HttpFraming:
 
 # the compiled framing (protocols/speedups.py); None: the Python one above
 _http_head = speedups.codec.http_head if speedups.codec is not None else None
+_headers_environ = speedups.codec.headers_environ if speedups.codec is not None else None

@@ -321,6 +321,7 @@ class Announcement(NamedTuple):
     unix: float | None  # signing timestamp
     sign: bytes | None
     signed_part: bytes  # the vars bytes covered by `sign`
+    sni: tuple[tuple[str, str], ...] = ()  # sni_key / sni_crt / sni_ca, as sent
 
     @property
     def subscribe(self) -> bool:
@@ -393,6 +394,11 @@ def parse_packet(data: bytes) -> Announcement:
         unix,
         sign,
         bytes(block[:signed_end]) if signed_end else b"",
+        tuple(
+            (name, found[name.encode()].decode("latin-1"))
+            for name in ("sni_key", "sni_crt", "sni_ca")
+            if found.get(name.encode())
+        ),
     )
 
 

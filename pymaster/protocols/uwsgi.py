@@ -120,6 +120,12 @@ def decode_environ(block: bytes | memoryview) -> tuple[dict[str, str], int]:
 _decode_environ = _decode_environ_py
 
 
+def vars_size(env: dict[str, str]) -> int:
+    """The size of the vars block `env` (latin-1 strings) would take as a uwsgi packet: a
+    u16 length before each key and each value (uWSGI's `{N vars in M bytes}` on any socket)."""
+    return 4 * len(env) + sum(map(len, env)) + sum(map(len, env.values()))
+
+
 def content_length(value: str | None) -> int:
     """CONTENT_LENGTH as uWSGI reads it: the leading ASCII digits, 0 when none."""
     if not value:

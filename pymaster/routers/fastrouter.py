@@ -6,47 +6,26 @@ stats one too) and calls `run()` in a forked child, once per router process
 (`--fastrouter-processes N`), supervising them like workers (master/gateways.py); the router
 binds nothing itself.
 
-Per client connection: read the uwsgi header and vars, pick the key (UWSGI_FASTROUTER_KEY >
-HTTP_HOST > SERVER_NAME), pick a node (subscription pools with uWSGI's wrr, else static
-`--fastrouter-to` round robin), connect, rewrite header bytes 0 and 3 to the node's
-modifier1/modifier2, and stream both ways until the node closes.
-
-Sharing one table across router processes: every process reads the (inherited) subscription
-socket; whoever receives a datagram applies it and relays the raw bytes to its siblings over
-unix datagram sockets (`relay-N.sock`) in a private 0700 state directory. The master makes
-the directory (`state_dir`) and binds the relay sockets before it forks the routers, so a
-datagram relayed to a sibling that is not running yet (start, respawn) waits in its queue.
-The same directory holds the table snapshot (`table.json`) that lets pools, and the last-seen
-signature timestamps that refuse replays, survive a reload or respawn of the router; the
-master removes the directory when the instance stops for good. See docs/subscriptions.md.
+Per client connection (routers/session.py): read the uwsgi header and vars, pick the key
+(UWSGI_FASTROUTER_KEY > HTTP_HOST > SERVER_NAME), pick a node (subscription pools with
+uWSGI's wrr, else static `--fastrouter-to` round robin), connect, rewrite header bytes 0 and
+3 to the node's modifier1/modifier2, and stream both ways until the node closes. Everything
+else (subscriptions, table sharing between processes, persistence, stats) is the
+corerouter's, shared with the HTTP router (routers/corerouter.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
-import hashlib
-import json
-import os
-import signal
 import socket
-import stat
-import sys
-import tempfile
-import time
 from typing import NoReturn
 
 from pymaster.config import Config
-from pymaster.log import log
-from pymaster.protocols.address import AddressError, sockaddr_text
 from pymaster.protocols.address import parse as parse_address
-from pymaster.protocols.subscription import SubscriptionError, read_secret
-from pymaster.routers.pools import Node, StaticNodes, Table, parse_allow
+from pymaster.routers import corerouter
+from pymaster.routers.corerouter import CoreRouter, Settings, relay_path, socket_name, state_dir
 from pymaster.routers.session import ClientSession
 
-CHUNK = 65536
-
+__all__ = ["Router", "check", "relay_path", "run", "settings", "socket_name", "state_dir"]
 
 # --------------------------------------------------------------------------- configuration
 # Explicit zeroes are mapped by the option table, as uWSGI's corerouter maps them:
@@ -61,74 +40,26 @@ def check(cfg: Config) -> None:
     signing secret, a bad `--subscription-allow` entry (SubscriptionError, OSError)."""
     for node in cfg.fastrouter_to:
         parse_address(node, "--fastrouter-to node")
-    if cfg.subscriptions_sign_secret is not None:
-        read_secret(cfg.subscriptions_sign_secret)
-    parse_allow(cfg.subscription_allow)
+    corerouter.check_subscriptions(cfg)
 
 
-def socket_name(sock: socket.socket) -> str:
-    return sockaddr_text(sock.getsockname())
-
-
-def relay_path(directory: str, router_id: int) -> str:
-    """The relay socket of router `router_id` in the state directory."""
-    return os.path.join(directory, f"relay-{router_id}.sock")
-
-
-def state_dir(subscription_socks: list[socket.socket]) -> str | None:
-    """Private per-router directory for the relay sockets and the table snapshot, keyed by
-    the subscription addresses, under $PYMASTER_RUNTIME_DIR, else $XDG_RUNTIME_DIR, else the
-    temp dir; None when it cannot be made safe. Made by the master (master/gateways.py)."""
-    base = (
-        os.environ.get("PYMASTER_RUNTIME_DIR")
-        or os.environ.get("XDG_RUNTIME_DIR")
-        or tempfile.gettempdir()
+def settings(cfg: Config) -> Settings:
+    timeout = float(cfg.fastrouter_timeout)
+    # a connect that takes longer marks the node failed and tries the next one; 0 is
+    # uWSGI's behaviour (the connect shares --fastrouter-timeout, the session is cut)
+    connect = cfg.fastrouter_connect_timeout
+    return Settings(
+        name="fastrouter",
+        timeout=timeout,
+        connect_timeout=min(float(connect), timeout) if connect else timeout,
+        processes=cfg.fastrouter_processes,
+        to=list(cfg.fastrouter_to),
+        backlog=cfg.listen,
     )
-    names = sorted(socket_name(s) for s in subscription_socks)
-    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
-    path = os.path.join(base, f"pymaster-fastrouter-{os.getuid()}-{digest}")
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            log(
-                f"[uwsgi-fastrouter] state directory {path} is not a private directory of "
-                f"uid {os.getuid()}: pools are neither shared nor persisted"
-            )
-            return None
-    except OSError as exc:
-        log(f"[uwsgi-fastrouter] cannot create state directory {path}: {exc.strerror}")
-        return None
-    return path
 
 
-# --------------------------------------------------------------------------- the router
-
-
-def _error(status: str, text: str) -> bytes:
-    """A complete HTTP/1.0 error answer the router writes itself (then closes)."""
-    body = f"{status}: {text}\n".encode("latin-1", "replace")
-    return (
-        f"HTTP/1.0 {status}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode("latin-1") + body
-
-
-def _503(key: str) -> bytes:
-    return _error("503 Service Unavailable", f'no node available for key "{key}"')
-
-
-def _502(key: str) -> bytes:
-    return _error("502 Bad Gateway", f'no node for key "{key}" accepted the connection')
-
-
-class Router:
-    """One router process: its sockets (inherited, bound by the master: listening,
-    subscription, stats for router 1, its own relay socket when there are siblings), the
-    state directory, the subscription table and the static nodes."""
-
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future[int]
+class Router(CoreRouter):
+    """A fastrouter process: uwsgi sessions (routers/session.py) on the corerouter."""
 
     def __init__(
         self,
@@ -140,291 +71,36 @@ class Router:
         directory: str | None = None,
         relay_sock: socket.socket | None = None,
     ):
-        self.cfg = cfg
-        self.id = router_id
-        self.pid = os.getpid()
-        self.ppid = os.getppid()
-        self.listen_socks = list(listen_socks)
-        self.sub_socks = list(subscription_socks)
-        self.stats_sock = stats_sock
-        self.timeout = float(cfg.fastrouter_timeout)
-        # a connect that takes longer marks the node failed and tries the next one; 0 is
-        # uWSGI's behaviour (the connect shares --fastrouter-timeout, the session is cut)
-        connect = cfg.fastrouter_connect_timeout
-        self.connect_timeout = min(float(connect), self.timeout) if connect else self.timeout
-        self.processes = cfg.fastrouter_processes
-        secret_file = cfg.subscriptions_sign_secret
-        secret = read_secret(secret_file) if secret_file is not None else None
-        self.table = Table(
-            cfg.subscription_tolerance,
-            secret,
-            parse_allow(cfg.subscription_allow),
-            self.pid,
-            log,
-            self._notify,
+        super().__init__(
+            cfg,
+            settings(cfg),
+            listen_socks,
+            subscription_socks,
+            stats_sock,
+            router_id,
+            directory,
+            relay_sock,
         )
-        self.use_subscriptions = bool(self.sub_socks)
-        self.static = StaticNodes(cfg.fastrouter_to)
-        self.active = 0
-        self.sessions: set[ClientSession] = set()
-        self.stopping = False
-        self.servers: list[asyncio.Server] = []
-        self.dir = directory
-        self.relay_sock = relay_sock
-        self.last_dump = 0.0
 
-    # ------------------------------------------------------------------ lifecycle
-    async def main(self) -> int:
-        loop = self.loop = asyncio.get_running_loop()
-        self.done = loop.create_future()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            loop.add_signal_handler(sig, self.stop, False)
-        loop.add_signal_handler(signal.SIGHUP, self.stop, True)
-        self._restore()
-        for sock in self.sub_socks:
-            sock.setblocking(False)
-            loop.add_reader(sock.fileno(), self._on_datagrams, sock, True)
-        self._open_relay(loop)
-        for sock in self.listen_socks:
-            sock.setblocking(False)
-            # create_server listens again: keep the master's --listen backlog
-            self.servers.append(
-                await loop.create_server(
-                    lambda: ClientSession(self), sock=sock, backlog=self.cfg.listen
-                )
-            )
-        if self.stats_sock is not None:
-            self.stats_sock.setblocking(False)
-            self.servers.append(await asyncio.start_server(self.send_stats, sock=self.stats_sock))
-        ticker = asyncio.ensure_future(self._ticker())
-        try:
-            return await self.done
-        finally:
-            ticker.cancel()
-            self._dump(force=True)
-
-    def stop(self, graceful: bool) -> None:
-        if self.stopping and graceful:
-            return
-        self.stopping = True
-        for server in self.servers:
-            server.close()
-        if not graceful or self.active == 0:
-            if not self.done.done():
-                self.done.set_result(0)
-        else:
-            log(
-                f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}) stops accepting, "
-                f"waiting for {self.active} session(s)"
-            )
-            asyncio.get_running_loop().call_later(self.timeout + 1, self.stop, False)
-
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.time()
-            self.table.expire(now)
-            self.cut_idle()
-            self._dump(now=now)
-            if os.getppid() != self.ppid:
-                log(
-                    f"[uwsgi-fastrouter] router {self.id} (pid {self.pid}): master is gone, exiting"
-                )
-                self.stop(False)
-
-    # ------------------------------------------------------------------ subscriptions
-    def _on_datagrams(self, sock: socket.socket, external: bool) -> None:
-        now = time.time()
-        try:
-            self._read_datagrams(sock, external, now)
-        finally:
-            if self.table.urgent:  # a signed join or leave: on disk before a crash loses it
-                self._dump(now, force=True)
-
-    def _read_datagrams(self, sock: socket.socket, external: bool, now: float) -> None:
-        for _ in range(256):
-            try:
-                data, source = sock.recvfrom(CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.ECONNREFUSED):
-                    log(f"[uwsgi-fastrouter] subscription socket: {exc.strerror}")
-                return
-            if external:
-                if self.table.handle_datagram(data, source, now) is not None:
-                    self._relay(data)
-            else:
-                self.table.handle_datagram(data, None, now, check_source=False)
-
-    def _open_relay(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read what siblings relay; the socket (and its path) stay the master's."""
-        if self.relay_sock is not None:
-            self.relay_sock.setblocking(False)
-            loop.add_reader(self.relay_sock.fileno(), self._on_datagrams, self.relay_sock, False)
-
-    def _relay(self, data: bytes) -> None:
-        if self.relay_sock is None or self.dir is None:
-            return
-        for rid in range(1, self.processes + 1):
-            if rid != self.id:  # a full queue (a sibling stopped for long) drops the copy
-                with contextlib.suppress(OSError):
-                    self.relay_sock.sendto(data, relay_path(self.dir, rid))
-
-    def _notify(self, path: str, data: bytes) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.setblocking(False)
-                sock.sendto(data, path)
-
-    # ------------------------------------------------------------------ persistence
-    def _table_file(self) -> str | None:
-        return os.path.join(self.dir, "table.json") if self.dir else None
-
-    def _restore(self) -> None:
-        """Load the snapshot: the last-seen signature timestamps always (so a restarted
-        router still refuses replays), the nodes when the file is younger than the
-        tolerance."""
-        path = self._table_file()
-        if path is None:
-            return
-        try:
-            age = time.time() - os.stat(path).st_mtime
-            with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        except (OSError, ValueError):
-            return
-        stamps = self.table.restore_replay(doc) if self.table.secret is not None else 0
-        count = self.table.restore(doc) if age <= self.table.tolerance else 0
-        if count:
-            log(
-                f"[uwsgi-subscription for pid {self.pid}] restored {count} node(s) in "
-                f"{len(self.table.pools)} pool(s) from {path}"
-            )
-        if stamps:
-            log(
-                f"[uwsgi-subscription for pid {self.pid}] restored {stamps} last-seen "
-                f"signature timestamp(s) from {path} (replays stay refused)"
-            )
-
-    def _dump(self, now: float | None = None, force: bool = False) -> None:
-        path = self._table_file()
-        if path is None:
-            return
-        now = time.time() if now is None else now
-        if not force and (
-            not self.table.dirty and now - self.last_dump < 5 or now - self.last_dump < 1
-        ):
-            return
-        tmp = f"{path}.{self.pid}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.table.dump(now), fh)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log(f"[uwsgi-fastrouter] cannot save the subscription table to {path}: {exc.strerror}")
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        self.table.dirty = self.table.urgent = False
-        self.last_dump = now
-
-    # ------------------------------------------------------------------ stats
-    def stats(self) -> dict:
-        names = [socket_name(s) for s in self.listen_socks + self.sub_socks]
-        doc = {
-            "version": _version(),
-            "pid": self.pid,
-            "uid": os.getuid(),
-            "gid": os.getgid(),
-            "cwd": os.getcwd(),
-            "active_sessions": self.active,
-            "fastrouter": names,
-        }
-        if self.static.nodes:
-            doc["static_nodes"] = self.static.snapshot()
-        if self.use_subscriptions:
-            doc["subscriptions"] = self.table.snapshot()
-        doc["cheap"] = 0
-        return doc
-
-    async def send_stats(self, reader, writer) -> None:
-        try:
-            self.table.expire()
-            writer.write(json.dumps(self.stats(), indent="\t").encode() + b"\n")
-            async with asyncio.timeout(self.timeout):
-                await writer.drain()
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    # ------------------------------------------------------------------ sessions
-    def opened(self, session: ClientSession) -> None:
-        self.sessions.add(session)
-        self.active += 1
-
-    def closed(self, session: ClientSession) -> None:
-        self.sessions.discard(session)
-        self.active -= 1
-        if self.stopping and self.active == 0 and not self.done.done():
-            self.done.set_result(0)
-
-    def cut_idle(self) -> None:
-        """Sessions with no traffic for --fastrouter-timeout seconds are aborted."""
-        limit = self.loop.time() - self.timeout
-        for session in [s for s in self.sessions if s.last < limit]:
-            log(f'[uwsgi-fastrouter] timeout on a session for key "{session.key}"')
-            session.abort()
+    def protocol_factory(self, sock: socket.socket):
+        return lambda: ClientSession(self)
 
     @staticmethod
     def unavailable(key: str) -> bytes:
-        return _503(key)
+        return _error("503 Service Unavailable", f'no node available for key "{key}"')
 
     @staticmethod
     def bad_gateway(key: str) -> bytes:
-        return _502(key)
-
-    def choose(self, key: str) -> Node | None:
-        if self.use_subscriptions:
-            return self.table.pick(key) if key else None
-        return self.static.pick() if self.static.nodes else None
-
-    def connected(self, node: Node) -> None:
-        if self.use_subscriptions:
-            self.table.connected(node)
-
-    def failed(self, key: str, node: Node) -> None:
-        if self.use_subscriptions:
-            self.table.fail(key, node)
-            self.table.release(key, node)
-        else:
-            self.static.fail(node)
-            node.ref = max(0, node.ref - 1)
-
-    def release(self, key: str, node: Node) -> None:
-        if self.use_subscriptions:
-            self.table.release(key, node)
-        else:
-            node.ref = max(0, node.ref - 1)
-            node.requests += 1
+        return _error("502 Bad Gateway", f'no node for key "{key}" accepted the connection')
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"pymaster-{version('pymaster')}"
-    except Exception:
-        return "pymaster"
-
-
-def _new_loop():
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
+def _error(status: str, text: str) -> bytes:
+    """A complete HTTP/1.0 error answer the router writes itself (then closes)."""
+    body = f"{status}: {text}\n".encode("latin-1", "replace")
+    return (
+        f"HTTP/1.0 {status}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1") + body
 
 
 def run(
@@ -438,32 +114,11 @@ def run(
 ) -> NoReturn:
     """Run router process `router_id` (1-based) on sockets the master bound (`stats_sock` for
     router 1 only, `relay_sock` with siblings) with the state `directory` it made; never
-    returns (exits 0 on SIGINT/SIGTERM/SIGQUIT, and on SIGHUP once in-flight sessions end).
-    Death with the master is the caller's (master/gateways.py)."""
-    code = 1
-    try:
-        with contextlib.suppress(ValueError, OSError):
-            signal.set_wakeup_fd(-1)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGTSTP):
-            signal.signal(sig, signal.SIG_IGN)
-        router = Router(
+    returns (see corerouter.run)."""
+    corerouter.run(
+        "fastrouter",
+        router_id,
+        lambda: Router(
             cfg, listen_socks, subscription_socks, stats_sock, router_id, directory, relay_sock
-        )
-        loop = _new_loop()
-        asyncio.set_event_loop(loop)
-        code = loop.run_until_complete(router.main())
-    except (OSError, SubscriptionError, AddressError, ValueError) as exc:
-        log(f"[uwsgi-fastrouter] router {router_id} cannot run: {exc}")
-        code = 1
-    except BaseException as exc:  # never return into the master's code
-        with contextlib.suppress(Exception):
-            log(f"[uwsgi-fastrouter] router {router_id} crashed: {exc!r}")
-        code = 1
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        ),
+    )

@@ -173,6 +173,9 @@ class Table:
         self.allow = list(allow)
         self.pid = pid or os.getpid()
         self.log = log if log is not None else _default_log
+        self.label = "fastrouter"  # the router's name in log lines (`[uwsgi-http]` ...)
+        self.sni: dict[str, tuple[str, str]] = {}  # key -> (certificate, key), see _set_sni
+        self.sni_refused = 0
         self.notify_send = notify_send
         self.throttle = Throttle(60.0)
         # replay state: (key, address) -> (last accepted `unix`, when it was accepted);
@@ -250,12 +253,30 @@ class Table:
             self._reject(source, f"internal error {exc!r}", now)
         return None
 
+    def _set_sni(self, ann: Announcement) -> None:
+        """sni_crt / sni_key of a subscription: the HTTPS router presents that certificate
+        for the key. Only from signed subscriptions (the router would read files a datagram
+        names); else logged and ignored."""
+        sni = dict(ann.sni)
+        if self.secret is None:
+            self.sni_refused += 1
+            if self.sni_refused == 1:
+                self.log(
+                    f"{self._prefix()} sni_* of {ann.key!r} ignored: SNI certificates come "
+                    "only from signed subscriptions (--subscriptions-sign-secret)"
+                )
+            return
+        if "sni_crt" in sni and "sni_key" in sni:
+            self.sni[ann.key] = (sni["sni_crt"], sni["sni_key"])
+
     def _is_new(self, key: str, address: str) -> bool:
         pool = self.pools.get(key)
         node = pool.find(address) if pool is not None else None
         return node is None or bool(node.death_mark)
 
     def apply(self, ann: Announcement, now: float) -> None:
+        if ann.subscribe and ann.sni:
+            self._set_sni(ann)
         if ann.subscribe:
             self.subscribe(
                 ann.key,
@@ -314,6 +335,7 @@ class Table:
             self.dirty = True
         if not pool.nodes and self.pools.get(pool.key) is pool:
             del self.pools[pool.key]
+            self.sni.pop(pool.key, None)
 
     def _mark(self, pool: Pool, node: Node, why: str = "") -> None:
         if not node.death_mark:
@@ -378,7 +400,7 @@ class Table:
         pool = self.pools.get(key)
         if pool is not None and node in pool.nodes:
             if not node.death_mark:
-                self.log(f"[uwsgi-fastrouter] {key} => marking {node.name} as failed")
+                self.log(f"[uwsgi-{self.label}] {key} => marking {node.name} as failed")
             node.failcnt += 1
             node.death_mark = 1
 
@@ -396,7 +418,7 @@ class Table:
                 "key": p.key,
                 "hash": p.hash,
                 "hits": p.hits,
-                "sni_enabled": 0,
+                "sni_enabled": int(p.key in self.sni),
                 "nodes": [n.stats() for n in p.nodes],
             }
             for p in self.pools.values()
@@ -496,7 +518,7 @@ class Table:
 
 
 class StaticNodes:
-    """`--fastrouter-to` nodes: plain round robin; a failed node is skipped for 30 s."""
+    """`--fastrouter-to` / `--http-to` nodes: plain round robin; a failed node is skipped for 30 s."""
 
     def __init__(self, addresses, gracetime: float = STATIC_GRACETIME):
         self.nodes = [Node(a) for a in addresses]

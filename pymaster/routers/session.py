@@ -20,6 +20,7 @@ from pymaster.log import log
 from pymaster.protocols.address import Address
 from pymaster.protocols.address import parse as parse_address
 from pymaster.protocols.uwsgi import HEADER, UwsgiError
+from pymaster.routers.corerouter import open_node
 
 if TYPE_CHECKING:
     from pymaster.routers.fastrouter import Router
@@ -224,15 +225,7 @@ class ClientSession(asyncio.Protocol):
         """Bounded by the caller (--fastrouter-connect-timeout: the node is marked failed
         and the next one tried); a session that makes no progress for --fastrouter-timeout
         is aborted by the router's ticker, which cancels this too."""
-        where = _address(node.name)
-        if where.unix:
-            _t, side = await self.loop.create_unix_connection(
-                lambda: NodeSide(self, node), where.path
-            )
-        else:
-            _t, side = await self.loop.create_connection(
-                lambda: NodeSide(self, node), where.connect_host, where.port
-            )
+        _t, side = await open_node(self.loop, _address(node.name), lambda: NodeSide(self, node))
         return side
 
     def finish(self) -> None:
@@ -242,6 +235,11 @@ class ClientSession(asyncio.Protocol):
         self.finished = True
         if self.node is not None:
             self.router.release(self.key, self.node)
+
+    def timed_out(self) -> None:
+        """No traffic for --fastrouter-timeout seconds (the router's ticker)."""
+        log(f'[uwsgi-fastrouter] timeout on a session for key "{self.key}"')
+        self.abort()
 
     def abort(self) -> None:
         if self.task is not None and not self.task.done():

@@ -154,6 +154,28 @@ def test_every_minute_cron_runs_at_start(tmp_path):
         assert "subprocess" not in pm.log()  # reaped as the cron's, not as a stranger
 
 
+def test_a_unique_cron_still_running_survives_a_reload_without_a_second_run(tmp_path):
+    """SIGHUP re-execs the master while the unique cron's first run sleeps: the new image
+    takes that run over (same pid, reaped and logged as the cron's) and starts no second."""
+    marker = tmp_path / "runs"
+    command = f"echo $$ >> {marker}; exec sleep 60"
+    with start(tmp_path, "-M", "--unique-cron", f"-1 -1 -1 -1 -1 {command}") as pm:
+        pm.wait_log(r'\[uwsgi-cron\] running "echo ')
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (first,) = marker.read_text().split()
+        pm.signal(signal.SIGHUP)
+        pm.wait_log(r"gracefully \(RE\)spawned pymaster master process", timeout=20)
+        pm.wait_log(rf'\[uwsgi-cron\] command "echo .*" still running with pid {first}')
+        time.sleep(1.5)  # the new image's loop has started and checked its crons
+        assert marker.read_text().split() == [first]
+        os.kill(int(first), signal.SIGKILL)
+        pm.wait_log(rf'\[uwsgi-cron\] command "echo .*" running with pid {first} exited after')
+        assert "subprocess" not in pm.log()  # not reaped as a stranger
+        assert marker.read_text().split() == [first]  # and not re-run within the minute
+
+
 def test_hooks_run_in_their_phases_and_unknown_actions_stop_the_start(tmp_path):
     with start(tmp_path, "--hook-asap", f"mkdir:{tmp_path}/h", "--hook-post-app", "print:app in",
                "--hook-master-start", "unix_signal:15 gracefully_kill_them_all") as pm:

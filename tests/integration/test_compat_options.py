@@ -135,9 +135,10 @@ def test_inert_options_are_logged_with_their_reason(tmp_path):
 
 def test_refused_option_says_what_to_use_instead(tmp_path):
     pm = Pymaster(["-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP,
-                   "--http", f"127.0.0.1:{free_port()}"], tmp_path)
+                   "--http", f"127.0.0.1:{free_port()}", "--http-raw-body"], tmp_path)
     assert pm.wait(10) == 1
-    assert ("--http: uWSGI's HTTP router is not part of pymaster; put nginx") in pm.log()
+    assert ("--http-raw-body: uWSGI's raw request body forwarding is not part of pymaster; "
+            "the router de-chunks") in pm.log()
     pm.stop()
 
 

@@ -443,9 +443,10 @@ def test_virtualenv_home_and_unsupported_options(tmp_path):
         wait_port(port)
         assert one_uwsgi(port, "/").endswith(b"from the venv")
         assert "option --thunder-lock is accepted for uWSGI compatibility and has no effect" in pm.log()
-    pm = Pymaster(["--http", ":0", "-s", f"127.0.0.1:{free_port()}", "--wsgi-file", APP], tmp_path)
+    pm = Pymaster(["--http-enable-proxy-protocol", "-s", f"127.0.0.1:{free_port()}",
+                   "--wsgi-file", APP], tmp_path)
     assert pm.wait(10) == 1
-    assert "--http: uWSGI's HTTP router is not part of pymaster" in pm.log()
+    assert "--http-enable-proxy-protocol: uWSGI's PROXY protocol v1 on the router is not part of pymaster" in pm.log()
     pm.stop()
 
 

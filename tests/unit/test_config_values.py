@@ -47,14 +47,25 @@ ZERO_IS_ZERO = {
     "subscribe-with-modifier1": "modifier1 0",
     "fastrouter-events": "accepted, no effect",
     "fastrouter-connect-timeout": "the connect is bounded by --fastrouter-timeout (uWSGI)",
-    "http-timeout": "accepted, no effect",
-    "http-processes": "accepted, no effect",
+    "http-headers-timeout": "the head is bounded by --http-timeout",
+    "http-connect-timeout": "the connect is bounded by --http-timeout",
+    "http-manage-expect": "the router does not answer Expect",
+    "http-modifier1": "modifier 0 (WSGI)",
+    "http-modifier2": "modifier2 0",
+    "http-chunked-limit": "chunked request bodies are refused (413) unless empty",
+    "http-buffer-size": "accepted, no effect",
+    "http-events": "accepted, no effect",
+    "http-gracetime": "accepted, no effect",
     "offload-threads": "no offload threads: the request thread sends files itself",
     "static-cache-paths": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",
     "thread-stacksize": "the default stack size",
     "write-errors-tolerance": "no tolerance: the first write error ends the response",
+    "websockets-ping-freq": "no pings",
+    "emperor-curse-tolerance": "accepted, no effect",
+    "emperor-broodlord": "refused at start whatever the value",
+    "emperor-required-heartbeat": "refused at start whatever the value",
 }
 # Where uWSGI maps 0 to a default (source file:line of uWSGI 2.0).
 ZERO_IS_DEFAULT = {
@@ -71,10 +82,24 @@ ZERO_IS_DEFAULT = {
     "cheaper-busyness-backlog-nonzero": 60,  # plugins/cheaper_busyness/cheaper_busyness.c:383
     "fastrouter-timeout": 60,  # plugins/corerouter/corerouter.c:719
     "fastrouter-processes": 1,  # plugins/corerouter/corerouter.c:1024
+    "http-timeout": 60,  # plugins/corerouter/corerouter.c:680
+    "http-processes": 1,  # plugins/corerouter/corerouter.c:965
     "threads": 1,  # core/init.c:105,472 (cores stay 1 unless threads > 1)
 }
 # Where 0 cannot work (uWSGI divides by it, or nothing could ever be served).
-ZERO_IS_REFUSED = {"buffer-size", "socket-timeout", "subscribe-freq", "header-timeout"}
+ZERO_IS_REFUSED = {
+    "buffer-size",
+    "socket-timeout",
+    "subscribe-freq",
+    "header-timeout",
+    "asgi-concurrency",  # no request could ever be served
+    "websockets-max-size",  # no message could ever be taken
+    "emperor-freq",  # the scan would never sleep
+    "emperor-throttle",
+    "emperor-max-throttle",
+    "http-max-headers",
+    "http-max-head",
+}
 
 
 def test_every_numeric_option_has_a_declared_meaning_for_zero():

@@ -112,3 +112,57 @@ def test_cron_harakiri_kills_the_run(capfd):
     manager.tick(system.now)
     assert (-job.pid, SIGKILL) in system.sent
     assert f'*** HARAKIRI ON CRON "stuck.sh" (pid: {job.pid}) ***' in lines(capfd)
+
+
+def test_a_reload_hands_the_running_unique_cron_to_the_next_image(monkeypatch, capfd):
+    options = ("--unique-cron", "-1 -1 -1 -1 -1 slow", "--cron", "-1 -1 -1 -1 -1 fast")
+    arbiter, system, manager = attached(*options)
+    fast, slow = manager.crons
+    manager.check(system.now)
+    running, finished = slow.pid, fast.pid
+    system.now += 3
+    system.exits.append((finished, exited(0)))
+    arbiter.reap()
+    env: dict[str, str] = {}
+    for hook in arbiter.before_exec:  # what reexec() does just before execve
+        hook(env)
+    assert cm.CARRY_ENV in env
+
+    # the new image: same process, so the run still going is still its child
+    monkeypatch.setenv(cm.CARRY_ENV, env[cm.CARRY_ENV])
+    arbiter2, system2 = make_arbiter("-M", *options)
+    system2.forked, system2.pids, system2.now = list(system.forked), system.pids, system.now
+    manager2 = cm.attach(arbiter2, arbiter2.cfg)
+    assert manager2 is not None and cm.CARRY_ENV not in __import__("os").environ
+    fast2, slow2 = manager2.crons
+    assert slow2.pid == running and fast2.pid == 0
+    assert f'[uwsgi-cron] command "slow" still running with pid {running}' in lines(capfd)
+    manager2.check(system2.now)  # at start: neither runs again within the minute
+    assert slow2.pid == running and fast2.pid == 0
+    system2.now += 60
+    manager2.check(system2.now)
+    assert slow2.pid == running  # unique: still alive, not started a second time
+    assert fast2.pid not in (0, finished)
+    system2.now += 2
+    system2.exits.append((running, exited(0)))
+    arbiter2.reap()
+    assert lines(capfd)[-1] == (
+        f'[uwsgi-cron] command "slow" running with pid {running} exited after 65 second(s)'
+    )
+    system2.now += 1
+    manager2.check(system2.now)
+    assert slow2.pid not in (0, running)
+
+
+def test_a_carried_pid_that_is_not_our_child_is_not_adopted(monkeypatch):
+    state = '{"1 0 (-1, -1, -1, -1, -1) slow": [999999, 1.0, 1.0], "x": "garbage"}'
+    monkeypatch.setenv(cm.CARRY_ENV, state)
+    arbiter, system = make_arbiter("-M", "--unique-cron", "-1 -1 -1 -1 -1 slow")
+    manager = cm.attach(arbiter, arbiter.cfg)
+    assert manager is not None and manager.crons[0].pid == 0
+    monkeypatch.setenv(cm.CARRY_ENV, '{"1 0 (-1, -1, -1, -1, -1) slow": [999999, 1.0, 1.0]}')
+    arbiter, system = make_arbiter("-M", "--unique-cron", "-1 -1 -1 -1 -1 slow")
+    manager = cm.attach(arbiter, arbiter.cfg)
+    assert manager is not None
+    (job,) = manager.crons
+    assert job.pid == 0 and job.last_job == 1.0

@@ -1,5 +1,5 @@
 """The package's import arrows run one way (docs/architecture.md):
-cli -> master -> workers -> {apps, protocols}; master/gateways -> routers -> protocols;
+cli -> {master, emperor} -> workers -> {apps, protocols}; master/gateways -> routers -> protocols;
 config imported by all and importing none of them. Read from the source with `ast`, so a
 violation anywhere (even in a function body) fails here."""
 
@@ -21,8 +21,10 @@ ALLOWED = {
     "workers": SHARED | {"apps", "protocols"},
     "routers": SHARED | {"protocols"},
     "master": SHARED | {"workers", "routers", "protocols"},
-    "cli": SHARED | {"master", "workers", "apps", "protocols", "routers"},
+    "emperor": SHARED | {"protocols", "workers", "master"},
+    "cli": SHARED | {"master", "workers", "apps", "protocols", "routers", "emperor"},
     "__main__": {"cli"},
+    "deploy": set(),  # shipped files and their writer: runs on any installation
 }
 
 
@@ -60,6 +62,24 @@ def test_imports_run_one_way(path):
     assert not bad, f"{path.relative_to(PACKAGE)} ({layer}) imports {sorted(bad)}"
 
 
+# The Emperor runs vassals as separate processes: of the master and the workers it may use
+# only these self-contained modules.
+EMPEROR_MAY_USE = {"pymaster.master.notify", "pymaster.master.sockets", "pymaster.workers.contract"}
+
+
+def test_the_emperor_uses_no_master_internals():
+    for path in (PACKAGE / "emperor").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                module = node.module
+                if module.startswith(("pymaster.master", "pymaster.workers")):
+                    assert module in EMPEROR_MAY_USE, f"{path.name} imports {module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith(("pymaster.master", "pymaster.workers")):
+                        assert alias.name in EMPEROR_MAY_USE, f"{path.name} imports {alias.name}"
+
+
 def test_every_package_says_what_it_may_import():
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
@@ -71,3 +91,31 @@ def test_no_getattr_on_the_config():
         text = path.read_text()
         for needle in ("getattr(cfg", "getattr(self.cfg", "getattr(arbiter.cfg"):
             assert needle not in text, f"{path.relative_to(PACKAGE)}: {needle}"
+
+
+def _worker_imports(path: Path) -> set[str]:
+    """What `path` imports from `pymaster.workers.*` (as `kind.module`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[:2] == ["pymaster", "workers"] and len(parts) > 2:
+                found.add(".".join(parts[2:]))
+                if len(parts) == 3:
+                    found.update(f"{parts[2]}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_asgi_worker_takes_only_the_request_log_and_constants_from_the_wsgi_one():
+    """workers/asgi may import the contract, the scoreboard, its own modules and, from the
+    WSGI worker, only `reqlog` and `conns`; the WSGI worker never imports the ASGI one."""
+    for path in (PACKAGE / "workers" / "asgi").glob("*.py"):
+        bad = {
+            name
+            for name in _worker_imports(path)
+            if name.split(".")[0] not in ("asgi", "contract", "scoreboard", "routes")
+            and name not in ("wsgi.reqlog", "wsgi.conns", "wsgi")
+        }
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+    for path in (PACKAGE / "workers" / "wsgi").glob("*.py"):
+        assert not any(n.startswith("asgi") for n in _worker_imports(path)), path

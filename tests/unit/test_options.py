@@ -148,6 +148,21 @@ def test_unknown_plugin_is_named():
         parse(["--plugins", "python,rack"], {})
 
 
+def test_a_c_plugin_path_is_skipped_with_uwsgis_line(tmp_path):
+    """A project's own uWSGI C plugin (physionet's escape_json_plugin.so): uWSGI goes on
+    without a plugin it cannot load, and so does pymaster, saying so; even under --strict."""
+    ini = tmp_path / "app.ini"
+    ini.write_text("[uwsgi]\nstrict = true\nplugin = /code/escape_json_plugin.so\n"
+                   "plugin = python3\n")
+    cfg = parse(["--ini", str(ini)], {})
+    assert cfg.plugins == ["python3"]
+    (warning,) = [w for w in cfg.warnings if "plugin" in w]
+    assert warning.startswith("!!! UNABLE to load uWSGI plugin: /code/escape_json_plugin.so !!!")
+    assert f"(in {ini})" in warning and "does not load uWSGI's C plugins" in warning
+    with pytest.raises(ConfigError, match="unknown plugin 'escape_json'"):
+        parse(["--plugin", "escape_json"], {})
+
+
 # --- ordering across sources ---------------------------------------------------------------------
 
 def test_cli_after_ini_wins_for_scalars(tmp_path):

@@ -256,6 +256,74 @@ def test_http_framing_common_heads_are_compiled(
 
 
 def test_the_bad_argument_counts_raise_type_errors():
-    for fn, n in ((codec.head_ok, 1), (codec.raw_head, 2), (codec.http_head, 5)):
+    for fn, n in (
+        (codec.head_ok, 1),
+        (codec.raw_head, 2),
+        (codec.http_head, 5),
+        (codec.headers_environ, 1),
+    ):
         with pytest.raises(TypeError):
             fn(*range(n))
+
+
+# ------------------------------------------------------------------- HTTP head -> environ
+
+field_names = st.one_of(
+    st.binary(min_size=1, max_size=12),
+    st.sampled_from(
+        [
+            b"Host",
+            b"cookie",
+            b"Cookie",
+            b"X-Two",
+            b"x-two",
+            b"Content-Type",
+            b"CONTENT-LENGTH",
+            b"X_Under",
+            b"\xdf",
+            b"\xff-a",
+            b"Accept",
+        ]
+    ),
+)
+fields = st.lists(st.tuples(field_names, st.binary(max_size=20)), max_size=12)
+start_env = st.dictionaries(
+    st.sampled_from(["HTTP_HOST", "HTTP_COOKIE", "REMOTE_ADDR", "CONTENT_TYPE", "HTTP_X_TWO"]),
+    st.text(max_size=5),
+    max_size=3,
+)
+
+
+@FUZZ
+@given(start_env, fields)
+def test_header_fields_go_into_the_environ_the_same_way(env, headers):
+    c_env, py_env = dict(env), dict(env)
+    done = codec.headers_environ(c_env, headers)
+    http._headers_to_environ_py(py_env, headers)
+    if done:
+        assert c_env == py_env and list(c_env) == list(py_env)
+    else:
+        assert c_env == env  # untouched: the Python code runs instead
+        assert any(b >= 0x80 for name, _ in headers for b in name)
+    public = dict(env)
+    http.headers_to_environ(public, headers)
+    assert public == py_env and list(public) == list(py_env)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"Host", b"Cookie", b"X-A", b"User-Agent"]), st.binary(max_size=10)
+        ),
+        max_size=8,
+    )
+)
+def test_ascii_header_fields_are_compiled(headers):
+    assert codec.headers_environ({}, headers) is True
+
+
+def test_headers_environ_leaves_other_input_to_python():
+    assert codec.headers_environ({}, [(b"A", "str value")]) is False
+    assert codec.headers_environ({}, ((b"A", b"b"),)) is False
+    assert codec.headers_environ([], [(b"A", b"b")]) is False

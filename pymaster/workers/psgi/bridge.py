@@ -45,12 +45,17 @@ VIA_RECYCLING = (
 """Folded by the master into PYMASTER_RECYCLE_* (workers/contract.Recycling)."""
 BY_THE_MASTER = ("harakiri",)
 """Enforced by the master, from the worker's scoreboard slot."""
+OTHER_KINDS = ("asgi-loop", "asgi-concurrency", "asgi-lifespan")
+"""The ASGI worker's own: `--asgi` with `--psgi` is refused at start, so they never reach Perl."""
 NOT_HONOURED: dict[str, str] = {
     "threads": "PSGI workers are single-threaded: use more processes",
     "thread-stacksize": "PSGI workers are single-threaded: use more processes",
     "disable-write-exception": "a failed write ends a PSGI response (uWSGI's psgi plugin dies "
     "in a streaming write whatever this option says); the lines are quieted by "
     "--ignore-sigpipe and --ignore-write-errors",
+    "websockets-max-size": "a PSGI app doing WebSockets over psgix.io frames them itself "
+    "(e.g. Protocol::WebSocket's max_fragments_amount / max_payload_size)",
+    "websockets-ping-freq": "a PSGI app doing WebSockets over psgix.io pings from its own code",
     "write-errors-tolerance": "the first failed write ends a PSGI response (the client is gone: "
     "later writes would fail too)",
     "offload-threads": "PSGI workers send file bodies themselves with sendfile(): use more "

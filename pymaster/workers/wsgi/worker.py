@@ -795,19 +795,7 @@ class Worker:
             "SERVER_NAME": self._server_name(lst),
             "SERVER_PORT": self._server_port(lst),
         }
-        for name, value in req.headers:
-            if b"_" in name:  # X_Forwarded_For would shadow X-Forwarded-For: dropped
-                continue
-            key = name.decode("latin-1").upper().replace("-", "_")
-            val = value.decode("latin-1")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                env[key] = val
-                continue
-            key = "HTTP_" + key
-            if key in env:
-                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + val
-            else:
-                env[key] = val
+        http.headers_to_environ(env, req.headers)
         host = env.get("HTTP_HOST")
         if host:
             env["SERVER_NAME"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -837,7 +825,7 @@ class Worker:
             framing,
             start,
             len(env),
-            req.head_size,
+            uwsgi.vars_size(env),  # the log's {N vars in M bytes}, as on uwsgi sockets
             env["SERVER_PROTOCOL"],
         )
         usable = ok and framing.keep_alive
@@ -926,14 +914,15 @@ class Worker:
                 close()
         elapsed = time.time() - start
         if core is None:
-            self.slot.end(elapsed, call.tx, failed)
+            self.slot.end(elapsed, call.tx + call.head_bytes, failed)  # uWSGI's tx: head + body
             self._after_request()
             requests = self.requests
         else:
             core.end()
             with self.lock:
                 self.app_busy -= 1
-                self.slot.end(elapsed, call.tx, failed, sb.BUSY if self.app_busy else sb.IDLE)
+                tx = call.tx + call.head_bytes
+                self.slot.end(elapsed, tx, failed, sb.BUSY if self.app_busy else sb.IDLE)
                 self._after_request()
                 requests = self.requests
         if self.reqlog.wanted(status, elapsed):

@@ -59,7 +59,7 @@ sub new {
 }
 
 # --log-date (pymaster/log.py): undef = no prefix, '' = ctime, else a strftime format; and the
-# descriptor request lines go to under a request logger (PYMASTER_REQ_LOG_FD), else STDERR.
+# descriptor request lines go to under a request logger (PYMASTER_REQ_LOG_FD), else fd 2.
 my ($DATE, $REQ_FH);
 
 sub _log {
@@ -68,7 +68,20 @@ sub _log {
         if defined $DATE;
     utf8::encode($line) if utf8::is_utf8($line);
     $line .= "\n" unless $line =~ /\n\z/;
-    syswrite STDERR, $line;
+    _write_log($line);
+}
+
+# The log is fd 2 as the master set it up, whatever the app did to its STDERR handle (an
+# `:encoding(UTF-8)` layer, as Catalyst puts on it, makes syswrite on STDERR die): the
+# bytes go to the descriptor with write(2), no PerlIO handle involved.
+sub _write_log {
+    my $line = shift;
+    my ($off, $len) = (0, length $line);
+    while ($off < $len) {
+        my $w = POSIX::write(2, $off ? substr($line, $off) : $line, $len - $off);
+        if (!defined $w) { next if $! == EINTR; return }
+        $off += $w;
+    }
 }
 
 sub _log_verbose {    # always stamped (pymaster/log.py log_verbose)
@@ -82,7 +95,7 @@ sub _log_req {    # a request line: never dated, one write (one message on the r
     my $line = shift;
     utf8::encode($line) if utf8::is_utf8($line);
     $line .= "\n" unless $line =~ /\n\z/;
-    if ($REQ_FH) { syswrite $REQ_FH, $line } else { syswrite STDERR, $line }
+    if ($REQ_FH) { syswrite $REQ_FH, $line } else { _write_log($line) }
 }
 
 # -- setup ----------------------------------------------------------------------------------
@@ -690,7 +703,6 @@ sub _read_http {
         }
         %env = ();
     }
-    $req->{pktsize} = $ret;
     $req->{rest} = substr $buf, $ret;
     my $l = $req->{l};
     $env{SCRIPT_NAME} = '';
@@ -698,12 +710,14 @@ sub _read_http {
     $env{SERVER_PORT} = $l->{port};
     @env{qw(REMOTE_ADDR REMOTE_PORT)} = _remote($req->{conn});
     $env{'psgi.url_scheme'} = 'http';
-    $env{'psgix.io'} = $c;
-    my $connection = delete $env{HTTP_CONNECTION};
+    # psgix.io, the client socket: a tied element, so the server knows whether the app took
+    # it (Plack::Handler::Pymaster::IO below); feature tests such as `if ($env->{'psgix.io'})`
+    # count as taking it too, which only matters for the answers listed in _dispatch
+    $req->{io} = tie $env{'psgix.io'}, 'Plack::Handler::Pymaster::IO', $c;
+    my $connection = $env{HTTP_CONNECTION};     # kept: WebSocket handshakes read it
     $req->{keep} = $self->{keepalive} && (($env{SERVER_PROTOCOL} // '') eq 'HTTP/1.1'
         ? !(defined $connection && $connection =~ /\bclose\b/i)
         : (defined $connection && $connection =~ /\bkeep-alive\b/i));
-    $req->{nvars} = grep { !/\./ } keys %env if $self->{log} || $self->{log_some};
     my ($cl, $max) = ($env{CONTENT_LENGTH}, $self->{limit_post});
     return $self->_too_large($req, "Content-Length $cl over the limit of $max")
         if $max && defined $cl && $cl =~ /^\d+$/ && $cl > $max;
@@ -719,6 +733,18 @@ sub _read_http {
     }
     elsif ($env{CONTENT_LENGTH}) {
         $self->_continue($req, \%env) if length $req->{rest} < $env{CONTENT_LENGTH};
+    }
+    # the log's {N vars in M bytes}: the CGI vars (no '.' in the name) as a uwsgi vars block
+    # would carry them, u16 lengths included, as the Python worker counts them (uwsgi.vars_size:
+    # Transfer-Encoding counted, empty Content-Length/-Type still there); psgix.io not FETCHed
+    if ($self->{log} || $self->{log_some}) {
+        my ($n, $size) = defined $te ? (1, 26 + length $te) : (0, 0);
+        for (keys %env) {
+            next if /\./;
+            $n++;
+            $size += 4 + length($_) + length($env{$_} // '');
+        }
+        @$req{qw(nvars pktsize)} = ($n, $size);
     }
     return $self->_read_body($req, \%env);
 }
@@ -978,7 +1004,8 @@ sub _serve_uwsgi {
     my $ok = eval {
         my $res = $self->{app}->(\%env);
         my ($st, $h, $body) = ref $res eq 'ARRAY' && @$res == 3 ? @$res : ();
-        if (ref $body eq 'ARRAY' && ref $h eq 'ARRAY' && !(@$h % 2)) {
+        my $general = !(ref $body eq 'ARRAY' && ref $h eq 'ARRAY' && !(@$h % 2));
+        unless ($general) {
             my $reason = $REASON{$st // ''} // _reason($st);
             my $out = "$proto $st $reason\r\n";
             my $has_len;
@@ -987,35 +1014,38 @@ sub _serve_uwsgi {
                 my $lk = defined $k && $HEADER{$k} || _header_name($k);
                 die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
                     unless defined $v && $v !~ /[\r\n\0]/;
-                $has_len = 1 if $lk eq 'content-length';
+                if ($lk eq 'content-length') { $has_len = 1 }
+                elsif ($lk eq 'transfer-encoding') { $general = 1; last }   # see _send_head
                 $out .= "$k: $v\r\n";
             }
-            my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
-            die "wide character in the response body\n"
-                if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
-            $out .= $self->{extra_headers};
-            my $n = @$h / 2 + $self->{extra_count};
-            my $no_body = $st < 200 || $NO_BODY{$st};
-            if (!$has_len && !$no_body) {
-                $out .= 'Content-Length: ' . length($data) . "\r\n";
-                $n++;
-            }
-            $out .= "\r\n";
-            die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
-            ($status, $headers, $head_bytes) = ($st, $n, length $out);
-            unless ($no_body || $head_only) {
-                $out .= $data;
-                $tx = length $data;
-            }
-            $sent = 1;
-            my $w = syscall($SYS_WRITE, $fd, $out, length $out);
-            if ($w != length $out) {                  # the rest through the general path's loop
-                die Plack::Handler::Pymaster::Gone->new("$!" || 'timeout') if $w < 0 && $! != EINTR;
-                ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
-                _write_all($c, $w > 0 ? substr($out, $w) : $out);
+            unless ($general) {
+                my $data = do { no warnings 'uninitialized'; join '', @$body };    # undef: ''
+                die "wide character in the response body\n"
+                    if utf8::is_utf8($data) && !utf8::downgrade($data, 1);
+                $out .= $self->{extra_headers};
+                my $n = @$h / 2 + $self->{extra_count};
+                my $no_body = $st < 200 || $NO_BODY{$st};
+                if (!$has_len && !$no_body) {
+                    $out .= 'Content-Length: ' . length($data) . "\r\n";
+                    $n++;
+                }
+                $out .= "\r\n";
+                die "wide character in the response headers\n" unless utf8::downgrade($out, 1);
+                ($status, $headers, $head_bytes) = ($st, $n, length $out);
+                unless ($no_body || $head_only) {
+                    $out .= $data;
+                    $tx = length $data;
+                }
+                $sent = 1;
+                my $w = syscall($SYS_WRITE, $fd, $out, length $out);
+                if ($w != length $out) {                  # the rest through the general path's loop
+                    die Plack::Handler::Pymaster::Gone->new("$!" || 'timeout') if $w < 0 && $! != EINTR;
+                    ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
+                    _write_all($c, $w > 0 ? substr($out, $w) : $out);
+                }
             }
         }
-        else {
+        if ($general) {
             ($c, $fd) = ($self->_adopt($fd), $self->{cfd}) unless $c;
             $req = _fast_req($c, $l, $start, $proto, $head_only);
             $self->_respond($req, $res);
@@ -1043,7 +1073,7 @@ sub _serve_uwsgi {
         my $n = ++$slot->[2];
         @$slot[1, 3] = (ST_IDLE, 0.0);
         $slot->[4]++ if $failed;
-        $slot->[5] += $tx;
+        $slot->[5] += $tx + $head_bytes;    # uWSGI's tx: head + body
         $slot->[6] += $elapsed;
         $slot->[7] = $n == 1 ? $elapsed : $slot->[7] + ($elapsed - $slot->[7]) / ($n < 100 ? $n : 100);
         if (my $map = $self->{map}) { substr($$map, $self->{sb_off}, 64, pack $SLOT_HEAD, @$slot) }
@@ -1098,18 +1128,43 @@ sub _dispatch {
     my $uri = $env->{REQUEST_URI};
     $self->_slot_begin($req->{start}, "$method $uri");
     $req->{proto} = $env->{SERVER_PROTOCOL} || 'HTTP/1.0';
+    $req->{env} = $env;                        # psgix.harakiri.commit, read by _send_head
     $req->{head} = $method eq 'HEAD';
     $req->{tx} = $req->{headers} = $req->{head_bytes} = 0;
     $req->{status} = 500;
 
     my $failed = 0;
     my $ok = eval { $self->_respond($req, $self->{app}->($env)); 1 };
-    if (!$ok) {
+    # psgix.io taken, then a delayed response that never called the responder (Catalyst's
+    # io_fh, Protocol::WebSocket apps) or a 101: the connection is the app's, as on Plack's
+    # servers. Nothing more is written to it (no 500, no chunk end, no keep-alive) and the
+    # server drops its references without closing it: it closes when the app lets go of it
+    # (at once if the app kept nothing). An app that dies otherwise gets its 500, as on
+    # Starman (frameworks such as Mojolicious read every env value, psgix.io included).
+    my $io = $req->{io};
+    if ($io && $io->[1] && ($req->{unanswered} || $req->{status} == 101)) {
+        $req->{hijacked} = 1;
+        my $err = $@;
+        if (!$ok && ref $err ne 'Plack::Handler::Pymaster::Gone') {
+            $err =~ s/\s+\z//;
+            _log("[pymaster-perl error] $method $uri: $err");
+        }
+        $req->{status} = 0 unless $req->{sent};
+        $ok = 1;
+    }
+    elsif (!$ok) {
         my $err = $@;
         $failed = 1;
         $self->_app_failed($req, $err, $method, $uri, $env->{REMOTE_ADDR});
     }
-    if ($req->{chunked} && !$failed) {
+    if ($req->{hijacked}) {
+        my $conn = $req->{conn};
+        delete @$conn{qw(c buf)};
+        $conn->{closed} = 1;
+        delete $req->{c};
+        $req->{keep} = 0;
+    }
+    elsif ($req->{chunked} && !$failed) {
         eval { _finish($req); 1 } or $failed = 1;
     }
     # a streamed body that does not match the app's Content-Length: the connection is unframed
@@ -1120,7 +1175,7 @@ sub _dispatch {
     my $now = $self->{now} = Time::HiRes::time();
     my $elapsed = $now - $req->{start};
     $self->{requests}++;
-    $self->_slot_end($elapsed, $req->{tx}, $failed);
+    $self->_slot_end($elapsed, $req->{tx} + $req->{head_bytes}, $failed);    # uWSGI's tx: head + body
     $self->_log_request($req, $env, $elapsed)
         if $self->{log} || $self->{log_some} && $self->_wanted($req->{status}, $elapsed);
 
@@ -1174,6 +1229,10 @@ sub _respond {
             $self->_send_head($req, $r->[0], $r->[1], undef);
             return Plack::Handler::Pymaster::Writer->new($req);
         });
+        if (!$called && $req->{io} && $req->{io}[1]) {     # psgix.io taken: see _dispatch
+            $req->{unanswered} = 1;
+            return;
+        }
         die "the delayed response never called the responder\n" unless $called;
         return;
     }
@@ -1203,7 +1262,7 @@ sub _send_head {
         my $lk = defined $k && $HEADER{$k} || _header_name($k);
         die "invalid value for header $k: " . (defined $v ? 'it contains CR, LF or NUL' : 'undef') . "\n"
             unless defined $v && $v !~ /[\r\n\0]/;
-        if ($http && $lk eq 'connection') {
+        if ($http && $lk eq 'connection' && $status != 101) {    # 101: the app's Upgrade
             $req->{keep} = 0 if $v =~ /\bclose\b/i;
             next;
         }
@@ -1214,6 +1273,17 @@ sub _send_head {
         $has_te = 1 if $lk eq 'transfer-encoding';
         $out .= "$k: $v\r\n";
         $count++;
+    }
+    if ($has_te && !$http && $out =~ s/^Transfer-Encoding:[ \t]*chunked[ \t]*\r\n//mi) {
+        # On a uwsgi socket the response goes to nginx, which does not decode chunks from a
+        # uwsgi upstream: an app's own chunked body (Mojo::Server::PSGI sends one) would
+        # reach the client chunk-encoded. Its payload is sent instead, close-delimited.
+        $count--;
+        $req->{dechunk} = { buf => '', left => 0 };
+        if (defined $body) {
+            $body = _dechunk_out($req, $body);
+            $length = length $body;
+        }
     }
     $out .= $self->{extra_headers};
     $count += $self->{extra_count};
@@ -1242,10 +1312,13 @@ sub _send_head {
         else {
             $req->{keep} = 0;                 # the body ends when the connection does
         }
-        $req->{keep} = 0 if $STOPPING
+        $req->{keep} = 0 if $STOPPING || $status == 101 || $req->{env}{'psgix.harakiri.commit'}
             || $self->{max_requests} && $self->{requests} + 1 >= $self->{max_requests}
                 && Time::HiRes::time() - $self->{spawned} >= $self->{min_lifetime};
-        if (!$req->{keep}) {
+        if ($status == 101) {
+            # switching protocols: the connection is no longer HTTP (no Connection: close)
+        }
+        elsif (!$req->{keep}) {
             $out .= "Connection: close\r\n";
             $count++;
         }
@@ -1341,7 +1414,7 @@ sub _send_path {
 sub _sendfile {
     my ($self, $req, $fh) = @_;
     my $in = fileno $fh;
-    return 0 unless $SYS_SENDFILE && defined $in && !$req->{chunked};
+    return 0 unless $SYS_SENDFILE && defined $in && !$req->{chunked} && !$req->{dechunk};
     my $pos = tell $fh;
     sysseek $fh, $pos, 0 if $pos > 0;             # PerlIO may have read ahead
     my $out = fileno $req->{c};
@@ -1364,9 +1437,44 @@ sub _sendfile {
 # Body bytes of a streamed response: as they are, or as one chunk when chunked.
 sub _write_body {
     my ($req, $data) = @_;
+    if ($req->{dechunk}) {
+        $data = _dechunk_out($req, $data);
+        return unless length $data;
+    }
     _write_all($req->{c}, $req->{chunked}
         ? sprintf('%x', length $data) . "\r\n$data\r\n" : $data);
     $req->{tx} += length $data;
+}
+
+# The payload of an app's own chunked body, fed in pieces of any size (see _send_head);
+# chunk extensions and trailers are dropped.
+sub _dechunk_out {
+    my ($req, $data) = @_;
+    my $st = $req->{dechunk};
+    return '' if $st->{done};
+    $st->{buf} .= $data;
+    my $out = '';
+    while (1) {
+        if ($st->{left}) {
+            my $take = substr $st->{buf}, 0, $st->{left}, '';
+            $out .= $take;
+            last if $st->{left} -= length $take;
+            $st->{crlf} = 1;
+        }
+        if ($st->{crlf}) {
+            last if length $st->{buf} < 2;
+            substr($st->{buf}, 0, 2, '');
+            $st->{crlf} = 0;
+        }
+        my $eol = index $st->{buf}, "\r\n";
+        last if $eol < 0;
+        my ($size) = substr($st->{buf}, 0, $eol) =~ /^([0-9A-Fa-f]+)/
+            or die "the app's chunked response body is malformed\n";
+        substr($st->{buf}, 0, $eol + 2, '');
+        if (!hex $size) { @$st{qw(done buf)} = (1, ''); last }
+        $st->{left} = hex $size;
+    }
+    return $out;
 }
 
 # The end of a chunked body (once).
@@ -1526,6 +1634,13 @@ sub new {
     $msg = 'timeout' if $! == Errno::EAGAIN();
     bless { msg => $msg, epipe => $epipe }, $class;
 }
+
+package Plack::Handler::Pymaster::IO;
+# psgix.io as a tied hash element: [the socket, taken]. Fetching it marks it taken; an app
+# that stores over it replaces the value.
+sub TIESCALAR { my ($class, $c) = @_; bless [$c, 0], $class }
+sub FETCH { $_[0][1] = 1; $_[0][0] }
+sub STORE { $_[0][0] = $_[1] }
 
 package Plack::Handler::Pymaster::Writer;
 # The streaming writer handed to `$responder->([$status, $headers])`.

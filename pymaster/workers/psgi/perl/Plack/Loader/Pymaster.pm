@@ -14,6 +14,7 @@ use File::Spec ();
 use Scalar::Util ();
 use overload ();
 use Plack::Util ();
+use POSIX ();
 
 our $EXIT_FAILED_APP = 22;
 
@@ -30,11 +31,15 @@ sub preload_app {
         $err =~ s/\s+\z//;
         my $file = $ENV{PYMASTER_PSGI} || 'the PSGI app';
         my $who = $ENV{PYMASTER_WORKER_ID} ? " in worker $ENV{PYMASTER_WORKER_ID} (pid: $$)" : '';
-        syswrite STDERR, "*** failed loading PSGI app $file$who: $err ***\n";
+        # fd 2 itself: the app may have put an encoding layer on STDERR (Catalyst does), and
+        # syswrite on such a handle dies, which would hide the real error
+        my $line = "*** failed loading PSGI app $file$who: $err ***\n";
+        utf8::encode($line) if utf8::is_utf8($line);
+        POSIX::write(2, $line, length $line);
         exit $EXIT_FAILED_APP;
     }
     if ($ENV{PYMASTER_CHECK}) {
-        syswrite STDOUT, "pymaster-psgi-check: ok\n";
+        POSIX::write(1, "pymaster-psgi-check: ok\n", 24);
         exit 0;
     }
     $self->{app} = $app;
