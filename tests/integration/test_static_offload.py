@@ -257,3 +257,61 @@ def test_without_offload_the_worker_is_blocked(tree):
         assert not re.search(r"via offload\(\)", pm.log())
     finally:
         pm.stop()
+
+
+FILE_APP = """
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/file":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](open(environ["BIG"], "rb"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"APP"]
+"""
+
+
+def test_app_file_wrapper_with_threads(tree, tmp_path):
+    """The app's own wsgi.file_wrapper is offloaded too, from a request thread (--threads);
+    HEAD and pipelined requests behind an offloaded answer are handled."""
+    root, digest = tree
+    app = tmp_path / "fapp.py"
+    app.write_text(FILE_APP.replace('environ["BIG"]', repr(str(root / "www" / "big.bin"))))
+    port = free_port()
+    args = [
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--wsgi-file",
+        app,
+        "--master",
+        "-p",
+        "1",
+        "--threads",
+        "2",
+        "--offload-threads",
+        "3",
+        "--static-map",
+        f"/s={root / 'www'}",
+    ]
+    with Pymaster(args, tmp_path) as pm:
+        wait_port(port)
+        pm.wait_log(r"spawned 3 offload threads for uWSGI worker 1")
+        (wpid,) = pm.wait_workers(1)
+        http_get(port, "/warm")
+        before = _settled_fds(wpid)
+        r = http_get(port, "/file", timeout=60)
+        assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == digest
+        assert r.headers["connection"] == "close"
+        pm.wait_log(r"GET /file => generated 20000000 bytes in \d+ msecs via offload\(\)")
+        # HEAD: no body, nothing offloaded, keep-alive kept
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(
+                b"HEAD /file HTTP/1.1\r\nHost: x\r\n\r\nGET /s/small.txt HTTP/1.1\r\n"
+                b"Host: x\r\n\r\nGET /app HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        assert raw.count(b"HTTP/1.1 200 OK") == 2  # HEAD, the offloaded file; then closed
+        assert b"Content-Length: 20000000" in raw and raw.endswith(b"small file\n")
+        assert b"APP" not in raw
+        pm.wait_log(r"HEAD /file => generated 0 bytes in \d+ msecs \(HTTP/1.1 200\)")
+        _no_leak(wpid, before)
