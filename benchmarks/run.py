@@ -345,14 +345,14 @@ STATIC_FILES = {"static1k": 1024, "static1m": 1 << 20}
 def static_server(server: str, size: int, workers: int, offload: int = 0) -> Iterator[Target]:
     """A `size`-byte file answered for `/`: pymaster's and uWSGI's `--static-map /=FILE`
     (HTTP socket, the hello app behind it; pymaster optionally with --offload-threads), or
-    nginx serving it itself (`alias`, sendfile on)."""
+    nginx serving it itself (`try_files`, sendfile on)."""
     with tempfile.TemporaryDirectory(prefix="pm-static-") as tmp:
         path = Path(tmp) / f"f{size}.txt"
         path.write_bytes(b"x" * (size - 1) + b"\n")
         if server == "nginx":
             with nginx("", "static", workers=workers,
-                       directives=[f"alias {path};", "sendfile on;",
-                                   "default_type text/plain;"]) as srv:
+                       directives=[f"root {tmp};", f"try_files /{path.name} =404;",
+                                   "sendfile on;", "default_type text/plain;"]) as srv:
                 yield Target(srv.port, srv)
             return
         extra = ["--static-map", f"/={path}"]
