@@ -229,7 +229,8 @@ def load_target(target: str, callable_name: str, is_file: bool):
 
 
 class FileWrapper:
-    """wsgi.file_wrapper: iterable over a file; the worker sends it with sendfile()."""
+    """wsgi.file_wrapper: iterable over a file; the worker sends it with sendfile() (or
+    its offload threads do, with --offload-threads)."""
 
     def __init__(self, filelike, blksize: int = 65536):
         self.filelike = filelike
