@@ -10,6 +10,7 @@ import os
 import random
 import re
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -315,3 +316,25 @@ def test_app_file_wrapper_with_threads(tree, tmp_path):
         assert b"APP" not in raw
         pm.wait_log(r"HEAD /file => generated 0 bytes in \d+ msecs \(HTTP/1.1 200\)")
         _no_leak(wpid, before)
+
+
+def test_reload_lets_offloaded_downloads_finish(tree):
+    """A graceful reload (SIGHUP): the old worker waits for its transfers under way."""
+    root, digest = tree
+    pm, port = _start(root, offload=1)
+    try:
+        (old,) = pm.wait_workers(1)
+        s = _slow_client(port)
+        pm.wait_log(r"GET /s/big.bin => generated 20000000 bytes in \d+ msecs via offload\(\)")
+        trickle = Trickle([s])
+        pm.signal(signal.SIGHUP)
+        pm.wait_workers(1, timeout=30, exclude=(old,))  # the new worker serves meanwhile
+        assert _prompt(port, "/during") == b"APP /during"
+        time.sleep(1.0)
+        trickle.end()
+        (raw,) = _read_all(trickle).values()
+        head, body = _body(raw)
+        assert len(body) == BIG and hashlib.sha256(body).hexdigest() == digest
+        s.close()
+    finally:
+        pm.stop()
