@@ -498,8 +498,11 @@ def run_case(case: Case, opts) -> dict:
                 time.sleep(1)  # let the last reload settle before memory is read
             mem = tree_memory(target.measured.pid)
             result["master_rss_mb"] = mem["master_rss"] / 2**20
-            uss = [v / 2**20 for v in mem["workers_uss"].values()]
+            helpers = helper_pids(target.measured.pid)
+            uss = [v / 2**20 for pid, v in mem["workers_uss"].items() if pid not in helpers]
             result["workers_uss_mb"] = uss
+            result["helpers_uss_mb"] = [v / 2**20 for pid, v in mem["workers_uss"].items()
+                                        if pid in helpers]
             result["worker_uss_mb_mean"] = sum(uss) / len(uss) if uss else None
             for name, other in target.also.items():
                 rss = sum(p.memory_info().rss for p in [psutil.Process(other.pid),
@@ -537,6 +540,20 @@ def add_ratios(results: list[dict]) -> None:
         if r["server"] == "pymaster" or mine is None or "error" in r or not r.get("rps"):
             continue
         r["ratios"][f"pymaster/{r['server']}"] = mine["rps"] / r["rps"]
+
+
+HELPER_PROCESSES = ("multiprocessing.resource_tracker",)   # uvicorn --workers spawns one
+
+
+def helper_pids(pid: int) -> set[int]:
+    """Descendants that serve no requests (e.g. multiprocessing's resource tracker under
+    uvicorn): their memory is reported apart, not averaged in with the workers'."""
+    found = set()
+    for proc in descendants(pid):
+        with contextlib.suppress(psutil.Error):
+            if any(h in " ".join(proc.cmdline()) for h in HELPER_PROCESSES):
+                found.add(proc.pid)
+    return found
 
 
 def tree_cpu(pid: int) -> float:

@@ -30,7 +30,7 @@ class Tally:
         self.latencies: list[float] = []
         self.errors = {"connect": 0, "mismatch": 0, "closed": 0}
         self.pending = connections
-        self.settled = asyncio.Event()   # set once every connection is open or has failed
+        self.settled = asyncio.Event()  # set once every connection is open or has failed
 
     def opened(self) -> None:
         self.pending -= 1
@@ -38,12 +38,23 @@ class Tally:
             self.settled.set()
 
 
-async def one_connection(url: str, payload: bytes, start: asyncio.Event, deadline: list[float],
-                         messages: int, tally: Tally) -> None:
+async def one_connection(
+    url: str,
+    payload: bytes,
+    start: asyncio.Event,
+    deadline: list[float],
+    messages: int,
+    tally: Tally,
+) -> None:
     try:
-        ws = await connect(url, compression=None, max_size=max(2**20, 2 * len(payload)),
-                           ping_interval=None, open_timeout=30)
-    except (OSError, WebSocketException, asyncio.TimeoutError):
+        ws = await connect(
+            url,
+            compression=None,
+            max_size=max(2**20, 2 * len(payload)),
+            ping_interval=None,
+            open_timeout=30,
+        )
+    except (TimeoutError, OSError, WebSocketException):
         tally.errors["connect"] += 1
         tally.opened()
         return
@@ -75,9 +86,10 @@ async def run(opts: argparse.Namespace) -> dict:
     url = f"ws://{opts.host}:{opts.port}{opts.path}"
     payload = os.urandom(opts.size)
     tally, start, deadline = Tally(opts.connections), asyncio.Event(), [0.0]
-    tasks = [asyncio.create_task(one_connection(url, payload, start, deadline, opts.messages,
-                                                tally))
-             for _ in range(opts.connections)]
+    tasks = [
+        asyncio.create_task(one_connection(url, payload, start, deadline, opts.messages, tally))
+        for _ in range(opts.connections)
+    ]
     # every connection opens (or fails) before the clock starts
     await asyncio.wait_for(tally.settled.wait(), timeout=60)
     began = time.perf_counter()
@@ -87,8 +99,11 @@ async def run(opts: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - began
     lat = sorted(tally.latencies)
     return {
-        "url": url, "connections": opts.connections, "size": opts.size,
-        "messages": len(lat), "duration_us": elapsed * 1e6,
+        "url": url,
+        "connections": opts.connections,
+        "size": opts.size,
+        "messages": len(lat),
+        "duration_us": elapsed * 1e6,
         "latency_p50_us": percentile(lat, 0.50) * 1e6,
         "latency_p99_us": percentile(lat, 0.99) * 1e6,
         "latency_max_us": (lat[-1] if lat else 0.0) * 1e6,
@@ -103,12 +118,17 @@ def main(argv=None) -> int:
     p.add_argument("--path", default="/")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load (5)")
-    p.add_argument("--messages", type=int, default=0,
-                   help="stop each connection after this many messages (0: duration only)")
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=0,
+        help="stop each connection after this many messages (0: duration only)",
+    )
     p.add_argument("--size", type=int, default=1024, help="message size in bytes (1024)")
     opts = p.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop
+
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     report = asyncio.run(run(opts))
     print("WS_JSON " + json.dumps(report), flush=True)

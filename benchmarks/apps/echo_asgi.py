@@ -6,9 +6,16 @@ BODY = b"WebSocket echo\n"
 
 async def app(scope, receive, send):
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain"),
-                                (b"content-length", str(len(BODY)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(BODY)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": BODY})
     elif scope["type"] == "websocket":
         message = await receive()

@@ -11,19 +11,25 @@ COUNTER = itertools.count(1)
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = json.dumps({
-        "message": "Hello, World!",
-        "method": scope["method"],
-        "path": scope["path"],
-        "query": scope["query_string"].decode("latin-1"),
-        "request": next(COUNTER),
-        "time": time.time(),
-        "tags": ["asgi", "json", "bench"],
-    }).encode()
-    await send({
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    })
+    body = json.dumps(
+        {
+            "message": "Hello, World!",
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode("latin-1"),
+            "request": next(COUNTER),
+            "time": time.time(),
+            "tags": ["asgi", "json", "bench"],
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
