@@ -235,10 +235,12 @@ WS_MESSAGE = 1024   # bytes per WebSocket message
 WS_LOAD = BENCH / "ws_load.py"
 
 
-def asgi_server(server: str, proto: str, target: str, workers: int) -> ContextManager[Server]:
+def asgi_server(server: str, proto: str, target: str, workers: int,
+                extra: list[str] = ()) -> ContextManager[Server]:
     """An ASGI app server on a fresh port, `workers` workers, no access log, uvloop: pymaster
     --asgi (`proto` 'http': --http-socket, 'uwsgi': -s), uvicorn --http httptools, or
-    gunicorn's native ASGI worker (-k asgi, gunicorn >= 24), all on this interpreter."""
+    gunicorn's native ASGI worker (-k asgi, gunicorn >= 24), all on this interpreter;
+    `extra` goes to uvicorn (e.g. --ws wsproto)."""
     port = free_port()
     apps = str(BENCH / "apps")
     if server == "pymaster":
@@ -251,7 +253,7 @@ def asgi_server(server: str, proto: str, target: str, workers: int) -> ContextMa
         return run_server("uvicorn", [sys.executable, "-m", "uvicorn", "--app-dir", apps, target,
                                       "--host", "127.0.0.1", "--port", str(port), "--workers",
                                       str(workers), "--http", "httptools", "--loop", "uvloop",
-                                      "--no-access-log", "--log-level", "warning"],
+                                      "--no-access-log", "--log-level", "warning", *extra],
                           wait_ports=[port], stop_signal=signal.SIGINT)
     if server == "gunicorn":
         return gunicorn(target, workers, port=port,
@@ -261,9 +263,9 @@ def asgi_server(server: str, proto: str, target: str, workers: int) -> ContextMa
 
 
 @contextlib.contextmanager
-def asgi_direct(server: str, target: str, workers: int) -> Iterator[Target]:
+def asgi_direct(server: str, target: str, workers: int, extra: list[str] = ()) -> Iterator[Target]:
     """pymaster --asgi vs uvicorn (httptools, uvloop) vs gunicorn -k asgi, the same workers."""
-    with asgi_server(server, "http", target, workers) as srv:
+    with asgi_server(server, "http", target, workers, extra) as srv:
         yield Target(srv.port, srv)
 
 
@@ -329,14 +331,21 @@ def run_ws_load(port: int, duration: float, connections: int) -> dict:
     }
 
 
+# uvicorn's --ws auto picks `websockets` (its frame masking in C); the extra uvicorn row
+# uses wsproto, the library pymaster's worker frames with, to tell server from library
+WS_VARIANTS = [(server, "websocket", []) for server in WS_SERVERS]
+WS_VARIANTS.append(("uvicorn", "websocket, uvicorn --ws wsproto", ["--ws", "wsproto"]))
+
+
 @scenario("asgi-ws", f"WebSocket echo, {WS_MESSAGE} B messages one at a time per connection "
                      "(benchmarks/ws_load.py): pymaster --asgi vs uvicorn vs gunicorn -k asgi; "
                      "req/s is messages/s")
 def asgi_ws_cases(opts) -> list[Case]:
-    return [Case("asgi-ws", server, app, "websocket",
-                 lambda s=server, t=target: asgi_direct(s, t, opts.workers), expect,
+    return [Case("asgi-ws", server, app, via,
+                 lambda s=server, t=target, x=extra: asgi_direct(s, t, opts.workers, x), expect,
                  load=run_ws_load)
-            for app, (target, expect) in ASGI_WS_APPS.items() for server in WS_SERVERS]
+            for app, (target, expect) in ASGI_WS_APPS.items()
+            for server, via, extra in WS_VARIANTS]
 
 
 @contextlib.contextmanager

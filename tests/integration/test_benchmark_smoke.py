@@ -64,6 +64,7 @@ def test_benchmark_asgi_scenarios_run(tmp_path):
         *{("asgi-nginx", s, "nginx proxy_pass") for s in ("pymaster", "uvicorn", "gunicorn")},
         ("asgi-nginx", "pymaster", "nginx uwsgi_pass"),
         *{("asgi-ws", s, "websocket") for s in ("pymaster", "uvicorn", "gunicorn")},
+        ("asgi-ws", "uvicorn", "websocket, uvicorn --ws wsproto"),
     }
     for r in results:
         assert "error" not in r, r["error"]
