@@ -489,7 +489,7 @@ def run_case(case: Case, opts) -> dict:
             if opts.warmup > 0:
                 load(opts.warmup)
             cpu_before = {name: tree_cpu(other.pid) for name, other in target.also.items()}
-            cpu_server = tree_cpu(target.measured.pid)
+            server_before = tree_cpu(target.measured.pid) + sum(cpu_before.values())
             wall = time.monotonic()
             action = None
             if target.during:
@@ -497,11 +497,16 @@ def run_case(case: Case, opts) -> dict:
                 action.start()
             result.update(load(opts.duration))
             wall = time.monotonic() - wall
-            # the measured server's CPU over the run, 100 % = one core busy
-            result["server_cpu_pct"] = 100 * (tree_cpu(target.measured.pid) - cpu_server) / wall
+            also_used = 0.0
             for name, other in target.also.items():     # share of the machine's CPU time
                 used = tree_cpu(other.pid) - cpu_before[name]
+                also_used += used
                 result[f"{name}_cpu_share"] = used / (wall * (os.cpu_count() or 1))
+            # the server's processes (master, workers, routers, other backends; not nginx
+            # nor wrk): CPU per request over the measured run
+            server_used = tree_cpu(target.measured.pid) + also_used - server_before
+            result["server_cpu_us"] = 1e6 * server_used / max(1, result["requests"])
+            result["server_cpu_pct"] = 100 * server_used / wall   # 100 = one core busy
             if action:
                 action.join()
                 time.sleep(1)  # let the last reload settle before memory is read
@@ -566,18 +571,21 @@ def helper_pids(pid: int) -> set[int]:
 
 
 def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants."""
+    """User + system CPU seconds of a process and its descendants, with the descendants
+    that were reaped already (workers replaced by a reload count too)."""
     total = 0.0
-    for proc in [psutil.Process(pid), *descendants(pid)]:
+    for i, proc in enumerate([psutil.Process(pid), *descendants(pid)]):
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
             total += t.user + t.system
+            if i == 0:
+                total += t.children_user + t.children_system
     return total
 
 
 def markdown(results: list[dict]) -> str:
     lines = ["| scenario | app | server | via | req/s | p99 ms | errors (sock+non2xx) "
-             "| server CPU % | master RSS MB | worker USS MB | pymaster/this |",
+             "| server CPU µs/req | master RSS MB | worker USS MB | pymaster/this |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "error" in r:
@@ -588,8 +596,7 @@ def markdown(results: list[dict]) -> str:
         lines.append(
             f"| {r['scenario']} | {r['app']} | {r['server']} | {r['via']} | {r['rps']:.0f} "
             f"| {r['p99_ms']:.1f} | {r['socket_errors']}+{r['non_2xx']} "
-            f"| {_fmt(r.get('server_cpu_pct'))} "
-            f"| {r['master_rss_mb']:.1f} | {_fmt(r['worker_uss_mb_mean'], '.1f')} "
+            f"| {_fmt(r.get('server_cpu_us'), '.0f')} | {r['master_rss_mb']:.1f} | {_fmt(r['worker_uss_mb_mean'], '.1f')} "
             f"| {_fmt(ratio, '.2f')} |")
     shares = [f"- {r['scenario']}/{r['app']}/{r['server']}: router {r['router_cpu_share']:.0%} of the "
               f"machine's CPU, {r['router_rss_mb']:.1f} MB RSS" for r in results

@@ -34,6 +34,7 @@ from pymaster.master import (
 )
 from pymaster.master.arbiter import RELOADS_ENV, Arbiter, hold_signals
 from pymaster.master.cheaper import Cheaper
+from pymaster.protocols import speedups
 from pymaster.protocols.address import AddressError, sockaddr_text
 from pymaster.protocols.subscription import SubscriptionError
 from pymaster.workers.contract import EXIT_FAILED_APP
@@ -461,6 +462,8 @@ def run(cfg: Config) -> int:
         _stdin_to_devnull()
     log(f"detected max file descriptor number: {privileges.set_max_fd(cfg.max_fd)}")
     has_app = _prepare(cfg)
+    if has_app and not cfg.psgi:
+        log(f"WSGI request codec: {speedups.describe()}")
     master = _needs_master(cfg, bool(cfg.fastrouter) or _has_http_router(cfg))
     listeners = sockets.setup(
         _socket_specs(cfg), cfg.listen, cfg.chmod_socket, adopt_unmatched=not reloaded

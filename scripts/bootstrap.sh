@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a development / CI machine (fresh Debian 12, run as root):
 #   1. Debian packages: nginx, uWSGI (+ python3, psgi plugins), Plack, Starman, wrk, ...
-#   2. .venv with `pip install -e '.[test,bench,dev]'`.
+#   2. .venv with `pip install -e '.[test,bench,dev]'` (which builds the compiled codec in place).
 # Quiet when things go well; on failure prints the captured output and exits non-zero.
 # Re-running is cheap: apt is only touched when a package is missing, pip only when
 # pyproject.toml changed (or the venv is missing).
@@ -27,6 +27,7 @@ DEB_PACKAGES=(
     chromium  # headless browser for tests/integration/test_demo_browser.py (Playwright drives it; no browser download)
     systemd strace  # systemd-analyze verify/security and the unit's syscall filter (tests/integration/test_deploy.py)
     tmux  # uwsgitop on a terminal (tests/interop/test_stats_tools.py)
+    gcc libc6-dev python3-dev  # the compiled codec (pymaster/protocols/_codec.c), built by pip
 )
 
 LOG="$(mktemp -t pymaster-bootstrap.XXXXXX)"
@@ -70,17 +71,27 @@ fi
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.pymaster-bootstrap"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# pip again when the build inputs change: the metadata, or the C source of the compiled codec
+# (an editable install builds the extension into the source tree, pymaster/protocols/*.so)
+WANT="$(cat pyproject.toml pymaster/protocols/_codec.c | sha256sum | cut -d' ' -f1)"
+codec_missing() {  # a compiler is there but the compiled codec does not import
+    command -v cc >/dev/null && ! "$VENV/bin/python" -c 'import pymaster.protocols._codec' 2>/dev/null
+}
 
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "bootstrap: creating $VENV with $PYTHON"
     step "python venv" "$PYTHON" -m venv "$VENV"
 fi
-if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]] || ! "$VENV/bin/python" -c 'import pymaster' 2>/dev/null; then
+if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]] || ! "$VENV/bin/python" -c 'import pymaster' 2>/dev/null || codec_missing; then
     echo "bootstrap: pip install -e '.[test,bench,dev]'"
     step "pip upgrade" "$VENV/bin/python" -m pip install -q --upgrade pip
     step "pip install" "$VENV/bin/python" -m pip install -q -e '.[test,bench,dev]'
     echo "$WANT" >"$STAMP"
+fi
+
+if codec_missing; then
+    echo "bootstrap: the compiled codec did not build (pymaster runs on the pure-Python one)" >&2
+    exit 1
 fi
 
 # Fail loudly now rather than in the middle of a test run.

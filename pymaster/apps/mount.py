@@ -7,6 +7,10 @@ with `--manage-script-name` the longest mountpoint that prefixes PATH_INFO on a 
 then the app whose mountpoint equals `UWSGI_APPID` (if sent) or SCRIPT_NAME answers; else the
 default app (the `--wsgi-file`/`--module` app, or the first mount); with `--no-default-app`
 there is none, and the request gets a 500 with uWSGI's log line.
+
+The chosen app is left in `environ[APP]` as `(id, requests)`: its index in load order (the
+`--wsgi-file`/`--module` app first, then the mounts) and how many requests it has had in this
+process, or `(-1, -1)` when none answers, for the request log's `app: ID|req: N/...`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from pymaster.log import log
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+APP = "pymaster.app"  # environ key: (app id, that app's requests), read by the request log
 NO_APP = "--- no python application found, check your startup logs for errors ---"
 
 
@@ -38,11 +43,12 @@ class Mounts:
         default_app: bool,
     ):
         self.apps = apps
-        self.by_mountpoint: dict[str, WsgiApp] = {}
-        for mountpoint, app in apps:
-            self.by_mountpoint.setdefault(mountpoint, app)
+        self.by_mountpoint: dict[str, int] = {}  # mountpoint -> app id (the first one loaded)
+        for number, (mountpoint, _) in enumerate(apps):
+            self.by_mountpoint.setdefault(mountpoint, number)
+        self.requests = [0] * len(apps)  # per app, in this process (uWSGI's app requests)
         self.manage_script_name = manage_script_name
-        self.default = apps[0][1] if apps and default_app else None
+        self.default = 0 if apps and default_app else None
         # longest first, trailing '/' ignored for matching (not in SCRIPT_NAME's value)
         self.prefixes = sorted(
             ((mp.rstrip("/"), mp) for mp, _ in apps if mp.rstrip("/")),
@@ -68,9 +74,12 @@ class Mounts:
         """The app for the (already rewritten) request; the static layer calls this after
         doing the rewrite itself, as uWSGI serves statics between the two."""
         key = environ.get("UWSGI_APPID") or environ.get("SCRIPT_NAME", "")
-        app = self.by_mountpoint.get(key, self.default)
-        if app is None:
+        number = self.by_mountpoint.get(key, self.default)
+        if number is None:
+            environ[APP] = (-1, -1)
             log(NO_APP)
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
             return [b"Internal Server Error"]
-        return app(environ, start_response)
+        self.requests[number] += 1
+        environ[APP] = (number, self.requests[number])
+        return self.apps[number][1](environ, start_response)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pymaster.apps.mount import APP
 from pymaster.config import Config
 from pymaster.log import log
 
@@ -222,6 +223,7 @@ class Static:
             self.rewrite(environ)
         served = self.lookup(environ, start_response)
         if served is not None:
+            environ[APP] = (-1, -1)  # no app answered: uWSGI logs `app: -1|req: -1/N`
             return served
         return self.dispatch(environ, start_response)
 

@@ -26,10 +26,12 @@ from typing import Any
 from pymaster import log as _log
 from pymaster.apps import mount, static
 from pymaster.config import Config
+from pymaster.protocols import speedups
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: no trailing "\n"
 _STATUS = re.compile(r"^[1-9][0-9][0-9] ")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
+_head_ok = speedups.codec.head_ok if speedups.codec is not None else None
 
 
 class AppLoadError(Exception):
@@ -83,7 +85,11 @@ def split_header(text: str) -> tuple[str, str]:
     """`Name: value` (--add-header) as a header pair; ValueError naming a malformed one."""
     name, colon, value = text.partition(":")
     name = name.strip()
-    if not colon or not _TOKEN.match(name.encode("latin-1", "replace")) or _BAD_VALUE.search(value):
+    if (
+        not colon
+        or not _TOKEN.fullmatch(name.encode("latin-1", "replace"))
+        or _BAD_VALUE.search(value)
+    ):
         raise ValueError(f"--add-header '{text}': expected `Name: value`")
     return name, value.strip()
 
@@ -266,7 +272,13 @@ ERRORS = ErrorStream()
 
 def validate_head(status, headers):
     """Check status and headers as PEP 3333 asks; WsgiError naming the bad part."""
-    if type(status) is not str or not _STATUS.match(status):
+    if _head_ok is not None and _head_ok(status, headers):
+        return  # the compiled check: True only for what the checks below accept
+    _validate_head_py(status, headers)
+
+
+def _validate_head_py(status, headers):
+    if type(status) is not str or not _STATUS.match(status) or _BAD_VALUE.search(status):
         raise WsgiError(f"invalid status {status!r}: expected a str like '200 OK'")
     if type(headers) is not list:
         raise WsgiError(f"response headers must be a list, got {type(headers).__name__}")
@@ -276,7 +288,7 @@ def validate_head(status, headers):
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise WsgiError(f"response header {item!r} must be a pair of str")
-        if not _TOKEN.match(name.encode("latin-1", "replace")):
+        if not _TOKEN.fullmatch(name.encode("latin-1", "replace")):
             raise WsgiError(f"invalid response header name {name!r}")
         if _BAD_VALUE.search(value):
             raise WsgiError(f"response header {name!r} value contains CR, LF or NUL")
@@ -333,7 +345,8 @@ class Call:
                 exc_info = None
         elif self.status is not None:
             raise WsgiError("start_response() called twice without exc_info")
-        validate_head(status, headers)
+        if _head_ok is None or not _head_ok(status, headers):
+            _validate_head_py(status, headers)
         self.status = status
         self.headers = headers
         self.declared = None
@@ -491,7 +504,8 @@ class Call:
             out += body
         if self._send(out) and not self.no_body:
             self.tx = len(body)
-        self._check_length()
+        if self.declared is not None and self.tx < self.declared and not self.no_body:
+            self._no_reuse()  # as _check_length(), inline on the common path
 
     def _send_file(self, span):
         fd, offset, count = span

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from pymaster.protocols import speedups
 from pymaster.protocols.body import BodyError, InputStream
 
 REASONS = {
@@ -261,6 +262,32 @@ def _as_http_error(exc: Exception) -> HttpError:
     return HttpError(400, str(exc) or "malformed request")
 
 
+def headers_to_environ(env: dict, headers) -> None:
+    """A request's header fields [(name bytes, value bytes)] into a WSGI environ: HTTP_NAME
+    (upper case, "-" as "_"), CONTENT_TYPE and CONTENT_LENGTH as they are; a name with "_"
+    is dropped (X_Forwarded_For would shadow X-Forwarded-For); repeated fields are joined
+    with "," ("; " for Cookie). The compiled codec's when it runs (protocols/speedups.py)."""
+    if _headers_environ is not None and _headers_environ(env, headers):
+        return
+    _headers_to_environ_py(env, headers)
+
+
+def _headers_to_environ_py(env: dict, headers) -> None:
+    for name, value in headers:
+        if b"_" in name:
+            continue
+        key = name.decode("latin-1").upper().replace("-", "_")
+        val = value.decode("latin-1")
+        if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+            env[key] = val
+            continue
+        key = "HTTP_" + key
+        if key in env:
+            env[key] += ("; " if key == "HTTP_COOKIE" else ",") + val
+        else:
+            env[key] = val
+
+
 def error_response(status: int, detail: str = "") -> bytes:
     """A complete small HTTP/1.1 response that closes the connection."""
     reason = REASONS.get(status, "Error")
@@ -293,6 +320,14 @@ class HttpFraming:
     def head(self, status: str, headers, length, no_body) -> bytes:
         if self.keep_alive and not self.usable():
             self.keep_alive = False
+        if _http_head is not None:
+            done = _http_head(self.version, status, headers, length, no_body, self.keep_alive)
+            if done is not None:
+                head, self.keep_alive, self.chunked = done
+                return head
+        return self._head_py(status, headers, length, no_body)
+
+    def _head_py(self, status: str, headers, length, no_body) -> bytes:
         parts = [f"HTTP/{self.version} {status}\r\n"]
         has_length = False
         for name, value in headers:
@@ -333,3 +368,8 @@ class HttpFraming:
 
     def finish(self) -> bytes:
         return b"0\r\n\r\n" if self.chunked else b""
+
+
+# the compiled framing (protocols/speedups.py); None: the Python one above
+_http_head = speedups.codec.http_head if speedups.codec is not None else None
+_headers_environ = speedups.codec.headers_environ if speedups.codec is not None else None

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from pymaster.protocols import speedups
 from pymaster.protocols.body import InputStream
 
 HEADER = struct.Struct("<BHB")
@@ -27,6 +28,9 @@ class Packet(NamedTuple):
     vars: dict[str, str]
     datasize: int
     nvars: int
+
+
+_new_packet = tuple.__new__  # Packet(...) without the Python-level __new__ of a NamedTuple
 
 
 def _b(value: bytes | str | int) -> bytes:
@@ -97,7 +101,7 @@ def decode_vars(block: bytes | memoryview) -> list[tuple[bytes, bytes]]:
     return list(iter_vars(block))
 
 
-def decode_environ(block: bytes | memoryview) -> tuple[dict[str, str], int]:
+def _decode_environ_py(block: bytes | memoryview) -> tuple[dict[str, str], int]:
     """Vars block -> (dict of latin-1 strings, number of vars); a later duplicate wins."""
     env: dict[str, str] = {}
     n = 0
@@ -105,6 +109,15 @@ def decode_environ(block: bytes | memoryview) -> tuple[dict[str, str], int]:
         env[key.decode("latin-1")] = value.decode("latin-1")
         n += 1
     return env, n
+
+
+def decode_environ(block: bytes | memoryview) -> tuple[dict[str, str], int]:
+    """Vars block -> (dict of latin-1 strings, number of vars); a later duplicate wins.
+    The compiled codec's when it runs (protocols/speedups.py), else `_decode_environ_py`."""
+    return _decode_environ(block)
+
+
+_decode_environ = _decode_environ_py
 
 
 def vars_size(env: dict[str, str]) -> int:
@@ -142,8 +155,8 @@ def packet_size(buf: bytes | bytearray, buffer_size: int) -> int:
 def parse_packet(buf: bytes | bytearray, size: int) -> Packet:
     """The packet of `size` bytes (see packet_size) at the start of `buf`."""
     modifier1, datasize, modifier2 = HEADER.unpack_from(buf, 0)
-    env, nvars = decode_environ(memoryview(buf)[4:size])
-    return Packet(modifier1, modifier2, env, datasize, nvars)
+    env, nvars = _decode_environ(memoryview(buf)[4:size])
+    return _new_packet(Packet, (modifier1, modifier2, env, datasize, nvars))
 
 
 def read_packet(recv_into_buf, buffer_size: int) -> tuple[Packet, bytes]:
@@ -170,7 +183,7 @@ def read_packet(recv_into_buf, buffer_size: int) -> tuple[Packet, bytes]:
         if not chunk:
             raise UwsgiError("uwsgi_proto_uwsgi_parser(): Success [proto/uwsgi.c line 40]")
         buf += chunk
-    env, nvars = decode_environ(memoryview(buf)[4:need])
+    env, nvars = _decode_environ(memoryview(buf)[4:need])
     return Packet(modifier1, modifier2, env, datasize, nvars), bytes(buf[need:])
 
 
@@ -183,6 +196,13 @@ class RawFraming:
         self.protocol = protocol or "HTTP/1.0"
 
     def head(self, status: str, headers, length, no_body) -> bytes:
+        if _raw_head is not None:
+            head = _raw_head(self.protocol, status, headers)
+            if head is not None:
+                return head
+        return self._head_py(status, headers)
+
+    def _head_py(self, status: str, headers) -> bytes:
         parts = [f"{self.protocol} {status}\r\n"]
         parts += [f"{name}: {value}\r\n" for name, value in headers]
         parts.append("\r\n")
@@ -218,3 +238,10 @@ class BodyReader(InputStream):
         self._left -= len(chunk)
         self._buf += chunk
         return True
+
+
+_raw_head = None
+if speedups.codec is not None:
+    speedups.codec.setup(UwsgiError)
+    _decode_environ = speedups.codec.decode_environ
+    _raw_head = speedups.codec.raw_head

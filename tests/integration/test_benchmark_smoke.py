@@ -31,6 +31,7 @@ def test_benchmark_runs_against_uwsgi(tmp_path):
         assert r["requests"] > 0 and r["rps"] > 0
         assert r["errors"] == 0, r
         assert r["master_rss_mb"] > 0
+        assert 0 < r["server_cpu_us"] < 1e6  # CPU of the server's processes per request
         assert len(r["workers_uss_mb"]) == 2 and all(u > 0 for u in r["workers_uss_mb"])
     assert report["environment"]["uwsgi"].startswith("2.")
     assert "| http | hello | uwsgi |" in proc.stdout
@@ -71,7 +72,7 @@ def test_benchmark_asgi_scenarios_run(tmp_path):
         assert r["app"] == ("echo" if r["scenario"] == "asgi-ws" else "json")
         assert r["requests"] > 0 and r["rps"] > 0
         assert r["errors"] == 0, r
-        assert r["server_cpu_pct"] > 0
+        assert r["server_cpu_pct"] > 0 and r["server_cpu_us"] > 0
         assert len(r["workers_uss_mb"]) == 2 and all(u > 0 for u in r["workers_uss_mb"])
         if r["server"] != "pymaster":
             assert set(r["ratios"]) == {f"pymaster/{r['server']}"}

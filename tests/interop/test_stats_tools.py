@@ -2,7 +2,8 @@
 
 * The same requests through real uWSGI 2.0 and through pymaster give the same `tx` in the
   stats JSON (head + body of every answer) and the same `{N vars in M bytes}` on uwsgi
-  sockets; on HTTP sockets both servers log the size of the vars block the app was given.
+  sockets; on HTTP sockets both servers log the size of the vars block the app was given,
+  and so does pymaster's Perl worker (the same figure as the Python worker's).
 * uwsgitop (PyPI `uwsgitop`, under tmux) and the Prometheus exporter `uwsgi_exporter.py`
   (PyPI `uwsgi-exporter`) run against pymaster unchanged.
 """
@@ -264,3 +265,44 @@ def test_tx_is_every_byte_sent_for_every_worker_kind(tmp_path, worker):
         time.sleep(0.3)
         worker = stats(sport)["workers"][0]
     assert worker["requests"] == 6 and worker["tx"] == received
+
+
+ENV_PSGI = r"""
+use JSON::PP;
+my $app = sub {
+    my $env = shift;
+    my %cgi = map { $_ => '' . ($env->{$_} // '') } grep { !/\./ } keys %$env;
+    my $body = JSON::PP->new->canonical->latin1->encode(\%cgi);
+    return [200, ['Content-Type' => 'text/plain', 'Content-Length' => length $body], [$body]];
+};
+"""
+
+
+def test_psgi_http_vars_figure_is_the_python_workers(tmp_path):
+    """On HTTP sockets the Perl worker logs `{N vars in M bytes}` as the Python worker does:
+    the uwsgi vars block of the CGI vars its app was given, for the same request."""
+    if not have("plackup"):
+        pytest.skip("plackup (libplack-perl) missing")
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "app.psgi").write_text(ENV_PSGI)
+    seen = {}
+    for worker, app in (("wsgi", ["--wsgi-file", str(tmp_path / "app.py")]),
+                        ("psgi", ["--plugins", "psgi", "--psgi", str(tmp_path / "app.psgi")])):
+        port = free_port()
+        with pymaster(["--http-socket", f"127.0.0.1:{port}", *app, "-M", "-p", "1"]) as srv:
+            raw = http_once(port, "/env?q=%41b&x")
+            deadline = time.monotonic() + 10
+            while not VARS_RE.findall(srv.logtext()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (n, m, uri), = VARS_RE.findall(srv.logtext())
+        assert uri == "/env?q=%41b&x"
+        env = json.loads(raw.partition(b"\r\n\r\n")[2].decode("latin-1"))
+        assert (int(n), int(m)) == (2 * len(env), vars_block_size(env)), (worker, env)
+        seen[worker] = (env, int(m))
+    (py_env, py_size), (pl_env, pl_size) = seen["wsgi"], seen["psgi"]
+    # the same vars, but for the ports (the client's, each server's own)
+    ports = ("REMOTE_PORT", "SERVER_PORT", "HTTP_HOST")
+    assert {k: v for k, v in py_env.items() if k not in ports} == \
+        {k: v for k, v in pl_env.items() if k not in ports}
+    assert py_env.keys() == pl_env.keys()
+    assert py_size - sum(len(py_env[k]) for k in ports) == pl_size - sum(len(pl_env[k]) for k in ports)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaster import log as logmod
+from pymaster.apps.mount import APP
 from pymaster.config import Config
 from pymaster.log import log_request
 from pymaster.workers.routes import Silencer
@@ -93,8 +94,9 @@ class RequestLog:
         if self.memory:
             vsz, rss = _memory()
             prefix = f"{{address space usage: {vsz} bytes/{vsz >> 20}MB}} {{rss usage: {rss} bytes/{rss >> 20}MB}} "
+        app, requests = env.get(APP) or (0, r.requests)  # set by --mount / a static file
         return (
-            f"{prefix}[pid: {r.pid}|app: 0|req: {r.requests}/{r.total}] {self._addr(env)} "
+            f"{prefix}[pid: {r.pid}|app: {app}|req: {requests}/{r.total}] {self._addr(env)} "
             f"({env.get('REMOTE_USER', '')}) {{{r.nvars * 2} vars in {r.pktsize} bytes}} "
             f"[{time.ctime(r.start)}] {env.get('REQUEST_METHOD', '')} "
             f"{env.get('REQUEST_URI') or env.get('PATH_INFO', '')} => generated {r.tx} bytes "

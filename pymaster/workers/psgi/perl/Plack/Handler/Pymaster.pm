@@ -703,7 +703,6 @@ sub _read_http {
         }
         %env = ();
     }
-    $req->{pktsize} = $ret;
     $req->{rest} = substr $buf, $ret;
     my $l = $req->{l};
     $env{SCRIPT_NAME} = '';
@@ -719,7 +718,6 @@ sub _read_http {
     $req->{keep} = $self->{keepalive} && (($env{SERVER_PROTOCOL} // '') eq 'HTTP/1.1'
         ? !(defined $connection && $connection =~ /\bclose\b/i)
         : (defined $connection && $connection =~ /\bkeep-alive\b/i));
-    $req->{nvars} = grep { !/\./ } keys %env if $self->{log} || $self->{log_some};
     my ($cl, $max) = ($env{CONTENT_LENGTH}, $self->{limit_post});
     return $self->_too_large($req, "Content-Length $cl over the limit of $max")
         if $max && defined $cl && $cl =~ /^\d+$/ && $cl > $max;
@@ -735,6 +733,18 @@ sub _read_http {
     }
     elsif ($env{CONTENT_LENGTH}) {
         $self->_continue($req, \%env) if length $req->{rest} < $env{CONTENT_LENGTH};
+    }
+    # the log's {N vars in M bytes}: the CGI vars (no '.' in the name) as a uwsgi vars block
+    # would carry them, u16 lengths included, as the Python worker counts them (uwsgi.vars_size:
+    # Transfer-Encoding counted, empty Content-Length/-Type still there); psgix.io not FETCHed
+    if ($self->{log} || $self->{log_some}) {
+        my ($n, $size) = defined $te ? (1, 26 + length $te) : (0, 0);
+        for (keys %env) {
+            next if /\./;
+            $n++;
+            $size += 4 + length($_) + length($env{$_} // '');
+        }
+        @$req{qw(nvars pktsize)} = ($n, $size);
     }
     return $self->_read_body($req, \%env);
 }
