@@ -88,6 +88,8 @@ class Case:
     via: str           # how the load reaches it, e.g. "http", "nginx uwsgi_pass"
     start: Callable[[], ContextManager[Target]] = field(repr=False)
     expect: str = ""
+    # the load generator: (port, duration, connections) -> result; None = wrk
+    load: Callable[[int, float, int], dict] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -225,32 +227,126 @@ def psgi_cases(opts) -> list[Case]:
 def psgi_nginx_cases(opts) -> list[Case]:
     return nginx_cases_for("psgi-nginx", "psgi", PSGI_APPS, opts)
 
-ASGI_APPS = {"hello": ("hello_asgi:app", "Hello, World!")}
+ASGI_APPS = {"hello": ("hello_asgi:app", "Hello, World!"),
+             "json": ("json_asgi:app", '"message": "Hello, World!"')}
+ASGI_WS_APPS = {"echo": ("echo_asgi:app", "WebSocket echo")}
+ASGI_SERVERS = ("pymaster", "uvicorn", "gunicorn")
+WS_SERVERS = ("pymaster", "uvicorn", "gunicorn")
+WS_MESSAGE = 1024   # bytes per WebSocket message
+WS_LOAD = BENCH / "ws_load.py"
 
 
-@contextlib.contextmanager
-def asgi_direct(server: str, target: str, workers: int) -> Iterator[Target]:
-    """pymaster --asgi vs uvicorn (httptools, uvloop), the same worker count."""
+def asgi_server(server: str, proto: str, target: str, workers: int,
+                extra: list[str] = ()) -> ContextManager[Server]:
+    """An ASGI app server on a fresh port, `workers` workers, no access log, uvloop: pymaster
+    --asgi (`proto` 'http': --http-socket, 'uwsgi': -s), uvicorn --http httptools, or
+    gunicorn's native ASGI worker (-k asgi, gunicorn >= 24), all on this interpreter;
+    `extra` goes to uvicorn (e.g. --ws wsproto)."""
     port = free_port()
     apps = str(BENCH / "apps")
     if server == "pymaster":
-        cm = pymaster(["--http-socket", f"127.0.0.1:{port}", "--asgi", target, "--pythonpath",
-                       apps, "-M", "-p", str(workers), "--disable-logging"])
-    else:
-        cm = run_server("uvicorn", [sys.executable, "-m", "uvicorn", "--app-dir", apps, target,
-                                    "--host", "127.0.0.1", "--port", str(port), "--workers",
-                                    str(workers), "--http", "httptools", "--loop", "uvloop",
-                                    "--no-access-log", "--log-level", "warning"],
-                        wait_ports=[port], stop_signal=signal.SIGINT)
-    with cm as srv:
-        yield Target(port, srv)
+        sock = "--http-socket" if proto == "http" else "-s"
+        return pymaster([sock, f"127.0.0.1:{port}", "--asgi", target, "--pythonpath", apps,
+                         "-M", "-p", str(workers), "--disable-logging"])
+    if proto != "http":
+        raise ValueError(f"{server} cannot serve ASGI over {proto}")
+    if server == "uvicorn":
+        return run_server("uvicorn", [sys.executable, "-m", "uvicorn", "--app-dir", apps, target,
+                                      "--host", "127.0.0.1", "--port", str(port), "--workers",
+                                      str(workers), "--http", "httptools", "--loop", "uvloop",
+                                      "--no-access-log", "--log-level", "warning", *extra],
+                          wait_ports=[port], stop_signal=signal.SIGINT)
+    if server == "gunicorn":
+        return gunicorn(target, workers, port=port,
+                        args=["--worker-class", "asgi", "--asgi-loop", "uvloop",
+                              "--pythonpath", apps])
+    raise ValueError(f"unknown ASGI server {server}")
 
 
-@scenario("asgi", "ASGI over HTTP: pymaster --asgi vs uvicorn --http httptools (same workers)")
+@contextlib.contextmanager
+def asgi_direct(server: str, target: str, workers: int, extra: list[str] = ()) -> Iterator[Target]:
+    """pymaster --asgi vs uvicorn (httptools, uvloop) vs gunicorn -k asgi, the same workers."""
+    with asgi_server(server, "http", target, workers, extra) as srv:
+        yield Target(srv.port, srv)
+
+
+@scenario("asgi", "ASGI over HTTP keep-alive: pymaster --asgi vs uvicorn --http httptools "
+                  "vs gunicorn -k asgi (same workers)")
 def asgi_cases(opts) -> list[Case]:
     return [Case("asgi", server, app, "http",
                  lambda s=server, t=target: asgi_direct(s, t, opts.workers), expect)
-            for app, (target, expect) in ASGI_APPS.items() for server in ("pymaster", "uvicorn")]
+            for app, (target, expect) in ASGI_APPS.items() for server in ASGI_SERVERS]
+
+
+NGINX_KEEPALIVE = 32   # idle upstream connections nginx keeps per worker (proxy_pass)
+
+
+@contextlib.contextmanager
+def asgi_behind_nginx(server: str, proto: str, target: str, workers: int) -> Iterator[Target]:
+    """nginx (one config for all) in front: proxy_pass to an upstream with keepalive, or
+    uwsgi_pass to pymaster's -s socket (one request per connection, as nginx sends it)."""
+    mode = "proxy_pass" if proto == "http" else "uwsgi_pass"
+    keep = NGINX_KEEPALIVE if mode == "proxy_pass" else 0
+    with (asgi_server(server, proto, target, workers) as srv,
+          nginx(f"127.0.0.1:{srv.port}", mode, keepalive=keep) as front):
+        yield Target(front.port, srv, f"nginx {mode}")
+
+
+ASGI_NGINX = [(server, "http", "nginx proxy_pass") for server in ASGI_SERVERS]
+ASGI_NGINX.append(("pymaster", "uwsgi", "nginx uwsgi_pass"))
+
+
+@scenario("asgi-nginx", "ASGI behind nginx proxy_pass (keep-alive upstream): pymaster vs uvicorn vs "
+                        "gunicorn -k asgi; pymaster -s behind uwsgi_pass as an extra row")
+def asgi_nginx_cases(opts) -> list[Case]:
+    return [Case("asgi-nginx", server, app, via,
+                 lambda s=server, p=proto, t=target: asgi_behind_nginx(s, p, t, opts.workers),
+                 expect)
+            for app, (target, expect) in ASGI_APPS.items() for server, proto, via in ASGI_NGINX]
+
+
+def run_ws_load(port: int, duration: float, connections: int) -> dict:
+    """One run of benchmarks/ws_load.py: `connections` WebSockets each echoing WS_MESSAGE
+    bytes one message at a time; the result has the wrk run's keys (rps = messages/s)."""
+    cmd = [sys.executable, str(WS_LOAD), "--port", str(port), "--connections", str(connections),
+           "--duration", str(duration), "--size", str(WS_MESSAGE)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    match = re.search(r"^WS_JSON (\{.*\})$", out.stdout, re.M)
+    if out.returncode != 0 or not match:
+        raise RuntimeError(f"ws_load failed ({out.returncode}): {out.stdout[-500:]} "
+                           f"{out.stderr[-500:]}")
+    raw = json.loads(match.group(1))
+    secs = raw["duration_us"] / 1e6
+    socket_errors = sum(raw[f"errors_{k}"] for k in ("connect", "closed"))
+    return {
+        "requests": raw["messages"],
+        "rps": raw["messages"] / secs if secs else 0.0,
+        "p50_ms": raw["latency_p50_us"] / 1000,
+        "p99_ms": raw["latency_p99_us"] / 1000,
+        "max_ms": raw["latency_max_us"] / 1000,
+        "socket_errors": socket_errors,
+        "non_2xx": raw["errors_mismatch"],   # echoes that came back different
+        "errors": socket_errors + raw["errors_mismatch"],
+        "ws_load": raw,
+        "command": " ".join(cmd),
+    }
+
+
+# uvicorn's --ws auto picks `websockets` (its frame masking in C); the extra uvicorn row
+# uses wsproto, the library pymaster's worker frames with, to tell server from library
+WS_VARIANTS = [(server, "websocket", []) for server in WS_SERVERS]
+WS_VARIANTS.append(("uvicorn", "websocket, uvicorn --ws wsproto", ["--ws", "wsproto"]))
+
+
+@scenario("asgi-ws", f"WebSocket echo, {WS_MESSAGE} B messages one at a time per connection "
+                     "(benchmarks/ws_load.py): pymaster --asgi vs uvicorn vs gunicorn -k asgi; "
+                     "req/s is messages/s")
+def asgi_ws_cases(opts) -> list[Case]:
+    return [Case("asgi-ws", server, app, via,
+                 lambda s=server, t=target, x=extra: asgi_direct(s, t, opts.workers, x), expect,
+                 load=run_ws_load)
+            for app, (target, expect) in ASGI_WS_APPS.items()
+            for server, via, extra in WS_VARIANTS]
 
 
 @contextlib.contextmanager
@@ -425,8 +521,12 @@ def run_case(case: Case, opts) -> dict:
             if page.status != 200 or case.expect not in page.text:
                 raise RuntimeError(f"check request got {page.status}: {page.text[:200]!r}")
             result["eof_framed"] = eof = eof_framed(page)
+            def load(duration: float) -> dict:
+                if case.load is not None:
+                    return case.load(target.port, duration, opts.connections)
+                return run_wrk(target.port, duration, opts.connections, opts.threads, eof)
             if opts.warmup > 0:
-                run_wrk(target.port, opts.warmup, opts.connections, opts.threads, eof)
+                load(opts.warmup)
             cpu_before = {name: tree_cpu(other.pid) for name, other in target.also.items()}
             server_before = tree_cpu(target.measured.pid) + sum(cpu_before.values())
             wall = time.monotonic()
@@ -434,7 +534,7 @@ def run_case(case: Case, opts) -> dict:
             if target.during:
                 action = threading.Thread(target=target.during, args=(opts.duration,), daemon=True)
                 action.start()
-            result.update(run_wrk(target.port, opts.duration, opts.connections, opts.threads, eof))
+            result.update(load(opts.duration))
             wall = time.monotonic() - wall
             also_used = 0.0
             for name, other in target.also.items():     # share of the machine's CPU time
@@ -445,13 +545,17 @@ def run_case(case: Case, opts) -> dict:
             # nor wrk): CPU per request over the measured run
             server_used = tree_cpu(target.measured.pid) + also_used - server_before
             result["server_cpu_us"] = 1e6 * server_used / max(1, result["requests"])
+            result["server_cpu_pct"] = 100 * server_used / wall   # 100 = one core busy
             if action:
                 action.join()
                 time.sleep(1)  # let the last reload settle before memory is read
             mem = tree_memory(target.measured.pid)
             result["master_rss_mb"] = mem["master_rss"] / 2**20
-            uss = [v / 2**20 for v in mem["workers_uss"].values()]
+            helpers = helper_pids(target.measured.pid)
+            uss = [v / 2**20 for pid, v in mem["workers_uss"].items() if pid not in helpers]
             result["workers_uss_mb"] = uss
+            result["helpers_uss_mb"] = [v / 2**20 for pid, v in mem["workers_uss"].items()
+                                        if pid in helpers]
             result["worker_uss_mb_mean"] = sum(uss) / len(uss) if uss else None
             for name, other in target.also.items():
                 rss = sum(p.memory_info().rss for p in [psutil.Process(other.pid),
@@ -477,14 +581,32 @@ def _shorten(text: str, keep: int = 6) -> str:
 
 
 def add_ratios(results: list[dict]) -> None:
-    """rps of pymaster divided by each other server's, within one scenario and app."""
-    by_key = {(r["scenario"], r["app"], r["server"]): r for r in results if "error" not in r}
+    """rps of pymaster divided by each other server's, within one scenario and app (against
+    pymaster's row reached the same way when it has one, e.g. both behind nginx proxy_pass)."""
+    ok = [r for r in results if "error" not in r]
+    by_key = {(r["scenario"], r["app"], r["server"]): r for r in ok}
+    by_via = {(r["scenario"], r["app"], r["server"], r["via"]): r for r in ok}
     for r in results:
         r["ratios"] = {}
-        mine = by_key.get((r["scenario"], r["app"], "pymaster"))
+        mine = (by_via.get((r["scenario"], r["app"], "pymaster", r["via"]))
+                or by_key.get((r["scenario"], r["app"], "pymaster")))
         if r["server"] == "pymaster" or mine is None or "error" in r or not r.get("rps"):
             continue
         r["ratios"][f"pymaster/{r['server']}"] = mine["rps"] / r["rps"]
+
+
+HELPER_PROCESSES = ("multiprocessing.resource_tracker",)   # uvicorn --workers spawns one
+
+
+def helper_pids(pid: int) -> set[int]:
+    """Descendants that serve no requests (e.g. multiprocessing's resource tracker under
+    uvicorn): their memory is reported apart, not averaged in with the workers'."""
+    found = set()
+    for proc in descendants(pid):
+        with contextlib.suppress(psutil.Error):
+            if any(h in " ".join(proc.cmdline()) for h in HELPER_PROCESSES):
+                found.add(proc.pid)
+    return found
 
 
 def tree_cpu(pid: int) -> float:
@@ -554,6 +676,9 @@ def environment() -> dict:
         "uwsgi": _version(["uwsgi", "--version"]), "nginx": _version(["nginx", "-v"]),
         "wrk": _version(["wrk", "-v"]),
         "gunicorn": _version([sys.executable, "-m", "gunicorn", "--version"]),
+        "uvicorn": _version([sys.executable, "-m", "uvicorn", "--version"]),
+        "websockets": _version([sys.executable, "-c",
+                                "import websockets; print(websockets.__version__)"]),
         "starman": _version(["perl", "-MStarman", "-e", "print $Starman::VERSION"]),
         # uWSGI's python3 plugin embeds Debian's Python and its jinja2, not the venv's
         "jinja2_venv": _version([sys.executable, "-c", JINJA2_VERSION]),

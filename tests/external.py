@@ -288,6 +288,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     keepalive_requests 100000;
+{upstream}
     server {{
         listen {host}:{port} backlog=4096;
         server_name localhost;
@@ -302,13 +303,22 @@ http {{
 @contextlib.contextmanager
 def nginx(upstream: str, mode: str = "uwsgi_pass", extra_params: Mapping[str, str] | None = None,
           *, port: int | None = None, workers: int = 1, upgrade: bool = False,
-          directives: Iterable[str] = (), **kw) -> Iterator[Server]:
+          directives: Iterable[str] = (), keepalive: int = 0, **kw) -> Iterator[Server]:
     """nginx on 127.0.0.1:<port> passing everything to `upstream` ('127.0.0.1:P') with
     `uwsgi_pass` (uwsgi_params from Debian plus `extra_params`, e.g.
     {'UWSGI_FASTROUTER_KEY': 'wsgi_cluster'}) or `proxy_pass` (HTTP; `upgrade`: the
     client's Upgrade and Connection headers are passed on, for WebSockets); `directives`
-    go in the location too (e.g. 'client_max_body_size 50m;')."""
+    go in the location too (e.g. 'client_max_body_size 50m;'). `keepalive` N > 0 (proxy_pass
+    only) names the upstream in an `upstream` block keeping up to N idle connections per
+    nginx worker open to it, so nginx reuses its HTTP/1.1 connections to the app server."""
     port = port or free_port()
+    upstream_block = ""
+    if keepalive:
+        if mode != "proxy_pass":
+            raise ValueError("nginx keepalive upstreams are for proxy_pass only")
+        upstream_block = (f"    upstream app_upstream {{ server {upstream}; "
+                          f"keepalive {keepalive}; }}")
+        upstream = "app_upstream"
     if mode == "uwsgi_pass":
         lines = [*directives, f"include {NGINX_UWSGI_PARAMS};"]
         lines += [f"uwsgi_param {k} {v};" for k, v in (extra_params or {}).items()]
@@ -327,7 +337,7 @@ def nginx(upstream: str, mode: str = "uwsgi_pass", extra_params: Mapping[str, st
     with tmpdir("nginx") as tmp:
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(
-            workers=workers, tmp=tmp, host=LOOPBACK, port=port,
+            workers=workers, tmp=tmp, host=LOOPBACK, port=port, upstream=upstream_block,
             user="user root;" if os.geteuid() == 0 else "",
             location="\n".join("            " + line for line in lines)))
         cmd = ["nginx", "-p", str(tmp), "-e", "stderr", "-c", str(conf)]

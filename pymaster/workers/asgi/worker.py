@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from functools import partial
+from itertools import islice
 
 from pymaster.log import log
 from pymaster.protocols import uwsgi
@@ -354,7 +355,7 @@ class AsgiWorker:
         if n == 1:
             self.what = next(iter(self.inflight.values()))
         else:
-            shown = list(self.inflight.values())[:SHOWN]
+            shown = list(islice(self.inflight.values(), SHOWN))  # not all of them: per request
             self.what = b"%d in flight: " % n + b", ".join(shown)
         self.slot.begin(time.time(), self.what)
 
