@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,7 @@ from tests.external import (  # noqa: E402
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 WRK_SCRIPT = BENCH / "wrk_report.lua"
-SERVERS = ("pymaster", "uwsgi", "gunicorn", "starman", "uvicorn")
+SERVERS = ("pymaster", "uwsgi", "gunicorn", "starman", "uvicorn", "nginx")
 
 # app name -> (file, text the page must contain)
 WSGI_APPS = {
@@ -432,6 +433,44 @@ def reload_cases(opts) -> list[Case]:
                  expect)
             for app, (path, expect) in WSGI_APPS.items()
             for server, proto, mode in BEHIND_NGINX["wsgi"]]
+
+STATIC_FILES = {"static1k": 1024, "static1m": 1 << 20}
+
+
+@contextlib.contextmanager
+def static_server(server: str, size: int, workers: int, offload: int = 0) -> Iterator[Target]:
+    """A `size`-byte file answered for `/`: pymaster's and uWSGI's `--static-map /=FILE`
+    (HTTP socket, the hello app behind it; pymaster optionally with --offload-threads), or
+    nginx serving it itself (`try_files`, sendfile on)."""
+    with tempfile.TemporaryDirectory(prefix="pm-static-") as tmp:
+        path = Path(tmp) / f"f{size}.txt"
+        path.write_bytes(b"x" * (size - 1) + b"\n")
+        if server == "nginx":
+            with nginx("", "static", workers=workers,
+                       directives=[f"root {tmp};", f"try_files /{path.name} =404;",
+                                   "sendfile on;", "default_type text/plain;"]) as srv:
+                yield Target(srv.port, srv)
+            return
+        extra = ["--static-map", f"/={path}"]
+        if offload:
+            extra += ["--offload-threads", str(offload)]
+        with app_server("wsgi", server, "http", WSGI_APPS["hello"][0], workers, extra) as srv:
+            yield Target(srv.port, srv)
+
+
+@scenario("static", "a 1 KB and a 1 MB file for `/`: --static-map (pymaster, pymaster with "
+                    "--offload-threads 2, uWSGI) vs nginx serving it")
+def static_cases(opts) -> list[Case]:
+    cases = []
+    for app, size in STATIC_FILES.items():
+        for server, offload in (("pymaster", 0), ("pymaster", 2), ("uwsgi", 0), ("nginx", 0)):
+            via = "http, offload-threads 2" if offload else ("nginx static" if server == "nginx"
+                                                              else "http static-map")
+            cases.append(Case("static", server, app, via,
+                              lambda s=server, z=size, o=offload: static_server(s, z, opts.workers, o),
+                              "xxx"))
+    return cases
+
 
 DEFAULT_SCENARIOS = ("http", "nginx")
 

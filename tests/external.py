@@ -330,8 +330,10 @@ def nginx(upstream: str, mode: str = "uwsgi_pass", extra_params: Mapping[str, st
                   else ['proxy_set_header Connection "";'])
         lines += [f"proxy_set_header {k} {v};" for k, v in (extra_params or {}).items()]
         lines.append(f"proxy_pass http://{upstream};")
+    elif mode == "static":  # nginx serves files itself: `directives` say which (alias/root)
+        lines = [*directives]
     else:
-        raise ValueError(f"nginx mode must be 'uwsgi_pass' or 'proxy_pass', not {mode!r}")
+        raise ValueError(f"nginx mode must be 'uwsgi_pass', 'proxy_pass' or 'static', not {mode!r}")
     with tmpdir("nginx") as tmp:
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(

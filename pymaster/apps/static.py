@@ -10,7 +10,7 @@ outside its docroot) goes to the app, as in uWSGI: the static code never answers
 Departure from uWSGI: the "under the docroot" and `static-safe` checks are boundary-aware
 (`/srv/www` does not admit `/srv/www-evil`); uWSGI compares plain prefixes.
 Files are answered through `wsgi.file_wrapper` (FileWrapper), which the worker sends with
-sendfile().
+sendfile(), or hands to its offload threads with --offload-threads (docs/static.md).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import importlib.util
 import os
 import re
 import site
+import socket
 import stat
 import sys
 import time
@@ -31,6 +32,9 @@ from pymaster.protocols import speedups
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: no trailing "\n"
 _STATUS = re.compile(r"^[1-9][0-9][0-9] ")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
+# the head of a file answer waits for the file's first bytes: one segment, not a small one
+# that Nagle's algorithm then holds against the client's delayed ACK (40 ms per answer)
+_MORE = getattr(socket, "MSG_MORE", 0)
 _head_ok = speedups.codec.head_ok if speedups.codec is not None else None
 
 
@@ -95,6 +99,9 @@ def split_header(text: str) -> tuple[str, str]:
 
 
 RESPONSES = Responses()
+# --offload-threads: the worker's offloader (workers/wsgi/offload.py), set once per process;
+# its send(sock, fd, offset, count, what) -> bool takes a file body off the request thread
+OFFLOAD: Any = None
 
 
 def configure(cfg: Config) -> None:
@@ -222,7 +229,8 @@ def load_target(target: str, callable_name: str, is_file: bool):
 
 
 class FileWrapper:
-    """wsgi.file_wrapper: iterable over a file; the worker sends it with sendfile()."""
+    """wsgi.file_wrapper: iterable over a file; the worker sends it with sendfile() (or
+    its offload threads do, with --offload-threads)."""
 
     def __init__(self, filelike, blksize: int = 65536):
         self.filelike = filelike
@@ -317,6 +325,7 @@ class Call:
         "environ",
         "write_errors",
         "gone",
+        "via",
     )
 
     def __init__(self, sock, framing, method: str, timeout: float = 4.0):
@@ -335,6 +344,7 @@ class Call:
         self.environ: dict = {}
         self.write_errors = 0
         self.gone = False  # the response was given up: nothing more is sent
+        self.via = ""  # the log line's ` via sendfile()` / ` via offload()`
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -403,13 +413,13 @@ class Call:
         if out:
             self._send(out)
 
-    def _send(self, data) -> bool:
+    def _send(self, data, flags: int = 0) -> bool:
         """sendall(); on a write error, uWSGI's lines and WriteError once the errors are over
         the tolerance (False when the error is tolerated: the bytes are lost)."""
         if self.gone:
             return False
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(data, flags)
             return True
         except OSError as exc:
             self._write_failed(exc)
@@ -507,12 +517,39 @@ class Call:
         if self.declared is not None and self.tx < self.declared and not self.no_body:
             self._no_reuse()  # as _check_length(), inline on the common path
 
+    def _offload(self, offload, fd: int, offset: int, count: int) -> None:
+        """The head here, the body by an offload thread; the connection closes after it."""
+        self._no_reuse()
+        if not self._send(self._head(count), _MORE):
+            return
+        env = self.environ
+        what = (
+            f"{env.get('REQUEST_METHOD', '')} {env.get('REQUEST_URI') or env.get('PATH_INFO', '')}"
+            f" ({env.get('REMOTE_ADDR', '')})"
+        )
+        if offload.send(self.sock, fd, offset, count, what):
+            self.via = "offload"
+            self.tx = count  # as uWSGI: the full size, whatever the client then takes
+            return
+        self.via = "sendfile"
+        self._sendfile(fd, offset, count)
+
     def _send_file(self, span):
         fd, offset, count = span
         if self.declared is not None:
             count = min(count, self.declared)
-        if not self._send(self._head(count)) or self.no_body or not count:
+        code = self._status_code()
+        body = bool(count) and not self.no_body and code >= 200 and code not in (204, 304)
+        if body and OFFLOAD is not None:
+            self._offload(OFFLOAD, fd, offset, count)
             return
+        more = _MORE if body else 0
+        if not self._send(self._head(count), more) or self.no_body or not count:
+            return
+        self.via = "sendfile"
+        self._sendfile(fd, offset, count)
+
+    def _sendfile(self, fd: int, offset: int, count: int) -> None:
         self.sock.settimeout(self.timeout)  # sendfile() waits on EAGAIN: bound it
         try:
             with os.fdopen(os.dup(fd), "rb") as f:

@@ -1288,8 +1288,11 @@ STATIC = _section(
         "offload-threads",
         "int",
         0,
-        "uWSGI's offload threads for static files",
-        inert="pymaster workers send static files themselves with sendfile()",
+        "offload threads per worker: file bodies (static files, `wsgi.file_wrapper` over a "
+        "regular file) are sent by them, the request thread is free at once; the connection "
+        "closes after such a response; 0: the request thread sends them with sendfile()",
+        worker=True,
+        maximum=64,
     ),
     opt(
         "static-cache-paths",

@@ -130,8 +130,13 @@ def test_start_lines(inst):
     assert f"[uwsgi-static] added mapping for /static => {www}" in log
     assert f"[uwsgi-static] added mapping for /www => {root}" in log
     assert "building mime-types dictionary from file /etc/mime.types..." in log
-    assert ("option --offload-threads is accepted for uWSGI compatibility and has no effect: "
-            "pymaster workers send static files themselves with sendfile()") in log
+    assert "spawned 2 offload threads for uWSGI worker 1" in log
+
+
+def test_offloaded_log_line(inst):
+    pm, port, *_ = inst
+    _get(port, "/static/hundred.bin")
+    pm.wait_log(r"GET /static/hundred.bin => generated 100 bytes in \d+ msecs via offload\(\) ")
 
 
 def test_headers_exactly_get_head_304(inst):

@@ -56,7 +56,7 @@ ZERO_IS_ZERO = {
     "http-buffer-size": "accepted, no effect",
     "http-events": "accepted, no effect",
     "http-gracetime": "accepted, no effect",
-    "offload-threads": "accepted, no effect",
+    "offload-threads": "no offload threads: the request thread sends files itself",
     "static-cache-paths": "accepted, no effect",
     "log-maxsize": "no rotation (uWSGI: log_maxsize > 0)",
     "log-master-bufsize": "accepted, no effect",

@@ -58,6 +58,8 @@ NOT_HONOURED: dict[str, str] = {
     "websockets-ping-freq": "a PSGI app doing WebSockets over psgix.io pings from its own code",
     "write-errors-tolerance": "the first failed write ends a PSGI response (the client is gone: "
     "later writes would fail too)",
+    "offload-threads": "PSGI workers send file bodies themselves with sendfile(): use more "
+    "processes, or put nginx in front for big downloads",
 }
 """Worker options the Perl worker cannot honour, with what to use instead; the master logs
 `option --X is not honoured by PSGI workers: <instead>` at start for each one the user set.

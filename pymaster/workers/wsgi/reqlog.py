@@ -22,6 +22,7 @@ from pymaster.workers.routes import Silencer
 
 _FIELD = re.compile(r"%\(([^)]+)\)")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_VIA = {"": "", "sendfile": " via sendfile()", "offload": " via offload()"}
 
 
 def _memory() -> tuple[int, int]:
@@ -50,6 +51,7 @@ class Record:
     pid: int
     wid: int
     core: int = 0  # the request thread (--threads), 0 without
+    via: str = ""  # how the body went: "sendfile", "offload" or "" (written by the core)
 
 
 class RequestLog:
@@ -100,7 +102,8 @@ class RequestLog:
             f"({env.get('REMOTE_USER', '')}) {{{r.nvars * 2} vars in {r.pktsize} bytes}} "
             f"[{time.ctime(r.start)}] {env.get('REQUEST_METHOD', '')} "
             f"{env.get('REQUEST_URI') or env.get('PATH_INFO', '')} => generated {r.tx} bytes "
-            f"in {self._time(r.elapsed)} ({r.protocol or ''} {r.status}) {r.headers} headers "
+            f"in {self._time(r.elapsed)}{_VIA[r.via]} ({r.protocol or ''} {r.status}) "
+            f"{r.headers} headers "
             f"in {r.hsize} bytes (1 switches on core {r.core})"
         )
 

@@ -43,7 +43,7 @@ from pymaster.workers.contract import (
     Recycling,
     die_with_master,
 )
-from pymaster.workers.wsgi import conns
+from pymaster.workers.wsgi import conns, offload
 from pymaster.workers.wsgi.conns import Conn
 from pymaster.workers.wsgi.poller import Poller
 from pymaster.workers.wsgi.reqlog import Record, RequestLog
@@ -106,6 +106,7 @@ class Worker:
         self.lock = threading.Lock()
         self.jobs: SimpleQueue = SimpleQueue()
         self.back: deque = deque()  # connections the cores hand back to the loop
+        self.offloader: offload.Offloader | None = None  # --offload-threads
         self._wsgi_env = {
             "wsgi.version": (1, 0),
             "wsgi.errors": wsgi.ERRORS,
@@ -164,7 +165,10 @@ class Worker:
         try:
             if self.multithread:
                 self._start_pool()
+            self.offloader = offload.start(self.cfg, self.wid)
             self.loop()
+            if self.offloader is not None:  # downloads under way finish, within the mercy
+                self.offloader.wait_idle(self.cfg.worker_reload_mercy)
         except Exception:
             log(f"worker {self.wid} internal error:\n{traceback.format_exc()}")
             code = 1
@@ -477,6 +481,9 @@ class Worker:
     def _linger(self, c: Conn) -> None:
         """Half-close: the client reads every byte sent, then EOF; what it still sends is
         read away until its EOF or LINGER_SECONDS, and only then the socket is closed."""
+        if c.sock in offload.HANDED:  # an offload thread sends on it: close ours only
+            self._drop(c)
+            return
         try:
             c.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -936,6 +943,7 @@ class Worker:
                     pid=self.pid,
                     wid=self.wid,
                     core=0 if tls is None else tls.k,
+                    via=call.via,
                 )
             )
         return usable
