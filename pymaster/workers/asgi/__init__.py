@@ -1,6 +1,6 @@
 """The ASGI 3.0 worker: one asyncio event loop (uvloop when it imports) per worker process,
 many requests in flight, on the sockets the master bound -- HTTP/1.1 (httptools, through
-`pymaster.protocols.http`), the uwsgi protocol and WebSockets (wsproto) -- with the lifespan
+`pymaster.protocols.http`), the uwsgi protocol and WebSockets (`websockets` sans-I/O) -- with the lifespan
 protocol, the scoreboard, recycling and the request log line of the WSGI worker.
 
 `worker.py` runs the loop and keeps the contract with the master; `conn.py` holds the

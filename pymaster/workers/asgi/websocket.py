@@ -1,5 +1,6 @@
 """One WebSocket over an HTTP/1.1 upgrade: the ASGI `websocket` scope's receive and send,
-the frames done by wsproto (fragmentation, ping/pong, close codes, permessage-deflate).
+the frames done by the `websockets` library's sans-I/O `ServerProtocol` (fragmentation,
+ping/pong, close codes, permessage-deflate; its frame masking is in C).
 
 The handshake is answered when the app sends `websocket.accept` (101) or refused when it
 closes first (403), or sends a `websocket.http.response` (the denial extension). A message
@@ -14,18 +15,13 @@ import asyncio
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from wsproto import ConnectionType
-from wsproto import connection as wsconn
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    TextMessage,
-)
-from wsproto.extensions import PerMessageDeflate
-from wsproto.handshake import server_extensions_handshake
-from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, InvalidState, ProtocolError
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Opcode
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 from pymaster.log import log
 from pymaster.protocols import http
@@ -53,12 +49,12 @@ class WebSocket:
         self.scope["extensions"] = {"websocket.http.response": {}}
         self.max_size = worker.cfg.websockets_max_size * 1024
         self.state = "connecting"  # open, closing, closed
-        self.ws: wsconn.Connection | None = None
+        self.ws: ServerProtocol | None = None
         self.queue: asyncio.Queue = asyncio.Queue()
         self.connect_sent = False
         self.final: dict[str, Any] | None = None  # the disconnect the app got
         self.parts: list = []
-        self.size = 0
+        self.text = False  # the message being received is text
         self.pending = bytearray()  # bytes before the handshake is answered
         self.status = 101
         self.tx = 0
@@ -83,11 +79,12 @@ class WebSocket:
             return
         if self.state == "closed":
             return
-        try:
-            self.ws.receive_data(data)
-        except LocalProtocolError:
-            return
-        self._events()
+        ws = self.ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        if events:
+            self._events(events)
+        self._flush()
 
     def connection_lost(self) -> None:
         self._cancel_timers()
@@ -95,38 +92,72 @@ class WebSocket:
             self.state = "closed"
             self._disconnect(1006, "")
 
-    def _events(self) -> None:
+    def _events(self, events: list) -> None:
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                self.text = opcode is Opcode.TEXT
+                if frame.fin:
+                    self._message(frame.data)
+                else:
+                    self.parts = [frame.data]
+            elif opcode is Opcode.CONT:
+                self.parts.append(frame.data)
+                if frame.fin:
+                    parts, self.parts = self.parts, []
+                    self._message(b"".join(parts))
+            elif opcode is Opcode.CLOSE:
+                # the protocol has answered it (and asks for the socket to be closed)
+                close = self.ws.close_rcvd if self.ws is not None else None
+                if self.state == "open" and close is not None:
+                    self._disconnect(close.code, close.reason)
+                    self.state = "closing"
+                return
+            # pings are answered by the protocol; pongs need nothing
+
+    def _message(self, data: bytes) -> None:
+        if self.state != "open":
+            return
+        msg: dict[str, Any]
+        if self.text:
+            try:
+                msg = {"type": "websocket.receive", "text": bytes(data).decode("utf-8")}
+            except UnicodeDecodeError as exc:
+                assert self.ws is not None
+                reason = f"invalid UTF-8: {exc.reason} at position {exc.start}"
+                self.ws.fail(1007, reason)
+                self._disconnect(1007, reason)
+                self.state = "closing"
+                return
+        else:
+            msg = {"type": "websocket.receive", "bytes": bytes(data)}
+        self.queue.put_nowait(msg)
+        if self.queue.qsize() > QUEUE_HIGH:
+            self.conn.pause_reading()
+
+    def _flush(self) -> None:
+        """Write what the protocol has to send; when it asks for the end of the stream
+        (after the closing handshake, or a failure: 1002, 1007, 1009) the socket closes."""
         ws = self.ws
         assert ws is not None
-        for event in ws.events():
-            if isinstance(event, Message):
-                if self.state != "open":
-                    continue
-                self.parts.append(event.data)
-                self.size += len(event.data)
-                if self.size > self.max_size:
-                    self._close(1009, f"message over {self.max_size} bytes")
-                    return
-                if event.message_finished:
-                    msg: dict[str, Any]
-                    if isinstance(event, TextMessage):
-                        msg = {"type": "websocket.receive", "text": "".join(self.parts)}
-                    else:
-                        msg = {"type": "websocket.receive", "bytes": b"".join(self.parts)}
-                    self.parts = []
-                    self.size = 0
-                    self.queue.put_nowait(msg)
-                    if self.queue.qsize() > QUEUE_HIGH:
-                        self.conn.pause_reading()
-            elif isinstance(event, Ping):
-                self._write(ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                if self.state == "open":
-                    self._write(ws.send(event.response()))
-                    self._disconnect(event.code, event.reason or "")
-                self.state = "closed"
+        eof = False
+        for chunk in ws.data_to_send():
+            if chunk:
+                self._write(chunk)
+            else:
+                eof = True
+        if ws.state is not OPEN and self.state == "open":
+            # the protocol failed the connection (a bad frame, a message over max_size)
+            sent = ws.close_sent
+            self._disconnect(sent.code if sent else 1006, sent.reason if sent else "")
+            self.state = "closing"
+        if eof and self.state != "closed":
+            self.state = "closed"
+            self._cancel_timers()
+            if ws.close_rcvd is not None:
                 self.conn.close()
-                return
+            else:
+                self.conn.linger()
 
     def _disconnect(self, code: int, reason: str) -> None:
         if self.final is None:
@@ -142,9 +173,13 @@ class WebSocket:
         (or after LINGER_SECONDS); the app hears `code`."""
         if self.state != "open" or self.ws is None:
             return
+        try:
+            self.ws.send_close(code, reason)
+        except ProtocolError as exc:
+            raise ValueError(f"ASGI: websocket.close with close code {code!r}: {exc}") from None
         self.state = "closing"
-        self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
         self._disconnect(code, reason)
+        self._flush()
         loop = asyncio.get_running_loop()
         self.closer = loop.call_later(LINGER_SECONDS, self.conn.close)
 
@@ -163,7 +198,8 @@ class WebSocket:
 
     def _ping(self) -> None:
         if self.state == "open" and self.ws is not None:
-            self._write(self.ws.send(Ping(payload=b"pymaster")))
+            self.ws.send_ping(b"pymaster")
+            self._flush()
             freq = self.conn.worker.cfg.websockets_ping_freq
             self.ping = asyncio.get_running_loop().call_later(freq, self._ping)
 
@@ -189,10 +225,15 @@ class WebSocket:
             if self.state != "open" or self.ws is None:
                 raise Disconnected("the WebSocket is closed")
             text = message.get("text")
-            if text is not None:
-                self._write(self.ws.send(TextMessage(data=text)))
-            else:
-                self._write(self.ws.send(BytesMessage(data=bytes(message.get("bytes") or b""))))
+            try:
+                if text is not None:
+                    self.ws.send_text(text.encode("utf-8"))
+                else:
+                    self.ws.send_binary(bytes(message.get("bytes") or b""))
+            except InvalidState:
+                raise Disconnected("the WebSocket is closed") from None
+            for chunk in self.ws.data_to_send():
+                self._write(chunk)
             await self.conn.drain()
         elif kind == "websocket.close":
             if self.state == "connecting":
@@ -221,23 +262,31 @@ class WebSocket:
             self.status = 400
             self._answer(400, [], b"400 Bad Request\nno Sec-WebSocket-Key\n")
             return
-        requested: list[str] = []
+        ws = ServerProtocol(
+            extensions=[ServerPerMessageDeflateFactory()],
+            state=OPEN,
+            max_size=self.max_size,
+        )
+        request_headers = Headers()
         for name, value in self.req.headers:
-            if name.lower() == b"sec-websocket-extensions":
-                requested += split_comma_header(value)
-        deflate = PerMessageDeflate()
-        accepted = server_extensions_handshake(requested, [deflate]) if requested else None
+            request_headers[name.decode("latin-1")] = value.decode("latin-1")
+        try:
+            accepted, ws.extensions = ws.process_extensions(request_headers)
+        except InvalidHandshake as exc:
+            self.status = 400
+            self._answer(400, [], f"400 Bad Request\nSec-WebSocket-Extensions: {exc}\n".encode())
+            return
         headers = [
             "HTTP/1.1 101 Switching Protocols",
             "Upgrade: websocket",
             "Connection: Upgrade",
-            f"Sec-WebSocket-Accept: {generate_accept_token(key).decode()}",
+            f"Sec-WebSocket-Accept: {accept_key(key.decode('latin-1'))}",
         ]
         subprotocol = message.get("subprotocol")
         if subprotocol:
             headers.append(f"Sec-WebSocket-Protocol: {subprotocol}")
         if accepted:
-            headers.append(f"Sec-WebSocket-Extensions: {accepted.decode('latin-1')}")
+            headers.append(f"Sec-WebSocket-Extensions: {accepted}")
         for name, value in message.get("headers", ()):
             headers.append(f"{name.decode('latin-1')}: {value.decode('latin-1')}")
         head = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
@@ -245,7 +294,7 @@ class WebSocket:
         self.header_count = len(headers) - 1
         self.conn.write(head)
         self.state = "open"
-        self.ws = wsconn.Connection(ConnectionType.SERVER, [deflate] if accepted else [])
+        self.ws = ws
         freq = self.conn.worker.cfg.websockets_ping_freq
         if freq:
             self.ping = asyncio.get_running_loop().call_later(freq, self._ping)
