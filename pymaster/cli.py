@@ -138,7 +138,7 @@ def _run_emperor(cfg: Config) -> int:
     except StartupError as exc:
         log(str(exc))
         return exc.code
-    return emperor.run(cfg)
+    return emperor.run(cfg, _apply_environment)
 
 
 def _daemonize() -> bool:

@@ -29,6 +29,7 @@ import struct
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 
 from pymaster import procname
 from pymaster.config import Config
@@ -439,21 +440,18 @@ class Emperor:
         )
 
 
-def run(cfg: Config) -> int:
-    """`pymaster --emperor ...`: the exit code (0 once every vassal is gone after Ragnarok)."""
+def run(cfg: Config, apply_environment: Callable[[Config], None]) -> int:
+    """`pymaster --emperor ...`: the exit code (0 once every vassal is gone after Ragnarok).
+    `apply_environment` is the instance's own `--env` / `--chdir` step (cli.py's), run after
+    the checks and before the vassal directories are resolved; what it raises is a start-up
+    error, worded by it."""
     try:
         for line in check(cfg):
             log(line)
-        for item in cfg.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise EmperorError(f"invalid --env '{item}': expected NAME=VALUE")
-            os.environ[key] = value
-        if cfg.chdir:
-            try:
-                os.chdir(cfg.chdir)
-            except OSError as exc:
-                raise EmperorError(f"chdir() to '{cfg.chdir}' failed: {exc.strerror}") from None
+        try:
+            apply_environment(cfg)
+        except Exception as exc:  # noqa: BLE001 - the caller's own start-up error
+            raise EmperorError(str(exc)) from None
         emperor = Emperor(cfg)
     except (EmperorError, MonitorError) as exc:
         log(f"pymaster: {exc}")
